@@ -44,6 +44,11 @@ export interface ChatRequest {
   sampling?: Sampling;
   /** Ask for JSON matching this schema (json_schema response format where supported). */
   jsonSchema?: { name: string; schema: Record<string, unknown> };
+  /**
+   * Ask for any JSON object (json_object response format), for endpoints without schema support;
+   * ignored when `jsonSchema` is set.
+   */
+  jsonObject?: boolean;
   /** Ask the server for token ids / logprobs of the completion where it can return them. */
   wantTokens?: boolean;
 }

@@ -86,6 +86,8 @@ export const TrajectoryRecordSchema = z.object({
   tools: z.array(ToolSchemaSchema),
   messages: z.array(MessageSchema).min(1),
   checklists: z.array(ChecklistVariantSchema).default([]),
+  /** Provenance and source-specific facts (source, original ids, a benchmark's reward); never judged. */
+  meta: z.record(z.string(), z.unknown()).optional(),
 });
 
 /** The labeler's per-turn output block (maps for dependence and weight), as in §1.3. */

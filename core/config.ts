@@ -1,0 +1,211 @@
+/**
+ * The run configuration: one JSON file, validated with zod, every field defaulted so that `{}` is
+ * the embedded demo run. Secrets never appear here: each model role names the environment
+ * variable that holds its API key (`apiKeyEnv`).
+ *
+ * @module
+ */
+import { z } from "zod";
+
+/** Sampling defaults of one role. */
+export const SamplingSchema = z.object({
+  temperature: z.number().min(0).max(2).optional(),
+  top_p: z.number().gt(0).max(1).optional(),
+  max_tokens: z.number().int().positive().optional(),
+}).strict();
+
+const roleFields = {
+  /** OpenAI-compatible base URL, ending in `/v1`. */
+  baseURL: z.url(),
+  model: z.string().min(1),
+  /** Name of the environment variable that holds the API key; unset means no key is sent. */
+  apiKeyEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, "must be an environment variable name").optional(),
+  timeoutMs: z.number().int().positive().default(120_000),
+  /** How the endpoint does structured output: JSON-schema response format, JSON object mode, or prompt only. */
+  jsonMode: z.enum(["schema", "object", "none"]).default("schema"),
+  /** Most calls in flight to this endpoint at once, across a worker. */
+  concurrency: z.number().int().positive().default(8),
+};
+
+const EMBEDDED_URL = "http://127.0.0.1:8766/v1";
+const EMBEDDED_MODEL = "smollm2-135m-instruct";
+
+function role(defaults: z.infer<typeof SamplingSchema>, url = EMBEDDED_URL) {
+  return z.object({
+    ...roleFields,
+    baseURL: roleFields.baseURL.default(url),
+    model: roleFields.model.default(EMBEDDED_MODEL),
+    sampling: SamplingSchema.default(defaults),
+  }).strict().prefault({});
+}
+
+/** One model endpoint: where, which model, which env var holds the key, sampling. */
+export const RoleSchema = role({});
+
+/** CM2 method settings. Defaults follow CM2's final choice (trajectory level, Fnorm 1) at demo scale. */
+export const Cm2Schema = z.object({
+  tasksPerIteration: z.number().int().positive().default(2),
+  groupSize: z.number().int().positive().default(4),
+  iterations: z.number().int().positive().default(3),
+  advantageLevel: z.enum(["trajectory", "turn", "step"]).default("trajectory"),
+  preset: z.enum(["paper", "reference", "fixed"]).default("fixed"),
+  fnorm: z.union([z.literal("std"), z.literal(1)]).default(1),
+  failedEpisodes: z.enum(["keep-zero", "drop"]).default("drop"),
+  minGroupSupport: z.number().int().min(0).default(0),
+  eta: z.number().min(0).max(1).default(1),
+  seed: z.number().int().default(0),
+  limits: z.object({
+    maxAssistantSteps: z.number().int().positive().default(30),
+    maxUserTurns: z.number().int().positive().default(30),
+    maxContextTokens: z.number().int().positive().default(12_000),
+  }).strict().prefault({}),
+  judge: z.object({
+    votes: z.number().int().positive().default(1),
+    mode: z.enum(["exhaustive", "incremental"]).default("incremental"),
+    itemsPerCall: z.number().int().positive().default(1),
+  }).strict().prefault({}),
+  simulator: z.object({
+    cache: z.boolean().default(true),
+    replayScope: z.enum(["all-turns", "up-to-current-turn"]).default("all-turns"),
+  }).strict().prefault({}),
+  /** Episodes in flight per iteration (sliding window). */
+  episodeConcurrency: z.number().int().positive().default(8),
+  /** Run a validation pass (no update) every N iterations; 0 turns it off. */
+  validationEvery: z.number().int().min(0).default(0),
+  validationTasks: z.number().int().min(0).default(2),
+  /** Continue-as-new every K iterations. */
+  continueAsNewEvery: z.number().int().positive().default(10),
+}).strict().prefault({});
+
+/** Trainer settings, sent to the Python trainer worker with every update. */
+export const TrainerSchema = z.object({
+  taskQueue: z.string().default("cm2-trainer"),
+  base: z.object({
+    kind: z.enum(["hf", "gguf"]).default("gguf"),
+    path: z.string().default(".cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+  }).strict().prefault({}),
+  lr: z.number().positive().default(1e-6),
+  klCoef: z.number().min(0).default(1e-4),
+  clipLow: z.number().min(0).default(0.2),
+  clipHigh: z.number().min(0).default(0.2),
+  clipRatioC: z.number().min(1).default(3),
+  miniBatches: z.number().int().positive().default(1),
+  loraRank: z.number().int().positive().default(8),
+  loraAlpha: z.number().positive().default(16),
+  maxGradNorm: z.number().positive().default(1),
+}).strict().prefault({});
+
+/** The full run configuration. */
+export const RunConfigSchema = z.object({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, "must be lowercase letters, digits and dashes").default("demo"),
+  dataset: z.object({
+    /** A JSONL/JSON dataset file, or a dataset name in the store (`datasets/<name>`). */
+    path: z.string().default("data/sample/tooltalk_sample.jsonl"),
+    /** Records held out for validation, taken from the end of the dataset. */
+    heldOut: z.number().int().min(0).default(2),
+  }).strict().prefault({}),
+  models: z.object({
+    policy: role({ temperature: 1, top_p: 1, max_tokens: 512 }, "http://127.0.0.1:8765/v1"),
+    judge: role({ temperature: 0.6, top_p: 0.8, max_tokens: 512 }),
+    simulator: role({ temperature: 0.6, top_p: 0.8, max_tokens: 512 }),
+    labeler: role({ temperature: 1, max_tokens: 4096 }),
+  }).strict().prefault({}),
+  cm2: Cm2Schema,
+  trainer: TrainerSchema,
+  store: z.object({ kind: z.literal("fs").default("fs"), root: z.string().default(".cm2/store") }).strict()
+    .prefault({}),
+  temporal: z.object({ taskQueue: z.string().default("cm2-orchestrator") }).strict().prefault({}),
+}).strict();
+
+export type RunConfig = z.infer<typeof RunConfigSchema>;
+export type RoleConfig = z.infer<typeof RoleSchema>;
+
+/** One configuration problem: the path of the field, what is wrong, and the value found. */
+export interface ConfigIssue {
+  path: string;
+  message: string;
+  value: unknown;
+}
+
+function valueAt(root: unknown, parts: readonly PropertyKey[]): unknown {
+  let cur: unknown = root;
+  for (const p of parts) {
+    if (cur === null || typeof cur !== "object") return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[p];
+  }
+  return cur;
+}
+
+const SECRET_KEY_RE = /(api[_-]?key|secret|token|password)$/i;
+
+function findInlineSecrets(value: unknown, at: string[] = [], out: ConfigIssue[] = []): ConfigIssue[] {
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) {
+      const here = [...at, k];
+      if (SECRET_KEY_RE.test(k) && k !== "apiKeyEnv") {
+        out.push({
+          path: here.join("."),
+          message: "Secrets are not allowed in the config; put the key in an environment variable and name it in apiKeyEnv",
+          value: "[redacted]",
+        });
+      } else {
+        findInlineSecrets(v, here, out);
+      }
+    }
+  }
+  return out;
+}
+
+/** Parses a config object; returns every problem with its path and value, or the resolved config. */
+export function parseRunConfig(raw: unknown): { ok: true; config: RunConfig } | { ok: false; issues: ConfigIssue[] } {
+  const secrets = findInlineSecrets(raw);
+  const parsed = RunConfigSchema.safeParse(raw ?? {});
+  const issues: ConfigIssue[] = [...secrets];
+  if (!parsed.success) {
+    for (const iss of parsed.error.issues) {
+      const keys = iss.code === "unrecognized_keys" ? iss.keys : [];
+      if (keys.length > 0) {
+        for (const key of keys) {
+          const p = [...iss.path, key];
+          if (secrets.some((s) => s.path === p.map(String).join("."))) continue;
+          issues.push({ path: p.map(String).join("."), message: "Unknown field", value: valueAt(raw, p) });
+        }
+      } else {
+        issues.push({ path: iss.path.map(String).join(".") || "(root)", message: iss.message, value: valueAt(raw, iss.path) });
+      }
+    }
+  }
+  if (issues.length > 0 || !parsed.success) return { ok: false, issues };
+  return { ok: true, config: parsed.data };
+}
+
+/** Removes credentials embedded in a URL (`https://user:pass@host` → `https://***@host`). */
+export function redactUrl(url: string): string {
+  return url.replace(/^(\w+:\/\/)[^/@]+@/, "$1***@");
+}
+
+/**
+ * The config as it may be shown or stored in a memo: URL credentials redacted, and for each role
+ * whether its key variable is set (`apiKey: "set" | "missing" | "none"`), never the key itself.
+ */
+export function redactedConfig(config: RunConfig, env: (name: string) => string | undefined): unknown {
+  const models = Object.fromEntries(
+    Object.entries(config.models).map(([name, r]) => [
+      name,
+      {
+        ...r,
+        baseURL: redactUrl(r.baseURL),
+        apiKey: r.apiKeyEnv === undefined ? "none" : env(r.apiKeyEnv) ? "set" : "missing",
+      },
+    ]),
+  );
+  return { ...config, models };
+}
+
+/** A one-line summary of a config, for the Temporal memo and progress output. */
+export function configSummary(config: RunConfig): string {
+  const c = config.cm2;
+  return `${config.name}: ${c.iterations} it × ${c.tasksPerIteration} tasks × G=${c.groupSize}, ` +
+    `${c.advantageLevel}/${c.preset}, Fnorm=${c.fnorm}, policy=${config.models.policy.model}, ` +
+    `judge=${config.models.judge.model}, dataset=${config.dataset.path}`;
+}

@@ -1,0 +1,147 @@
+/**
+ * Filesystem {@linkcode ArtifactStore} under one root directory (default `.cm2/store`).
+ * Writes go to `tmp/` and are renamed into place after fsync, so a crash never leaves a torn blob.
+ *
+ * @module
+ */
+import { createHash, randomUUID } from "node:crypto";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { type ArtifactStore, assertSafeName, parseRef, type Ref, StoreError } from "./mod.ts";
+
+function sha256Hex(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** An {@linkcode ArtifactStore} on the local filesystem. */
+export class FsStore implements ArtifactStore {
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = path.resolve(root);
+  }
+
+  #objectPath(ref: Ref): string {
+    const { sha256 } = parseRef(ref);
+    return path.join(this.root, "objects", "sha256", sha256.slice(0, 2), sha256);
+  }
+
+  #namePath(name: string): string {
+    assertSafeName(name);
+    return path.join(this.root, "names", `${name}.json`);
+  }
+
+  async #writeAtomic(target: string, data: Uint8Array): Promise<void> {
+    const tmpDir = path.join(this.root, "tmp");
+    await fs.mkdir(tmpDir, { recursive: true });
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    const tmp = path.join(tmpDir, randomUUID());
+    const fh = await fs.open(tmp, "w");
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, target);
+  }
+
+  async put(data: Uint8Array): Promise<Ref> {
+    const sha256 = sha256Hex(data);
+    const ref: Ref = { uri: `cm2://sha256/${sha256}`, sha256, bytes: data.byteLength };
+    const target = this.#objectPath(ref);
+    if (!(await exists(target))) await this.#writeAtomic(target, data);
+    return ref;
+  }
+
+  async get(ref: Ref): Promise<Uint8Array> {
+    const target = this.#objectPath(ref);
+    let data: Uint8Array;
+    try {
+      data = new Uint8Array(await fs.readFile(target));
+    } catch {
+      throw new StoreError(`Blob ${ref.uri} is missing from the store at ${this.root}`);
+    }
+    if (data.byteLength !== ref.bytes || sha256Hex(data) !== ref.sha256) {
+      throw new StoreError(
+        `Blob ${ref.uri} is corrupt: read ${data.byteLength} bytes with another hash, expected ${ref.bytes}`,
+      );
+    }
+    return data;
+  }
+
+  has(ref: Ref): Promise<boolean> {
+    return exists(this.#objectPath(ref));
+  }
+
+  async setName(name: string, ref: Ref): Promise<void> {
+    parseRef(ref);
+    await this.#writeAtomic(this.#namePath(name), new TextEncoder().encode(JSON.stringify(ref)));
+  }
+
+  async setNameIfAbsent(name: string, ref: Ref): Promise<Ref> {
+    parseRef(ref);
+    const target = this.#namePath(name);
+    const current = await this.getName(name);
+    if (current) return current;
+    // Create-if-absent without a race: hard-link a fully written temp file into place.
+    const tmpDir = path.join(this.root, "tmp");
+    await fs.mkdir(tmpDir, { recursive: true });
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    const tmp = path.join(tmpDir, randomUUID());
+    await fs.writeFile(tmp, JSON.stringify(ref));
+    try {
+      await fs.link(tmp, target);
+      return ref;
+    } catch (err) {
+      if ((err as { code?: string }).code !== "EEXIST") throw err;
+      return (await this.getName(name))!;
+    } finally {
+      await fs.unlink(tmp).catch(() => {});
+    }
+  }
+
+  async getName(name: string): Promise<Ref | undefined> {
+    const p = this.#namePath(name);
+    let text: string;
+    try {
+      text = await fs.readFile(p, "utf8");
+    } catch {
+      return undefined;
+    }
+    return parseRef(JSON.parse(text));
+  }
+
+  async listNames(prefix: string): Promise<string[]> {
+    const base = path.join(this.root, "names");
+    const out: string[] = [];
+    const walk = async (dir: string, rel: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await fs.readdir(dir, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory()) await walk(path.join(dir, e.name), r);
+        else if (e.name.endsWith(".json")) out.push(r.slice(0, -5));
+      }
+    };
+    await walk(base, "");
+    return out.filter((n) => n.startsWith(prefix)).sort();
+  }
+
+  locate(ref: Ref): string {
+    return this.#objectPath(ref);
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * The artifact store: content-addressed blobs plus named pointers. Workflows pass
+ * {@linkcode Ref}s, never the data. The filesystem implementation is {@linkcode FsStore}; an
+ * S3-compatible implementation fills the same {@linkcode ArtifactStore} interface.
+ *
+ * On-disk layout (shared with the Python trainer, `trainer/cm2_trainer/store.py`):
+ * `objects/sha256/<h[0:2]>/<h>` for blobs, `names/<name>.json` for pointers, `tmp/` for atomic writes.
+ *
+ * @module
+ */
+import { z } from "zod";
+
+/** A reference to one immutable blob. */
+export const RefSchema = z.object({
+  uri: z.string().regex(/^cm2:\/\/sha256\/[0-9a-f]{64}$/),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  bytes: z.number().int().min(0),
+});
+
+/** A reference to one immutable blob: `{ uri: "cm2://sha256/<hex>", sha256, bytes }`. */
+export type Ref = z.infer<typeof RefSchema>;
+
+/** A blob whose bytes do not match its ref, or a ref that does not resolve. */
+export class StoreError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StoreError";
+  }
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
+
+/** Checks a pointer name: slash-separated segments of letters, digits, `.`, `_`, `-`, no `..`. */
+export function assertSafeName(name: string): void {
+  if (!NAME_RE.test(name) || name.split("/").some((s) => s === "." || s === "..") || name.length > 400) {
+    throw new StoreError(`Store name ${JSON.stringify(name)} is not a safe relative name`);
+  }
+}
+
+/** Parses and checks a ref (from a workflow payload or a file); the uri must agree with the hash. */
+export function parseRef(value: unknown): Ref {
+  const ref = RefSchema.parse(value);
+  if (ref.uri !== `cm2://sha256/${ref.sha256}`) {
+    throw new StoreError(`Ref uri ${ref.uri} does not match its sha256 ${ref.sha256}`);
+  }
+  return ref;
+}
+
+/** Content-addressed storage with verified reads and atomic named pointers. */
+export interface ArtifactStore {
+  /** Stores bytes (idempotent: the same bytes give the same ref). */
+  put(data: Uint8Array): Promise<Ref>;
+  /** Reads and verifies a blob; throws {@linkcode StoreError} when missing or corrupt. */
+  get(ref: Ref): Promise<Uint8Array>;
+  /** Whether the blob exists (not verified). */
+  has(ref: Ref): Promise<boolean>;
+  /** Points `name` at `ref`, atomically replacing any previous pointer. */
+  setName(name: string, ref: Ref): Promise<void>;
+  /** Points `name` at `ref` only if `name` is unset; returns the ref that `name` holds afterwards. */
+  setNameIfAbsent(name: string, ref: Ref): Promise<Ref>;
+  /** The ref a name points at, or undefined. */
+  getName(name: string): Promise<Ref | undefined>;
+  /** Names under a prefix (e.g. `runs/demo/`), sorted. */
+  listNames(prefix: string): Promise<string[]>;
+  /** A human-readable location of a blob (a path or URL), for messages. */
+  locate(ref: Ref): string;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Stores a value as UTF-8 JSON. */
+export function putJson(store: ArtifactStore, value: unknown): Promise<Ref> {
+  return store.put(encoder.encode(JSON.stringify(value)));
+}
+
+/** Reads a JSON blob and validates it with a zod schema (or returns `unknown` without one). */
+export async function getJson<T = unknown>(store: ArtifactStore, ref: Ref, schema?: z.ZodType<T>): Promise<T> {
+  const text = decoder.decode(await store.get(ref));
+  const value: unknown = JSON.parse(text);
+  return schema ? schema.parse(value) : value as T;
+}
