@@ -25,14 +25,21 @@ const roleFields = {
   jsonMode: z.enum(["schema", "object", "none"]).default("schema"),
   /** Most calls in flight to this endpoint at once, across a worker. */
   concurrency: z.number().int().positive().default(8),
+  /**
+   * How a new policy adapter is made live on this endpoint (policy role): `cm2` = the embedded
+   * policy server's `/v1/load_lora_adapter` + `/v1/policy_version`; `none` = the endpoint cannot
+   * load adapters (the version is recorded, not verified).
+   */
+  adapterApi: z.enum(["cm2", "none"]).default("none"),
 };
 
 const EMBEDDED_URL = "http://127.0.0.1:8766/v1";
 const EMBEDDED_MODEL = "smollm2-135m-instruct";
 
-function role(defaults: z.infer<typeof SamplingSchema>, url = EMBEDDED_URL) {
+function role(defaults: z.infer<typeof SamplingSchema>, url = EMBEDDED_URL, adapterApi: "cm2" | "none" = "none") {
   return z.object({
     ...roleFields,
+    adapterApi: roleFields.adapterApi.default(adapterApi),
     baseURL: roleFields.baseURL.default(url),
     model: roleFields.model.default(EMBEDDED_MODEL),
     sampling: SamplingSchema.default(defaults),
@@ -49,10 +56,11 @@ export const Cm2Schema = z.object({
   iterations: z.number().int().positive().default(3),
   advantageLevel: z.enum(["trajectory", "turn", "step"]).default("trajectory"),
   preset: z.enum(["paper", "reference", "fixed"]).default("fixed"),
-  fnorm: z.union([z.literal("std"), z.literal(1)]).default(1),
-  failedEpisodes: z.enum(["keep-zero", "drop"]).default("drop"),
-  minGroupSupport: z.number().int().min(0).default(0),
-  eta: z.number().min(0).max(1).default(1),
+  /** Overrides of the preset's switches; unset means the preset's value (see core/rewards.ts). */
+  fnorm: z.union([z.literal("std"), z.literal(1)]).optional(),
+  failedEpisodes: z.enum(["keep-zero", "drop"]).optional(),
+  minGroupSupport: z.number().int().min(0).optional(),
+  eta: z.number().min(0).max(1).optional(),
   seed: z.number().int().default(0),
   limits: z.object({
     maxAssistantSteps: z.number().int().positive().default(30),
@@ -105,7 +113,7 @@ export const RunConfigSchema = z.object({
     heldOut: z.number().int().min(0).default(2),
   }).strict().prefault({}),
   models: z.object({
-    policy: role({ temperature: 1, top_p: 1, max_tokens: 512 }, "http://127.0.0.1:8765/v1"),
+    policy: role({ temperature: 1, top_p: 1, max_tokens: 512 }, "http://127.0.0.1:8765/v1", "cm2"),
     judge: role({ temperature: 0.6, top_p: 0.8, max_tokens: 512 }),
     simulator: role({ temperature: 0.6, top_p: 0.8, max_tokens: 512 }),
     labeler: role({ temperature: 1, max_tokens: 4096 }),
@@ -206,6 +214,6 @@ export function redactedConfig(config: RunConfig, env: (name: string) => string 
 export function configSummary(config: RunConfig): string {
   const c = config.cm2;
   return `${config.name}: ${c.iterations} it × ${c.tasksPerIteration} tasks × G=${c.groupSize}, ` +
-    `${c.advantageLevel}/${c.preset}, Fnorm=${c.fnorm}, policy=${config.models.policy.model}, ` +
+    `${c.advantageLevel}/${c.preset}, Fnorm=${c.fnorm ?? "preset"}, policy=${config.models.policy.model}, ` +
     `judge=${config.models.judge.model}, dataset=${config.dataset.path}`;
 }

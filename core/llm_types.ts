@@ -89,7 +89,12 @@ export const FAILURE_TYPES = [
 export type FailureType = (typeof FAILURE_TYPES)[number];
 
 /** Failure types that a retry may fix. */
-export const RETRYABLE_FAILURES: readonly FailureType[] = ["RateLimited", "ServerError", "Timeout", "Network"];
+export const RETRYABLE_FAILURES: readonly FailureType[] = [
+  "RateLimited",
+  "ServerError",
+  "Timeout",
+  "Network",
+];
 
 /** A typed model-call failure. `retryAfterMs` is set when the server sent Retry-After. */
 export class LlmError extends Error {

@@ -165,12 +165,20 @@ export function checkMessageOrder(messages: readonly Message[]): RecordIssue[] {
   let i = 0;
   if (messages[0]?.role === "system") i = 1;
   if (messages[i] && messages[i]!.role !== "user") {
-    issues.push({ path: at(i, "role"), message: "First non-system message must be user", value: messages[i]!.role });
+    issues.push({
+      path: at(i, "role"),
+      message: "First non-system message must be user",
+      value: messages[i]!.role,
+    });
   }
   for (; i < messages.length; i++) {
     const m = messages[i]!;
     if (m.role === "system") {
-      issues.push({ path: at(i, "role"), message: "A system message may appear only at index 0", value: m.role });
+      issues.push({
+        path: at(i, "role"),
+        message: "A system message may appear only at index 0",
+        value: m.role,
+      });
       continue;
     }
     if (m.role === "user") {
@@ -263,7 +271,11 @@ export function checkMessageOrder(messages: readonly Message[]): RecordIssue[] {
  * unique item ids per turn, weights summing to 1 (± {@linkcode WEIGHT_TOLERANCE}), dependencies
  * naming existing `tool.content` items of the same turn, no self or cyclic dependency.
  */
-export function checkChecklist(variant: ChecklistVariant, userTurns: number, base = "checklists[0]"): RecordIssue[] {
+export function checkChecklist(
+  variant: ChecklistVariant,
+  userTurns: number,
+  base = "checklists[0]",
+): RecordIssue[] {
   const issues: RecordIssue[] = [];
   if (variant.length !== userTurns) {
     issues.push({
@@ -276,7 +288,11 @@ export function checkChecklist(variant: ChecklistVariant, userTurns: number, bas
     const ids = new Map<string, number>();
     items.forEach((item, c) => {
       if (ids.has(item.id)) {
-        issues.push({ path: `${base}[${t}][${c}].id`, message: `Item id is not unique in turn ${t}`, value: item.id });
+        issues.push({
+          path: `${base}[${t}][${c}].id`,
+          message: `Item id is not unique in turn ${t}`,
+          value: item.id,
+        });
       }
       ids.set(item.id, c);
     });
@@ -319,7 +335,11 @@ export function checkChecklist(variant: ChecklistVariant, userTurns: number, bas
     };
     for (const id of ids.keys()) {
       if (visit(id)) {
-        issues.push({ path: `${base}[${t}]`, message: `Dependencies of turn ${t} form a cycle through ${id}`, value: id });
+        issues.push({
+          path: `${base}[${t}]`,
+          message: `Dependencies of turn ${t} form a cycle through ${id}`,
+          value: id,
+        });
         break;
       }
     }
@@ -355,12 +375,18 @@ export function validateRecord(raw: unknown): RecordValidation {
   record.tools.forEach((tool, k) => {
     const name = tool.function.name;
     if (names.has(name)) {
-      issues.push({ path: `tools[${k}].function.name`, message: "Tool names must be unique within a record", value: name });
+      issues.push({
+        path: `tools[${k}].function.name`,
+        message: "Tool names must be unique within a record",
+        value: name,
+      });
     }
     names.set(name, k);
   });
   const turns = countUserTurns(record.messages);
-  record.checklists.forEach((variant, v) => issues.push(...checkChecklist(variant, turns, `checklists[${v}]`)));
+  record.checklists.forEach((variant, v) =>
+    issues.push(...checkChecklist(variant, turns, `checklists[${v}]`))
+  );
   return issues.length > 0 ? { ok: false, issues } : { ok: true, record };
 }
 

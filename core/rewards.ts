@@ -160,7 +160,8 @@ export interface RewardOptions extends RewardSwitches {
 export type RewardOptionsInput = { readonly [K in keyof RewardOptions]?: RewardOptions[K] | undefined };
 
 /**
- * The three presets. Every level defaults to `trajectory` and `fnorm` to 1 (CM2's final configuration).
+ * The three presets. `level` defaults to `trajectory` for all of them and `fnorm` is 1 in all of them (CM2's
+ * final configuration).
  *
  * | switch                    | reference         | paper          | fixed             |
  * | ------------------------- | ----------------- | -------------- | ----------------- |
@@ -170,7 +171,7 @@ export type RewardOptionsInput = { readonly [K in keyof RewardOptions]?: RewardO
  * | `eta`                     | 1                 | 1              | 1                 |
  * | `unfinishedTurn`          | `no-credit` (bug) | `judge`        | `judge`           |
  * | `divideBySumWeights`      | false             | true (eq. 10)  | false             |
- * | `trajectoryDivisor`       | `reference-turns` | `reached-turns`| `reference-turns` |
+ * | `trajectoryDivisor`       | `reference-turns` | `reached-turns` | `reference-turns` |
  * | `dependenciesAtTurnLevel` | false (OR)        | true (eq. 2)   | true              |
  * | `dependencyTiming`        | `item-order`      | `before-step`  | `before-step`     |
  * | `baselinePopulation`      | `reached`         | `all`          | `reached`         |
@@ -271,7 +272,9 @@ export function resolveRewardOptions(input: RewardOptionsInput = {}): RewardOpti
   }
   for (const [key, allowed] of Object.entries(CHOICES)) {
     if (!allowed.includes(merged[key])) {
-      throw new Error(`Reward option ${key} is ${JSON.stringify(merged[key])}, expected one of ${JSON.stringify(allowed)}`);
+      throw new Error(
+        `Reward option ${key} is ${JSON.stringify(merged[key])}, expected one of ${JSON.stringify(allowed)}`,
+      );
     }
   }
   const options = merged as unknown as RewardOptions;
@@ -291,10 +294,14 @@ export function resolveRewardOptions(input: RewardOptionsInput = {}): RewardOpti
  *
  * @example
  * ```ts
- * turnPassed(items, [{ sat: [true, false] }, { sat: [true, true] }]); // true if only items 0 and 1 are required
+ * // items 0 and 1 required: each is true at some step, so the turn passes
+ * turnPassed(items, [{ sat: [true, false] }, { sat: [false, true] }]); // true
  * ```
  */
-export function turnPassed(items: TurnItems, steps: readonly { readonly sat: readonly boolean[] }[]): boolean {
+export function turnPassed(
+  items: TurnItems,
+  steps: readonly { readonly sat: readonly boolean[] }[],
+): boolean {
   steps.forEach((step, s) => checkRow(step.sat, items.length, `Step ${s}`));
   return items.every((item, c) => !item.required_for_next_turn || steps.some((step) => step.sat[c] === true));
 }
@@ -331,12 +338,19 @@ export function itemPassRate(
     dependenciesAtTurnLevel: dependencies !== "ignore",
     dependencyTiming: dependencies === "ignore" ? "before-step" : dependencies,
   } as const;
-  const traces = episodes.flatMap((episode, e) => episode.ok ? [traceEpisode(turns, episode, e, traceOptions)] : []);
+  const traces = episodes.flatMap((episode, e) =>
+    episode.ok ? [traceEpisode(turns, episode, e, traceOptions)] : []
+  );
   return turns.map((turn, t) =>
     turn.items.map((item, c) => {
       const holders = traces.flatMap((trace) => trace[t] === undefined ? [] : [trace[t]]);
       const passed = holders.filter((tt) => tt.credited[c] === true).length;
-      return { id: item.id, reached: holders.length, passed, rate: holders.length > 0 ? passed / holders.length : null };
+      return {
+        id: item.id,
+        reached: holders.length,
+        passed,
+        rate: holders.length > 0 ? passed / holders.length : null,
+      };
     })
   );
 }
@@ -426,7 +440,9 @@ export function computeAdvantages(group: RewardGroup, input: RewardOptionsInput 
   const options = resolveRewardOptions(input);
   const turns = prepareChecklist(group.checklist);
   const tRef = turns.length;
-  const traces = group.episodes.map((episode, e) => episode.ok ? traceEpisode(turns, episode, e, options) : null);
+  const traces = group.episodes.map((episode, e) =>
+    episode.ok ? traceEpisode(turns, episode, e, options) : null
+  );
   const rewards = traces.map((trace) => trace === null ? 0 : trajectoryReward(trace, tRef, options));
   const members = traces.flatMap((trace) => trace === null ? [] : [trace]);
   const excluded = group.episodes.map((episode) => !episode.ok && options.failedEpisodes === "drop");
@@ -551,7 +567,9 @@ function prepareChecklist(checklist: RewardChecklist): PreparedTurn[] {
     items.forEach((item, c) => {
       if (index.has(item.id)) throw new Error(`Checklist turn ${t} repeats item id ${item.id}`);
       if (!Number.isFinite(item.weight) || item.weight < 0) {
-        throw new Error(`Checklist item ${item.id} of turn ${t} has weight ${item.weight}, expected a number >= 0`);
+        throw new Error(
+          `Checklist item ${item.id} of turn ${t} has weight ${item.weight}, expected a number >= 0`,
+        );
       }
       index.set(item.id, c);
     });
@@ -562,7 +580,9 @@ function prepareChecklist(checklist: RewardChecklist): PreparedTurn[] {
     const deps = items.map((item) =>
       item.dependence.map((id) => {
         const d = index.get(id);
-        if (d === undefined) throw new Error(`Checklist item ${item.id} of turn ${t} depends on unknown item ${id}`);
+        if (d === undefined) {
+          throw new Error(`Checklist item ${item.id} of turn ${t} depends on unknown item ${id}`);
+        }
         return d;
       })
     );
@@ -632,7 +652,12 @@ function walkTurn(
 }
 
 /** `c ∈ E_s`: dependencies completed at earlier steps, and c itself not completed at an earlier step. */
-function eligibleAt(deps: readonly (readonly number[])[], done: readonly number[], c: number, s: number): boolean {
+function eligibleAt(
+  deps: readonly (readonly number[])[],
+  done: readonly number[],
+  c: number,
+  s: number,
+): boolean {
   const own = done[c]!;
   if (own >= 0 && own < s) return false;
   return deps[c]!.every((d) => done[d]! >= 0 && done[d]! < s);

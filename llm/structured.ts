@@ -102,7 +102,10 @@ export function parseStructured<S extends z.ZodType>(
     );
   }
   if (firstIssue !== undefined) {
-    throw new LlmError("SchemaViolation", `Structured output ${opts.name} does not match its schema: ${firstIssue}`);
+    throw new LlmError(
+      "SchemaViolation",
+      `Structured output ${opts.name} does not match its schema: ${firstIssue}`,
+    );
   }
   throw new LlmError(
     "SchemaViolation",
@@ -142,13 +145,17 @@ function sliceBetween(s: string, open: string, close: string): string | undefine
 }
 
 function describeIssues(error: z.ZodError, input: unknown): string {
-  return error.issues.slice(0, 3).map((issue) => {
+  const shown = error.issues.slice(0, MAX_ISSUES).map((issue) => {
     const path = issue.path.length > 0 ? issue.path.map(String).join(".") : "(root)";
     const value = valueAt(input, issue.path);
-    const shown = value === undefined ? "is missing" : `is ${showValue(value)}`;
-    return `field ${path} ${shown} (${issue.message})`;
-  }).join("; ");
+    const what = value === undefined ? "is missing" : `is ${showValue(value)}`;
+    return `field ${path} ${what} (${issue.message})`;
+  });
+  const more = error.issues.length - shown.length;
+  return shown.join("; ") + (more > 0 ? `; and ${more} more` : "");
 }
+
+const MAX_ISSUES = 5;
 
 function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
   let cur = input;
@@ -160,7 +167,9 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
 }
 
 function showValue(value: unknown): string {
-  return typeof value === "string" ? JSON.stringify(preview(value)) : preview(JSON.stringify(value) ?? String(value));
+  return typeof value === "string"
+    ? JSON.stringify(preview(value))
+    : preview(JSON.stringify(value) ?? String(value));
 }
 
 function preview(s: string, max = 120): string {

@@ -82,6 +82,8 @@ export interface RecordedCall {
   tools: unknown[] | undefined;
   response_format: unknown;
   body: Record<string, unknown>;
+  /** Request headers, lower-cased (test keys only: this double is never pointed at by real clients). */
+  headers: Record<string, string>;
   /** `Date.now()` when the request arrived and when the reply was sent (or the call gave up). */
   startedAt: number;
   endedAt?: number;
@@ -105,6 +107,12 @@ export interface ScriptedServerOptions {
   systemFingerprint?: string;
   /** Upper bound for any scripted delay, so a hang always ends by itself (default 10 000 ms). */
   maxDelayMs?: number;
+  /**
+   * Play a policy server that loads adapters: `POST /v1/load_lora_adapter {version}` makes that
+   * version live (it is then sent as `x-cm2-policy-version`), `GET /v1/policy_version` reports it.
+   * Loads are recorded in {@linkcode ScriptedServer.adapterLoads}.
+   */
+  adapters?: boolean;
 }
 
 /** A running scripted server. */
@@ -113,9 +121,11 @@ export interface ScriptedServer {
   url: string;
   /** Every chat call received so far, in arrival order. */
   calls: RecordedCall[];
+  /** Adapter versions loaded through `/v1/load_lora_adapter`, in order (with `adapters: true`). */
+  adapterLoads: number[];
   /** Count the calls by a key (default: the model). */
   countBy(key?: (call: RecordedCall) => string): Record<string, number>;
-  /** Stop accepting connections and wait for in-flight calls to end. */
+  /** Stop accepting connections, cut scripted delays short and wait for in-flight calls to end. */
   close(): Promise<void>;
 }
 
@@ -124,15 +134,20 @@ const DEFAULT_MAX_DELAY_MS = 10_000;
 /** Start the test-double server on 127.0.0.1 with an ephemeral port. */
 export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer {
   const calls: RecordedCall[] = [];
+  const adapterLoads: number[] = [];
   const perHandler = new Map<ScriptHandler, number>();
   const maxDelay = opts.maxDelayMs ?? DEFAULT_MAX_DELAY_MS;
   let sequence = 0;
+  // Aborted by close(), so scripted hangs and latencies end at once instead of holding shutdown.
+  const closing = new AbortController();
 
   async function chat(request: Request): Promise<Response> {
     let body: Record<string, unknown>;
     try {
       const parsed = await request.json();
-      if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("not an object");
+      if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+        throw new Error("not an object");
+      }
       body = parsed as Record<string, unknown>;
     } catch {
       return errorResponse(400, "Request body is not a JSON object", "invalid_request_error");
@@ -145,6 +160,7 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
       tools: req.tools,
       response_format: req.response_format,
       body,
+      headers: req.headers,
       startedAt: Date.now(),
     };
     calls.push(call);
@@ -156,16 +172,23 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
     };
     const handler = opts.roles?.[req.model] ?? opts.handler;
     if (!handler) {
-      return finish(errorResponse(404, `Model ${req.model} is not scripted`, "invalid_request_error"), "unknown");
+      return finish(
+        errorResponse(404, `Model ${req.model} is not scripted`, "invalid_request_error"),
+        "unknown",
+      );
     }
     const handlerIndex = perHandler.get(handler) ?? 0;
     perHandler.set(handler, handlerIndex + 1);
     const reply = await handler(req, handlerIndex);
     const latency = typeof opts.latencyMs === "function" ? opts.latencyMs(req, call.index) : opts.latencyMs;
-    if (latency && latency > 0) await sleep(Math.min(latency, maxDelay), request.signal);
+    if (latency && latency > 0) await sleep(Math.min(latency, maxDelay), closing.signal);
 
     const headers = new Headers({ "content-type": "application/json" });
-    const version = typeof opts.policyVersion === "function" ? opts.policyVersion(req) : opts.policyVersion;
+    const version = opts.adapters && adapterLoads.length > 0
+      ? String(adapterLoads.at(-1))
+      : typeof opts.policyVersion === "function"
+      ? opts.policyVersion(req)
+      : opts.policyVersion;
     if (version) headers.set("x-cm2-policy-version", version);
 
     if ("fault" in reply) {
@@ -183,7 +206,7 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
             "500",
           );
         case "timeout":
-          await sleep(Math.min(reply.delayMs, maxDelay), request.signal);
+          await sleep(Math.min(reply.delayMs, maxDelay), closing.signal);
           return finish(completion(req, { content: "late" }, headers, ++sequence, opts), "timeout");
         case "truncated-json": {
           const full = JSON.stringify(reply.json ?? judgeVerdict(true));
@@ -221,6 +244,15 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
       const { pathname } = new URL(request.url);
       if (request.method === "POST" && pathname === "/v1/chat/completions") return await chat(request);
       if (request.method === "GET" && pathname === "/v1/models") return models();
+      if (opts.adapters && request.method === "POST" && pathname === "/v1/load_lora_adapter") {
+        const body = await request.json() as { version?: unknown };
+        if (typeof body.version !== "number") return errorResponse(400, "version must be a number", "invalid_request_error");
+        adapterLoads.push(body.version);
+        return Response.json({ version: body.version });
+      }
+      if (opts.adapters && request.method === "GET" && pathname === "/v1/policy_version") {
+        return Response.json({ version: adapterLoads.at(-1) ?? 0 });
+      }
       return errorResponse(404, `No route ${request.method} ${pathname}`, "invalid_request_error");
     },
   );
@@ -229,6 +261,7 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
   return {
     url,
     calls,
+    adapterLoads,
     countBy(key = (c) => c.model) {
       const out: Record<string, number> = {};
       for (const c of calls) {
@@ -238,6 +271,7 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
       return out;
     },
     async close() {
+      closing.abort();
       await server.shutdown();
       await server.finished;
     },
@@ -247,7 +281,8 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
 /** A handler that replays `replies` in order; calls past the end get a 500 naming the overrun. */
 export function scriptFromQueue(replies: ScriptedReply[]): ScriptHandler {
   return (_req, index) =>
-    replies[index] ?? { fault: "500", message: `Script has ${replies.length} replies, call ${index} overran it` };
+    replies[index] ??
+      { fault: "500", message: `Script has ${replies.length} replies, call ${index} overran it` };
 }
 
 /** The judge's verdict object, analysis fields first and `answer` last (as the CM2 judge schema orders them). */
@@ -333,7 +368,12 @@ function completion(
     choice.token_ids = reply.tokenIds;
     if (req.body.logprobs === true) {
       choice.logprobs = {
-        content: reply.tokenIds.map((id) => ({ token: `token_id:${id}`, logprob: -0.5, bytes: null, top_logprobs: [] })),
+        content: reply.tokenIds.map((id) => ({
+          token: `token_id:${id}`,
+          logprob: -0.5,
+          bytes: null,
+          top_logprobs: [],
+        })),
         refusal: null,
       };
     }
@@ -363,7 +403,7 @@ function errorResponse(status: number, message: string, type: string, headers?: 
   });
 }
 
-/** Resolve after `ms`, or early when `signal` aborts (the client went away); never rejects. */
+/** Resolve after `ms`, or early when `signal` aborts (the server is closing); never rejects. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();

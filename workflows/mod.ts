@@ -5,3 +5,4 @@
  * @module
  */
 export { smokeWorkflow } from "./smoke.ts";
+export { episodeWorkflow, iterationWorkflow, trainingRun } from "./training.ts";

@@ -5,9 +5,14 @@
  *
  * @module
  */
-import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from "@temporalio/worker";
+import { bundleWorkflowCode, DefaultLogger, Runtime, type WorkflowBundleWithSourceMap } from "@temporalio/worker";
 import { fileURLToPath } from "node:url";
 import { freePort, startDevServer } from "../../scripts/temporal_server.ts";
+
+// Keep test output readable: only warnings and errors from the SDK.
+try {
+  Runtime.install({ logger: new DefaultLogger("WARN") });
+} catch { /* already installed by another test module in this process */ }
 
 /** A server address plus how to let go of it. */
 export interface TestTemporal {

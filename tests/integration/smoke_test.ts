@@ -6,6 +6,7 @@ import { Client, Connection } from "@temporalio/client";
 import { NativeConnection, Worker } from "@temporalio/worker";
 import { createActivities } from "../../activities/mod.ts";
 import { FsStore } from "../../store/fs_store.ts";
+import { modelFactory, ROOT } from "../../config.ts";
 import { smokeWorkflow } from "../../workflows/smoke.ts";
 import { uniqueQueue, useTemporal, workflowBundle } from "../harness/temporal.ts";
 
@@ -22,7 +23,7 @@ Deno.test({
       connection: nc,
       taskQueue,
       workflowBundle: await workflowBundle(),
-      activities: createActivities({ store: new FsStore(storeRoot) }),
+      activities: createActivities({ store: new FsStore(storeRoot), models: modelFactory, root: ROOT }),
     });
     const connection = await Connection.connect({ address: temporal.address });
     try {

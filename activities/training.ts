@@ -1,0 +1,505 @@
+/**
+ * Activities of the training loop: thin I/O wrappers over `core/` (episode state machine,
+ * simulator, judge, rewards), `llm/` (one model call per activity) and `store/` (every large value
+ * lives there; activities take and return refs plus small decisions).
+ *
+ * Idempotency: each activity reads immutable blobs and writes content-addressed ones, so a retry
+ * recomputes the same refs. The only named pointers written are first-writer-wins caches
+ * (simulated tool results shared by a group, judge verdicts), so siblings and retries agree.
+ *
+ * @module
+ */
+import { ApplicationFailure, Context } from "@temporalio/activity";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import type { RunConfig } from "../core/config.ts";
+import {
+  applyJudgement,
+  applyPolicyFailure,
+  applyPolicyResult,
+  applyToolResults,
+  type EpisodeOptions,
+  type EpisodeState,
+  episodeToolIndex,
+  episodeVerdicts,
+  type JudgeTask,
+  type JudgeVerdict,
+  judgeRoundRequests,
+  type Next,
+  policyRequest,
+  startEpisode as startEpisodeState,
+  type ToolResult,
+  toolCallsToRun,
+  toolResultFromResolution,
+  toolResultFromSimulation,
+  verdictFromError,
+  verdictFromResult,
+} from "../core/episode.ts";
+import { importFiles } from "../core/importers/mod.ts";
+import { LlmError, type ChatModel, type Role } from "../core/llm_types.ts";
+import { computeAdvantages, itemPassRate, resolveRewardOptions } from "../core/rewards.ts";
+import { cacheKey, emptyCache, parseSimulation, resolveToolCall, simulationRequest } from "../core/simulator.ts";
+import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
+import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
+import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
+
+/** Builds the model client of a role from the run config (keys from the environment only). */
+export type ModelFactory = (role: Role, config: RunConfig) => ChatModel;
+
+/** What the training activities need. */
+export interface TrainingDeps {
+  store: ArtifactStore;
+  models: ModelFactory;
+  /** Root that relative dataset paths in configs resolve against. */
+  root: string;
+}
+
+/** Hex SHA-256 of a string. */
+export function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+type Step = { stateRef: Ref; next: "policy" | "tools" | "judge" | "end" };
+
+function nextOf(n: Next): Step["next"] {
+  return n === "judge-turn" ? "judge" : n;
+}
+
+/** Episode options from the run config (limits, judge, simulator, unfinished-turn rule of the preset). */
+export function episodeOptions(config: RunConfig): EpisodeOptions {
+  const c = config.cm2;
+  const reward = resolveRewardOptions({ preset: c.preset, level: c.advantageLevel });
+  return {
+    maxAssistantSteps: c.limits.maxAssistantSteps,
+    maxUserTurns: c.limits.maxUserTurns,
+    maxContextTokens: c.limits.maxContextTokens,
+    ...(config.models.policy.sampling.max_tokens ? { maxResponseTokens: config.models.policy.sampling.max_tokens } : {}),
+    unfinishedTurn: reward.unfinishedTurn,
+    judge: { mode: c.judge.mode, votes: c.judge.votes, itemsPerCall: c.judge.itemsPerCall },
+    simulator: { replayScope: c.simulator.replayScope, cache: c.simulator.cache },
+  };
+}
+
+/** Turns a model failure into an activity failure: retryable ones carry Retry-After as the next delay. */
+function toFailure(err: unknown): never {
+  if (err instanceof LlmError) {
+    if (err.retryable) {
+      throw ApplicationFailure.create({
+        type: err.type,
+        message: err.message,
+        ...(err.retryAfterMs !== undefined ? { nextRetryDelay: err.retryAfterMs } : {}),
+      });
+    }
+    throw ApplicationFailure.nonRetryable(err.message, err.type);
+  }
+  throw err;
+}
+
+/** Builds the training activities over their dependencies. */
+export function createTrainingActivities(deps: TrainingDeps) {
+  const { store } = deps;
+  const loadState = (ref: Ref) => getJson<EpisodeState>(store, ref);
+  const saveState = (state: EpisodeState) => putJson(store, state);
+  const simName = (groupKey: string, key: string) => `${groupKey}/sim/${sha256Hex(key)}`;
+  const judgeName = (key: string) => `judge-cache/${key.slice(0, 2)}/${key}`;
+
+  async function readCached(name: string): Promise<string | undefined> {
+    const ref = await store.getName(name);
+    return ref ? new TextDecoder().decode(await store.get(ref)) : undefined;
+  }
+
+  return {
+    /**
+     * Imports the configured dataset (a file, or `datasets/<name>` in the store), keeps the records
+     * that have checklists, stores it, and splits off the last `heldOut` records for validation.
+     */
+    async prepareDataset(input: { config: RunConfig }): Promise<{ datasetRef: Ref; trainCount: number; valCount: number }> {
+      const spec = input.config.dataset;
+      let ref = spec.path.startsWith("datasets/") ? await namedDataset(store, spec.path.slice(9)) : undefined;
+      if (!ref) {
+        const file = path.isAbsolute(spec.path) ? spec.path : path.join(deps.root, spec.path);
+        const report = await importFiles([file], (p) => fs.readFile(p, "utf8"));
+        const labeled = report.records.filter((r) => r.checklists.length > 0);
+        if (labeled.length === 0) {
+          throw ApplicationFailure.nonRetryable(
+            `Dataset ${spec.path} has no record with a checklist (${report.records.length} imported, ` +
+              `${report.errors.length} errors): label it first with \`cm2 label\``,
+            "InvalidInput",
+          );
+        }
+        ({ ref } = await saveDataset(store, `run-${input.config.name}`, labeled, {
+          sources: report.files.map((f) => ({
+            file: f.file,
+            format: f.format ?? "unknown",
+            imported: f.imported,
+            errors: f.errored,
+          })),
+          derivedFrom: { step: "prepare", parent: null },
+        }));
+      }
+      const manifest = await loadManifest(store, ref);
+      const valCount = Math.min(spec.heldOut, Math.max(0, manifest.count - 1));
+      return { datasetRef: ref, trainCount: manifest.count - valCount, valCount };
+    },
+
+    /** Builds the initial episode state (system, tools, first user message). */
+    async startEpisode(
+      input: { config: RunConfig; datasetRef: Ref; recordIndex: number; episodeId: string },
+    ): Promise<Step> {
+      const manifest = await loadManifest(store, input.datasetRef);
+      const record = await loadRecord(store, manifest, input.recordIndex);
+      const state = startEpisodeState(record, episodeOptions(input.config));
+      return { stateRef: await saveState(state), next: "policy" };
+    },
+
+    /** One policy call (one assistant step). */
+    async policyStep(input: { config: RunConfig; groupKey: string; stateRef: Ref }): Promise<Step> {
+      const state = await loadState(input.stateRef);
+      const model = deps.models("policy", input.config);
+      let result;
+      try {
+        result = await model.complete(policyRequest(state));
+      } catch (err) {
+        toFailure(err);
+      }
+      const t = applyPolicyResult(state, result);
+      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
+    },
+
+    /**
+     * Resolves the step's tool calls without a model where possible (replay, group cache, error
+     * results) and lists the calls that need an LLM simulation.
+     */
+    async planTools(
+      input: { config: RunConfig; groupKey: string; stateRef: Ref },
+    ): Promise<{ stateRef: Ref; planRef: Ref; simulate: number[] }> {
+      const state = await loadState(input.stateRef);
+      const index = episodeToolIndex(state);
+      const results: (ToolResult | null)[] = [];
+      const simulate: number[] = [];
+      for (const call of toolCallsToRun(state)) {
+        const cache = emptyCache();
+        if (index.options.cache) {
+          const hit = await readCached(simName(input.groupKey, cacheKey(call.name, call.arguments)));
+          if (hit !== undefined) cache.entries[cacheKey(call.name, call.arguments)] = hit;
+        }
+        const r = resolveToolCall(index, call, cache);
+        if (r.kind === "simulate") {
+          results.push(null);
+          simulate.push(call.index);
+        } else results.push(toolResultFromResolution(call, r));
+      }
+      const planRef = await putJson(store, { stateRef: input.stateRef, results });
+      return { stateRef: input.stateRef, planRef, simulate };
+    },
+
+    /** One simulator call for one tool call; the first result for (tool, args) wins within the group. */
+    async simulateCall(
+      input: { config: RunConfig; groupKey: string; stateRef: Ref; callIndex: number },
+    ): Promise<{ callIndex: number; resultRef: Ref }> {
+      const state = await loadState(input.stateRef);
+      const index = episodeToolIndex(state);
+      const call = toolCallsToRun(state).find((c) => c.index === input.callIndex);
+      if (!call) throw ApplicationFailure.nonRetryable(`No pending tool call ${input.callIndex}`, "InvalidInput");
+      const name = simName(input.groupKey, cacheKey(call.name, call.arguments));
+      const existing = index.options.cache ? await readCached(name) : undefined;
+      let result: ToolResult;
+      if (existing !== undefined) {
+        result = { index: call.index, kind: "cached", content: existing };
+      } else {
+        let parsed;
+        try {
+          parsed = parseSimulation(await deps.models("simulator", input.config).complete(simulationRequest(index, call)));
+        } catch (err) {
+          if (err instanceof LlmError && !err.retryable) parsed = { ok: false as const, error: err.message };
+          else toFailure(err);
+        }
+        result = toolResultFromSimulation(call, parsed);
+        if (parsed.ok && index.options.cache) {
+          const mine = await store.put(new TextEncoder().encode(parsed.content));
+          const winner = await store.setNameIfAbsent(name, mine);
+          if (winner.sha256 !== mine.sha256) {
+            result = { index: call.index, kind: "cached", content: new TextDecoder().decode(await store.get(winner)) };
+          }
+        }
+      }
+      return { callIndex: input.callIndex, resultRef: await putJson(store, result) };
+    },
+
+    /** Appends the tool results and decides what follows. */
+    async applyTools(
+      input: { config: RunConfig; groupKey: string; stateRef: Ref; planRef?: Ref; simulated: { callIndex: number; resultRef: Ref }[] },
+    ): Promise<Step> {
+      const state = await loadState(input.stateRef);
+      const plan = input.planRef
+        ? await getJson<{ results: (ToolResult | null)[] }>(store, input.planRef)
+        : { results: [] };
+      const results: ToolResult[] = plan.results.filter((r): r is ToolResult => r !== null);
+      for (const s of input.simulated) results.push(await getJson<ToolResult>(store, s.resultRef));
+      results.sort((a, b) => a.index - b.index);
+      const t = applyToolResults(state, results);
+      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
+    },
+
+    /** Lists the judge calls of the current round; cached verdicts are resolved here. */
+    async planJudge(
+      input: { config: RunConfig; groupKey: string; stateRef: Ref },
+    ): Promise<{ tasksRef: Ref; tasks: number[] }> {
+      const state = await loadState(input.stateRef);
+      const tasks = judgeRoundRequests(state, {
+        model: input.config.models.judge.model,
+        hash: sha256Hex,
+      });
+      const cached: (boolean[] | null)[] = [];
+      const open: number[] = [];
+      for (const [i, task] of tasks.entries()) {
+        const hit = await readCached(judgeName(task.key));
+        const answers = hit ? JSON.parse(hit) as boolean[] : null;
+        if (answers && answers.length === task.items.length) cached.push(answers);
+        else {
+          cached.push(null);
+          open.push(i);
+        }
+      }
+      const tasksRef = await putJson(store, { stateRef: input.stateRef, tasks, cached });
+      return { tasksRef, tasks: open };
+    },
+
+    /** One judge call; a verdict that does not parse is data (the episode ends as judge-failure). */
+    async judgeCall(
+      input: { config: RunConfig; groupKey: string; tasksRef: Ref; task: number },
+    ): Promise<JudgeVerdict & { task: number }> {
+      const plan = await getJson<{ tasks: JudgeTask[] }>(store, input.tasksRef);
+      const task = plan.tasks[input.task];
+      if (!task) throw ApplicationFailure.nonRetryable(`No judge task ${input.task}`, "InvalidInput");
+      let verdict: JudgeVerdict;
+      try {
+        verdict = verdictFromResult(task, await deps.models("judge", input.config).complete(task.request));
+      } catch (err) {
+        if (err instanceof LlmError && !err.retryable) verdict = verdictFromError(task, `${err.type}: ${err.message}`);
+        else toFailure(err);
+      }
+      if (verdict.ok) {
+        const ref = await store.put(new TextEncoder().encode(JSON.stringify(verdict.answers)));
+        await store.setNameIfAbsent(judgeName(task.key), ref);
+      }
+      return { ...verdict, task: input.task };
+    },
+
+    /** Merges the round's verdicts (cached and new) into the state. */
+    async applyJudge(
+      input: { config: RunConfig; groupKey: string; stateRef: Ref; tasksRef: Ref; verdicts: (JudgeVerdict & { task: number })[] },
+    ): Promise<Step> {
+      const state = await loadState(input.stateRef);
+      const plan = await getJson<{ tasks: JudgeTask[]; cached: (boolean[] | null)[] }>(store, input.tasksRef);
+      const verdicts: JudgeVerdict[] = [];
+      plan.tasks.forEach((task, i) => {
+        const answers = plan.cached[i];
+        if (answers) {
+          verdicts.push({ variant: task.variant, step: task.step, items: task.items, vote: task.vote, ok: true, answers });
+        }
+      });
+      for (const { task: _t, ...v } of input.verdicts) verdicts.push(v);
+      const t = applyJudgement(state, verdicts);
+      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
+    },
+
+    /** Ends an episode whose model calls failed for good (retries exhausted): the failure is data. */
+    async failEpisode(input: { stateRef: Ref; reason: string; message: string }): Promise<Step> {
+      const state = await loadState(input.stateRef);
+      let t;
+      if (state.phase === "policy") t = applyPolicyFailure(state, input.message);
+      else if (state.phase === "tools") {
+        t = applyToolResults(
+          state,
+          toolCallsToRun(state).map((c) => toolResultFromSimulation(c, { ok: false, error: input.message })),
+        );
+      } else if (state.phase === "judge") {
+        const tasks = judgeRoundRequests(state, { model: "failed", hash: sha256Hex });
+        t = applyJudgement(state, tasks.slice(0, 1).map((task) => verdictFromError(task, input.message)));
+      } else return { stateRef: input.stateRef, next: "end" };
+      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
+    },
+
+    /** Small facts about a finished episode. */
+    async finishEpisode(input: { stateRef: Ref; episodeId: string }) {
+      const state = await loadState(input.stateRef);
+      return {
+        episodeId: input.episodeId,
+        stateRef: input.stateRef,
+        ok: state.end?.ok ?? false,
+        endReason: state.end?.reason ?? "unknown",
+        steps: state.assistantSteps,
+        turns: state.turns.length,
+      };
+    },
+
+    /**
+     * Rewards and advantages per group (core/rewards.ts), the training batch for the trainer, and
+     * the iteration's reward metrics.
+     */
+    async computeRewards(input: {
+      config: RunConfig;
+      runName: string;
+      iteration: number;
+      datasetRef: Ref;
+      groups: { taskIndex: number; recordIndex: number; episodes: Ref[] }[];
+      validation: boolean;
+    }) {
+      const c = input.config.cm2;
+      const options = {
+        preset: c.preset,
+        level: c.advantageLevel,
+        fnorm: c.fnorm,
+        failedEpisodes: c.failedEpisodes,
+        minGroupSupport: c.minGroupSupport,
+        eta: c.eta,
+      };
+      const samples: BatchSample[] = [];
+      const perGroup = [];
+      let rewardSum = 0;
+      let rewardCount = 0;
+      let passed = 0;
+      let reached = 0;
+      let judgeCalls = 0;
+      let simulatorCalls = 0;
+      let replayHits = 0;
+      for (const group of input.groups) {
+        const states = await Promise.all(group.episodes.map(loadState));
+        const checklist = states[0]!.record.checklists[0]!;
+        const verdicts = states.map((s) => episodeVerdicts(s));
+        const adv = computeAdvantages({ checklist, episodes: verdicts }, options);
+        for (const row of itemPassRate(checklist, verdicts)) {
+          for (const item of row) {
+            passed += item.passed;
+            reached += item.reached;
+          }
+        }
+        states.forEach((s, e) => {
+          judgeCalls += s.metrics.judgeVerdicts;
+          simulatorCalls += s.metrics.simulated;
+          replayHits += s.metrics.replayHits;
+          const a = adv.episodes[e]!;
+          if (verdicts[e]!.ok) {
+            rewardSum += a.reward;
+            rewardCount++;
+          }
+          if (a.excluded) return;
+          const completions = s.meta.flatMap((m, i) =>
+            m.completion ? [{ messageIndex: i, ...m.completion }] : []
+          );
+          samples.push({
+            episodeId: group.episodes[e]!.sha256.slice(0, 16),
+            groupId: `task-${group.taskIndex}`,
+            tools: s.tools as unknown as Record<string, unknown>[],
+            messages: s.messages.map((m) => ({
+              role: m.role,
+              content: m.content,
+              ...(m.tool_calls && m.tool_calls.length > 0 ? { tool_calls: m.tool_calls } : {}),
+              ...(m.tool_call_id ? { tool_call_id: m.tool_call_id } : {}),
+            })),
+            advantages: a.advantages.map((x) => ({ ...x })),
+            ...(completions.length > 0 ? { completions } : {}),
+          });
+        });
+        perGroup.push({
+          taskIndex: group.taskIndex,
+          recordIndex: group.recordIndex,
+          uuid: states[0]!.record.uuid,
+          episodes: states.map((s, e) => ({
+            ok: s.end?.ok ?? false,
+            endReason: s.end?.reason ?? null,
+            reward: adv.episodes[e]!.reward,
+            turnScores: adv.episodes[e]!.turnScores,
+            excluded: adv.episodes[e]!.excluded,
+            steps: s.assistantSteps,
+          })),
+          stats: adv.stats,
+        });
+      }
+      const rewardsRef = await putJson(store, {
+        schema: "cm2.rewards/v1",
+        runName: input.runName,
+        iteration: input.iteration,
+        options,
+        groups: perGroup,
+      });
+      let batchRef: Ref | null = null;
+      if (!input.validation) {
+        const batch: Batch = { schema: "cm2.batch/v1", runId: input.runName, iteration: input.iteration, samples };
+        batchRef = await putJson(store, batch);
+      }
+      return {
+        rewardsRef,
+        batchRef,
+        meanReward: rewardCount > 0 ? rewardSum / rewardCount : 0,
+        itemPassRate: reached > 0 ? passed / reached : 0,
+        judgeCalls,
+        simulatorCalls,
+        replayHits,
+        samples: samples.length,
+      };
+    },
+
+    /**
+     * Makes a checkpoint live on the policy server and verifies the served version before the next
+     * rollouts. `adapterApi: "none"` (an endpoint that cannot load adapters) records the version only.
+     */
+    async publishPolicy(input: { config: RunConfig; checkpoint: Ref; version: number }): Promise<{ version: number }> {
+      const policy = input.config.models.policy;
+      if (policy.adapterApi === "none") return { version: input.version };
+      const base = policy.baseURL.replace(/\/$/, "");
+      const body = {
+        lora_name: `${input.config.name}-v${input.version}`,
+        checkpoint: input.checkpoint,
+        store_root: input.config.store.root,
+        version: input.version,
+      };
+      const res = await fetch(`${base}/load_lora_adapter`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(120_000),
+      });
+      if (!res.ok) {
+        const text = await res.text();
+        const type = res.status >= 500 || res.status === 429 ? "ServerError" : "BadRequest";
+        throw ApplicationFailure.create({
+          type,
+          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${text.slice(0, 300)}`,
+          nonRetryable: type === "BadRequest",
+        });
+      }
+      await res.body?.cancel();
+      const check = await fetch(`${base}/policy_version`, { signal: AbortSignal.timeout(30_000) });
+      const served = await check.json() as { version?: number | string };
+      if (Number(served.version) !== input.version) {
+        throw ApplicationFailure.create({
+          type: "ServerError",
+          message: `Policy server serves version ${served.version} after loading ${input.version}`,
+        });
+      }
+      Context.current().log.info(`policy v${input.version} is live`);
+      return { version: input.version };
+    },
+
+    /** Stores the iteration's metrics and points `runs/<name>/metrics/it-<n>` at them. */
+    async recordMetrics(input: {
+      runName: string;
+      summary: Record<string, unknown> & { iteration: number; validation: boolean };
+      rewardsRef: Ref;
+      updateMetrics: UpdateMetrics | null;
+    }): Promise<{ metricsRef: Ref }> {
+      const metricsRef = await putJson(store, {
+        schema: "cm2.metrics/v1",
+        ...input.summary,
+        rewards: input.rewardsRef,
+        update: input.updateMetrics,
+      });
+      const kind = input.summary.validation ? "val" : "it";
+      await store.setName(`runs/${input.runName}/metrics/${kind}-${input.summary.iteration}`, metricsRef);
+      return { metricsRef };
+    },
+  };
+}

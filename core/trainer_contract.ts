@@ -1,0 +1,100 @@
+/**
+ * The wire contract between the orchestrator and the Python trainer worker (task queue
+ * `cm2-trainer`, activity `updatePolicy`). The JSON fixtures in `tests/contracts/` decode with
+ * these schemas here and with `trainer/cm2_trainer/contract.py` on the Python side.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { RefSchema } from "../store/mod.ts";
+
+/** Trainer hyperparameters sent with every update. */
+export const TrainerParamsSchema = z.object({
+  lr: z.number().positive(),
+  klCoef: z.number().min(0),
+  clipLow: z.number().min(0),
+  clipHigh: z.number().min(0),
+  clipRatioC: z.number().min(1),
+  miniBatches: z.number().int().positive(),
+  loraRank: z.number().int().positive(),
+  loraAlpha: z.number().positive(),
+  maxGradNorm: z.number().positive(),
+  seed: z.number().int(),
+});
+
+/** Input of `updatePolicy`. */
+export const UpdateRequestSchema = z.object({
+  runId: z.string().min(1),
+  iteration: z.number().int().min(0),
+  batch: RefSchema,
+  base: z.object({ kind: z.enum(["hf", "gguf"]), path: z.string().min(1) }),
+  parent: RefSchema.nullable(),
+  storeRoot: z.string().min(1),
+  trainer: TrainerParamsSchema,
+});
+
+/** Metrics of one update. */
+export const UpdateMetricsSchema = z.object({
+  loss: z.number(),
+  pgLoss: z.number(),
+  kl: z.number(),
+  clipFrac: z.number(),
+  gradNorm: z.number(),
+  tokens: z.number().int().min(0),
+  seconds: z.number().min(0),
+});
+
+/** Output of `updatePolicy`. */
+export const UpdateResultSchema = z.object({
+  runId: z.string(),
+  iteration: z.number().int().min(0),
+  version: z.number().int().min(1),
+  checkpoint: RefSchema,
+  reused: z.boolean(),
+  metrics: UpdateMetricsSchema,
+});
+
+const ChatToolCallSchema = z.object({
+  id: z.string(),
+  type: z.literal("function"),
+  function: z.object({ name: z.string(), arguments: z.string() }),
+});
+
+/** One training sample: a transcript with an advantage per trained assistant message. */
+export const BatchSampleSchema = z.object({
+  episodeId: z.string(),
+  groupId: z.string(),
+  tools: z.array(z.record(z.string(), z.unknown())),
+  messages: z.array(z.object({
+    role: z.enum(["system", "user", "assistant", "tool"]),
+    content: z.string().nullable(),
+    tool_calls: z.array(ChatToolCallSchema).optional(),
+    tool_call_id: z.string().optional(),
+  })),
+  advantages: z.array(z.object({ messageIndex: z.number().int().min(0), advantage: z.number() })),
+  completions: z.array(z.object({
+    messageIndex: z.number().int().min(0),
+    tokenIds: z.array(z.number().int().min(0)),
+    logprobs: z.array(z.number()).optional(),
+  })).optional(),
+});
+
+/** The batch blob an update trains on. */
+export const BatchSchema = z.object({
+  schema: z.literal("cm2.batch/v1"),
+  runId: z.string(),
+  iteration: z.number().int().min(0),
+  samples: z.array(BatchSampleSchema),
+});
+
+export type TrainerParams = z.infer<typeof TrainerParamsSchema>;
+export type UpdateRequest = z.infer<typeof UpdateRequestSchema>;
+export type UpdateResult = z.infer<typeof UpdateResultSchema>;
+export type UpdateMetrics = z.infer<typeof UpdateMetricsSchema>;
+export type BatchSample = z.infer<typeof BatchSampleSchema>;
+export type Batch = z.infer<typeof BatchSchema>;
+
+/** The trainer worker's activities, as workflows see them. */
+export interface TrainerActivities {
+  updatePolicy(req: UpdateRequest): Promise<UpdateResult>;
+}

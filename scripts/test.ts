@@ -1,0 +1,96 @@
+/**
+ * `deno task test`: the whole test suite, as CI runs it.
+ *
+ * Installs what is missing (`setup`), starts one headless Temporal dev server for the suite
+ * (tests that kill or restart a server start their own), runs the Deno tests, then the trainer's
+ * pytest suite, and ends with one plain line `N passed, M failed`. Extra arguments are passed to
+ * `deno test` (e.g. a file filter). Runtime: Deno.
+ *
+ * @module
+ */
+import * as path from "node:path";
+import { PYTHON, ROOT, GGUF_PATH } from "./paths.ts";
+import { setup } from "./setup.ts";
+import { freePort, startDevServer } from "./temporal_server.ts";
+
+interface Counts {
+  passed: number;
+  failed: number;
+}
+
+async function runTee(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; text: string }> {
+  const child = new Deno.Command(cmd, { args, cwd: ROOT, env, stdout: "piped", stderr: "piped" }).spawn();
+  let text = "";
+  const dec = new TextDecoder();
+  const pump = async (stream: ReadableStream<Uint8Array>, sink: typeof Deno.stdout) => {
+    for await (const chunk of stream) {
+      text += dec.decode(chunk, { stream: true });
+      await sink.write(chunk);
+    }
+  };
+  await Promise.all([pump(child.stdout, Deno.stdout), pump(child.stderr, Deno.stderr)]);
+  const status = await child.status;
+  return { code: status.code, text };
+}
+
+function stripAnsi(s: string): string {
+  // deno-lint-ignore no-control-regex
+  return s.replace(/\x1b\[[0-9;]*m/g, "");
+}
+
+function denoCounts(text: string): Counts | undefined {
+  const m = [...stripAnsi(text).matchAll(/(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
+  return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
+}
+
+function pytestCounts(text: string): Counts | undefined {
+  const lines = stripAnsi(text).trim().split("\n").reverse();
+  const line = lines.find((l) => /\d+ (passed|failed|error)/.test(l));
+  if (!line) return undefined;
+  const n = (re: RegExp) => Number(line.match(re)?.[1] ?? 0);
+  return { passed: n(/(\d+) passed/), failed: n(/(\d+) failed/) + n(/(\d+) errors?/) };
+}
+
+const totals: Counts = { passed: 0, failed: 0 };
+let exitCode = 0;
+
+await setup();
+const server = await startDevServer({ port: await freePort(), headless: true, dbFile: null, reuse: false });
+try {
+  const env = { CM2_TEST_TEMPORAL: server.address, CM2_GGUF: GGUF_PATH };
+  const deno = await runTee(Deno.execPath(), ["test", "-A", ...(Deno.args.length ? Deno.args : ["tests/"])], env);
+  const dc = denoCounts(deno.text);
+  if (!dc) {
+    console.error("Could not read the Deno test summary; counting the Deno suite as one failure");
+    totals.failed += 1;
+  } else {
+    totals.passed += dc.passed;
+    totals.failed += dc.failed;
+  }
+  if (deno.code !== 0) exitCode = 1;
+} finally {
+  await server.stop();
+}
+
+if (Deno.args.length === 0) {
+  const py = await runTee(PYTHON, ["-m", "pytest", "-q", "-p", "no:cacheprovider", path.join(ROOT, "trainer", "tests")], {
+    CM2_GGUF: GGUF_PATH,
+    PYTHONPATH: path.join(ROOT, "trainer"),
+    TEMPORAL_CLI: path.join(path.dirname(PYTHON), "temporal"),
+  });
+  const pc = pytestCounts(py.text);
+  if (py.code === 5) {
+    console.error("pytest collected no tests");
+  } else if (!pc) {
+    console.error("Could not read the pytest summary; counting the trainer suite as one failure");
+    totals.failed += 1;
+    exitCode = 1;
+  } else {
+    totals.passed += pc.passed;
+    totals.failed += pc.failed;
+    if (py.code !== 0) exitCode = 1;
+  }
+}
+
+console.log(`${totals.passed} passed, ${totals.failed} failed`);
+Deno.exit(exitCode);

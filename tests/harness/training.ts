@@ -1,0 +1,124 @@
+/**
+ * A whole training stack for tests: the scripted model server (TEST DOUBLE), an orchestrator
+ * worker and the test-only trainer worker, on unique task queues of a real dev server.
+ *
+ * @module
+ */
+import * as fs from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Client, Connection } from "@temporalio/client";
+import { NativeConnection, Worker } from "@temporalio/worker";
+import { createActivities } from "../../activities/mod.ts";
+import { modelFactory, ROOT } from "../../config.ts";
+import { parseRunConfig, type RunConfig } from "../../core/config.ts";
+import { TrajectoryRecordSchema } from "../../core/records.ts";
+import { FsStore } from "../../store/fs_store.ts";
+import { type ScriptedServer, startScriptedServer } from "../scripted_server.ts";
+import { createTestTrainer, type TestTrainerLog } from "../test_trainer.ts";
+import { echoSimulator, hashJudge, referencePolicy } from "./scripted_models.ts";
+import { uniqueQueue, workflowBundle } from "./temporal.ts";
+
+/** The sample dataset's records. */
+export async function sampleRecords() {
+  const text = await fs.readFile(path.join(ROOT, "data/sample/tooltalk_sample.jsonl"), "utf8");
+  return text.trim().split("\n").map((l) => TrajectoryRecordSchema.parse(JSON.parse(l)));
+}
+
+/** A run config pointing every role at the scripted server. */
+export function scriptedConfig(
+  url: string,
+  storeRoot: string,
+  trainerQueue: string,
+  cm2: Record<string, unknown>,
+  name = "test",
+): RunConfig {
+  const role = (model: string) => ({ baseURL: url, model, timeoutMs: 5_000 });
+  const parsed = parseRunConfig({
+    name,
+    dataset: { path: "data/sample/tooltalk_sample.jsonl", heldOut: 2 },
+    models: {
+      policy: { ...role("policy-model"), adapterApi: "cm2" },
+      judge: role("judge-model"),
+      simulator: role("sim-model"),
+      labeler: role("labeler-model"),
+    },
+    cm2,
+    trainer: { taskQueue: trainerQueue },
+    store: { root: storeRoot },
+  });
+  if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
+  return parsed.config;
+}
+
+/** A running test stack. */
+export interface TrainingStack {
+  server: ScriptedServer;
+  store: FsStore;
+  storeRoot: string;
+  client: Client;
+  taskQueue: string;
+  trainerQueue: string;
+  trainerLog: TestTrainerLog;
+  /** Starts both workers; returns a function that stops them. */
+  startWorkers(): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
+/** Builds the stack against a Temporal address. */
+export async function trainingStack(address: string, opts: { latencyMs?: number; pTrue?: number } = {}): Promise<TrainingStack> {
+  const records = await sampleRecords();
+  const server = startScriptedServer({
+    roles: {
+      "policy-model": referencePolicy(records, { deviateEvery: 3 }),
+      "judge-model": hashJudge(opts.pTrue ?? 0.7),
+      "sim-model": echoSimulator(),
+    },
+    adapters: true,
+    ...(opts.latencyMs ? { latencyMs: opts.latencyMs } : {}),
+  });
+  const storeRoot = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-run-"));
+  const store = new FsStore(storeRoot);
+  const taskQueue = uniqueQueue("orch");
+  const trainerQueue = uniqueQueue("trainer");
+  const trainer = createTestTrainer(store);
+  const connection = await Connection.connect({ address });
+  const client = new Client({ connection });
+  const bundle = await workflowBundle();
+  return {
+    server,
+    store,
+    storeRoot,
+    client,
+    taskQueue,
+    trainerQueue,
+    trainerLog: trainer.log,
+    async startWorkers() {
+      const nc = await NativeConnection.connect({ address });
+      const orchestrator = await Worker.create({
+        connection: nc,
+        taskQueue,
+        workflowBundle: bundle,
+        activities: createActivities({ store, models: modelFactory, root: ROOT }),
+        maxConcurrentActivityTaskExecutions: 32,
+      });
+      const trainerWorker = await Worker.create({
+        connection: nc,
+        taskQueue: trainerQueue,
+        activities: trainer.activities,
+      });
+      const running = Promise.all([orchestrator.run(), trainerWorker.run()]);
+      return async () => {
+        orchestrator.shutdown();
+        trainerWorker.shutdown();
+        await running;
+        await nc.close();
+      };
+    },
+    async close() {
+      await connection.close();
+      await server.close();
+      await fs.rm(storeRoot, { recursive: true, force: true });
+    },
+  };
+}

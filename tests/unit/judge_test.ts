@@ -1,0 +1,258 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import {
+  BATCH_VERDICT_SCHEMA,
+  fillSkipped,
+  type JudgeItem,
+  judgeBatchPrompt,
+  judgeCacheKey,
+  judgePrompt,
+  judgeRequest,
+  majority,
+  parseVerdicts,
+  roundCells,
+  type SatMatrix,
+  type SkipBasis,
+  VERDICT_ANALYSIS_FIELDS,
+  VERDICT_SCHEMA,
+} from "../../core/judge.ts";
+import {
+  computeAdvantages,
+  type EpisodeVerdicts,
+  itemPassRate,
+  type RewardItem,
+  type RewardLevel,
+  type RewardPreset,
+  turnPassed,
+} from "../../core/rewards.ts";
+
+const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
+
+const item: JudgeItem = {
+  id: "C0",
+  question: "Did the assistant call get_weather for Paris?",
+  focus_on: "assistant.tool_calls",
+  pass_condition: "A get_weather call with city Paris.",
+  failure_examples: ["Calls it for Lyon", "Answers without a call é"],
+  evidence: [{ turn: 0, step: 1, from: "assistant.tool_calls", snippet: '{"city": "Paris"}' }],
+};
+const ctx = { previous: "Role: system\ncontent: Be brief.\n", current: "# Turn: 0\nRole: user\ncontent: Hi\n" };
+
+Deno.test("judgePrompt() carries every criterion field and both transcript sections in order", () => {
+  const p = judgePrompt(item, ctx);
+  const order = [
+    "# Role\n",
+    "# Objective\n",
+    "# Criteria\n**Question:** Did the assistant call get_weather for Paris?\n",
+    "**Focus on:** assistant.tool_calls\n",
+    "**Pass condition:** A get_weather call with city Paris.\n",
+    '**Failure examples:** [\n  "Calls it for Lyon",\n  "Answers without a call \\u00e9"\n]\n',
+    '**Reference snippet:** [\n  "{\\"city\\": \\"Paris\\"}"\n]\n',
+    "# Previous Messages (context only, not evaluated)\nRole: system\ncontent: Be brief.\n# Current Messages to Evaluate\n" +
+    "# Turn: 0\nRole: user\ncontent: Hi\n",
+    "# Rules about tool calls\n",
+    "# Evaluation Steps",
+    "# Output Format\n",
+  ];
+  let at = 0;
+  for (const part of order) {
+    const found = p.indexOf(part, at);
+    assert.ok(found >= at, `missing or out of order: ${JSON.stringify(part)}`);
+    at = found + part.length;
+  }
+  const fields = [...VERDICT_ANALYSIS_FIELDS, "answer"].map((f) => p.lastIndexOf(`"${f}"`));
+  assert.deepEqual([...fields].sort((a, b) => a - b), fields, "analysis fields come before answer");
+});
+
+Deno.test("VERDICT_SCHEMA lists the four analysis fields before the boolean answer", () => {
+  assert.deepEqual(VERDICT_SCHEMA.required, [...VERDICT_ANALYSIS_FIELDS, "answer"]);
+  assert.deepEqual(Object.keys(VERDICT_SCHEMA.properties as object), [...VERDICT_ANALYSIS_FIELDS, "answer"]);
+  assert.equal(VERDICT_SCHEMA.additionalProperties, false);
+});
+
+Deno.test("judgeRequest() uses the one-item schema for one item and the batch schema for several", () => {
+  const one = judgeRequest([item], ctx, { temperature: 0.6 });
+  assert.equal(one.jsonSchema?.name, "evaluation_verdict");
+  assert.deepEqual(one.sampling, { temperature: 0.6 });
+  assert.equal(one.messages.length, 1);
+  assert.equal(one.messages[0]!.role, "user");
+  const second = { ...item, id: "C1", question: "Was the reply short?" };
+  const batch = judgeRequest([item, second], ctx);
+  assert.deepEqual(batch.jsonSchema, { name: "evaluation_verdicts", schema: BATCH_VERDICT_SCHEMA });
+  assert.equal(batch.sampling, undefined);
+  const text = judgeBatchPrompt([item, second], ctx);
+  assert.ok(text.indexOf("## Criterion C0\n") < text.indexOf("## Criterion C1\n"));
+  assert.ok(text.includes("in the order C0, C1"));
+  assert.throws(() => judgeRequest([], ctx), /at least 1 item/);
+});
+
+Deno.test("judgeCacheKey() is content-addressed over model, items, transcript and vote", () => {
+  const base = { model: "judge-a", items: [item], context: ctx, vote: 0 };
+  const k = judgeCacheKey(sha256, base);
+  assert.match(k, /^[0-9a-f]{64}$/);
+  assert.equal(judgeCacheKey(sha256, { ...base, items: [{ ...item }] }), k);
+  assert.notEqual(judgeCacheKey(sha256, { ...base, model: "judge-b" }), k);
+  assert.notEqual(judgeCacheKey(sha256, { ...base, vote: 1 }), k);
+  assert.notEqual(judgeCacheKey(sha256, { ...base, context: { ...ctx, current: ctx.current + "x" } }), k);
+  assert.notEqual(judgeCacheKey(sha256, { ...base, items: [{ ...item, pass_condition: "other" }] }), k);
+});
+
+const res = (content: string) => ({ content, finishReason: "stop" as const });
+
+Deno.test("parseVerdicts() reads one verdict, accepting 1/0 as Python does", () => {
+  assert.deepEqual(parseVerdicts(res('{"analysis_of_pass_condition": "ok", "answer": true}'), ["C0"]), {
+    ok: true,
+    answers: [true],
+  });
+  assert.deepEqual(parseVerdicts(res('{"answer": 0}'), ["C0"]), { ok: true, answers: [false] });
+  assert.equal(parseVerdicts(res('{"answer": "yes"}'), ["C0"]).ok, false);
+  assert.equal(parseVerdicts(res("The answer is yes"), ["C0"]).ok, false);
+  const cut = parseVerdicts({ content: '{"answ', finishReason: "length" }, ["C0"]);
+  assert.ok(!cut.ok && /token limit/.test(cut.error));
+});
+
+Deno.test("parseVerdicts() matches batched verdicts by item id, else by position", () => {
+  const byId = '{"verdicts": [{"item_id": "C2", "answer": false}, {"item_id": "C0", "answer": true}]}';
+  assert.deepEqual(parseVerdicts(res(byId), ["C0", "C2"]), { ok: true, answers: [true, false] });
+  assert.deepEqual(parseVerdicts(res('{"verdicts": [{"answer": false}, {"answer": true}]}'), ["C0", "C2"]), {
+    ok: true,
+    answers: [false, true],
+  });
+  assert.equal(parseVerdicts(res('{"verdicts": [{"answer": true}]}'), ["C0", "C2"]).ok, false);
+  assert.equal(parseVerdicts(res('{"verdicts": [{"item_id": "C9", "answer": true}, {"item_id": "C0", "answer": true}]}'), [
+    "C0",
+    "C2",
+  ]).ok, false);
+});
+
+Deno.test("majority() needs strictly more than half; ties are false", () => {
+  assert.equal(majority([true]), true);
+  assert.equal(majority([true, false]), false);
+  assert.equal(majority([true, true, false]), true);
+  assert.equal(majority([false, false, true]), false);
+  assert.throws(() => majority([]), /0 votes/);
+});
+
+const plan = [{ id: "C0", dependence: [] }, { id: "C1", dependence: ["C0"] }, { id: "C2", dependence: [] }];
+const blank = (steps: number): SatMatrix => Array.from({ length: steps }, () => [null, null, null]);
+
+Deno.test("roundCells() asks for every cell in exhaustive mode and one step at a time in incremental mode", () => {
+  assert.equal(roundCells(blank(3), "exhaustive").length, 9);
+  assert.deepEqual(roundCells(blank(3), "incremental"), [{ step: 0, item: 0 }, { step: 0, item: 1 }, { step: 0, item: 2 }]);
+  assert.deepEqual(fillSkipped(blank(2), plan, "exhaustive").filled, 0);
+});
+
+Deno.test("fillSkipped() skips items completed at an earlier step, waiting for dependencies", () => {
+  // step 0: C0 true, C1 true (but C0 is not completed before step 0), C2 false
+  const sat: SatMatrix = [[true, true, false], [null, null, null], [null, null, null]];
+  const r = fillSkipped(sat, plan, "incremental");
+  assert.deepEqual(r.sat[1], [true, null, null], "C0 is done; C1 must be re-judged now that C0 holds");
+  assert.equal(r.filled, 1);
+  assert.deepEqual(roundCells(r.sat, "incremental"), [{ step: 1, item: 1 }, { step: 1, item: 2 }]);
+  r.sat[1] = [true, true, false];
+  const r2 = fillSkipped(r.sat, plan, "incremental");
+  assert.deepEqual(r2.sat[2], [true, true, null]);
+  const loose = fillSkipped(sat, plan, "incremental", "satisfied");
+  assert.deepEqual(loose.sat[1], [true, true, null], "the satisfied basis ignores dependencies");
+});
+
+// ---- exhaustive vs incremental equivalence on random verdict matrices ----
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomChecklist(r: () => number): RewardItem[][] {
+  const turns = 1 + Math.floor(r() * 3);
+  return Array.from({ length: turns }, () => {
+    const n = 1 + Math.floor(r() * 5);
+    const raw = Array.from({ length: n }, () => 0.1 + r());
+    const total = raw.reduce((a, b) => a + b, 0);
+    return raw.map((w, c) => ({
+      id: `C${c}`,
+      weight: w / total,
+      dependence: Array.from({ length: c }, (_, d) => `C${d}`).filter(() => r() < 0.3),
+      required_for_next_turn: r() < 0.4,
+    }));
+  });
+}
+
+function judgeIncrementally(oracle: boolean[][], items: RewardItem[], basis: SkipBasis): { sat: boolean[][]; asked: number } {
+  let sat: SatMatrix = oracle.map((row) => row.map(() => null));
+  let asked = 0;
+  for (;;) {
+    sat = fillSkipped(sat, items, "incremental", basis).sat;
+    const cells = roundCells(sat, "incremental");
+    if (cells.length === 0) break;
+    for (const { step, item } of cells) sat[step]![item] = oracle[step]![item]!;
+    asked += cells.length;
+  }
+  return { sat: sat.map((row) => row.map((v) => v === true)), asked };
+}
+
+Deno.test("incremental judging gives the same gates, rewards and advantages as exhaustive judging", () => {
+  const r = rng(20260126);
+  const presets: RewardPreset[] = ["reference", "paper", "fixed"];
+  const levels: RewardLevel[] = ["trajectory", "turn", "step"];
+  let asked = 0;
+  let total = 0;
+  for (let trial = 0; trial < 150; trial++) {
+    const checklist = randomChecklist(r);
+    const exhaustive: EpisodeVerdicts[] = [];
+    const byBasis: Record<SkipBasis, EpisodeVerdicts[]> = { completed: [], satisfied: [] };
+    for (let e = 0; e < 6; e++) {
+      const reached = 1 + Math.floor(r() * checklist.length);
+      const ok = r() < 0.9;
+      const turns = Array.from({ length: reached }, (_, t) => {
+        const items = checklist[t]!;
+        const steps = 1 + Math.floor(r() * 4);
+        const oracle = Array.from({ length: steps }, () => items.map(() => r() < 0.45));
+        return { items, oracle, complete: t < reached - 1 || r() < 0.7, base: 100 * t };
+      });
+      const build = (sats: boolean[][][]): EpisodeVerdicts => ({
+        ok,
+        turns: turns.map((t, k) => ({
+          complete: t.complete,
+          steps: sats[k]!.map((sat, s) => ({ messageIndex: t.base + s, sat })),
+        })),
+      });
+      exhaustive.push(build(turns.map((t) => t.oracle)));
+      for (const basis of ["completed", "satisfied"] as const) {
+        const judged = turns.map((t) => judgeIncrementally(t.oracle, t.items, basis));
+        byBasis[basis].push(build(judged.map((j) => j.sat)));
+        judged.forEach((j, k) => {
+          const rows = (rowsOf: boolean[][]) => rowsOf.map((sat) => ({ sat }));
+          assert.equal(turnPassed(turns[k]!.items, rows(j.sat)), turnPassed(turns[k]!.items, rows(turns[k]!.oracle)));
+          if (basis === "completed") {
+            asked += j.asked;
+            total += turns[k]!.oracle.length * turns[k]!.items.length;
+          }
+        });
+      }
+    }
+    for (const preset of presets) {
+      for (const level of levels) {
+        const opts = { preset, level, minGroupSupport: 0 };
+        const want = computeAdvantages({ checklist, episodes: exhaustive }, opts).episodes;
+        assert.deepEqual(computeAdvantages({ checklist, episodes: byBasis.completed }, opts).episodes, want);
+        if (preset === "reference" && level !== "step") {
+          assert.deepEqual(computeAdvantages({ checklist, episodes: byBasis.satisfied }, opts).episodes, want);
+        }
+      }
+    }
+    for (const dependencies of ["ignore", "before-step", "item-order"] as const) {
+      assert.deepEqual(
+        itemPassRate(checklist, byBasis.completed, { dependencies }),
+        itemPassRate(checklist, exhaustive, { dependencies }),
+      );
+    }
+  }
+  assert.ok(asked < total, `incremental judging asked ${asked} of ${total} cells`);
+});

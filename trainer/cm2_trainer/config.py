@@ -1,0 +1,140 @@
+"""Trainer hyperparameters: one dataclass, every field with its help text.
+
+Defaults follow the released CM2 script (`traj_n48.sh`, see docs/cm2-reference.md §5.8 and §6) where it
+sets a value, and verl's defaults otherwise. The paper's values are given in the help text.
+The wire request carries a subset of these fields (camelCase, see tests/contracts/README.md); the rest
+keep their defaults unless the worker is started with overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _fl(default: list[Any], help: str) -> Any:
+    return field(default_factory=lambda: list(default), metadata={"help": help})
+
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = _f(
+        1e-6,
+        "AdamW learning rate, constant, no warmup. CM2 script 1e-6, paper 3e-6 (both full fine-tuning); "
+        "LoRA usually needs roughly 10x more.",
+    )
+    kl_coef: float = _f(
+        1e-4,
+        "Coefficient of the low-variance KL (k3) loss to the reference model (the base without the adapter). "
+        "CM2 script 1e-4, paper 1e-3. 0 skips the reference forward pass.",
+    )
+    clip_low: float = _f(0.2, "PPO clip: the ratio is clipped below at 1 - clip_low.")
+    clip_high: float = _f(0.2, "PPO clip: the ratio is clipped above at 1 + clip_high.")
+    clip_ratio_c: float = _f(
+        3.0,
+        "Dual clip for negative advantages: the per-token loss is capped at -A * clip_ratio_c. Must be > 1.",
+    )
+    mini_batches: int = _f(
+        1,
+        "Number of optimizer steps per update (the batch is split into this many mini-batches, one epoch). "
+        "1 = one step, exactly on-policy (ratio 1, clipping inactive), as in the CM2 script. "
+        ">1: later mini-batches are clipped against the old log-probs computed before the first step.",
+    )
+    micro_batch_size: int = _f(
+        4,
+        "Samples per forward/backward pass (gradients are accumulated over a mini-batch). Memory knob only: "
+        "the loss is a token-mean over the whole mini-batch whatever this is.",
+    )
+    max_grad_norm: float = _f(1.0, "Gradient clipping by global L2 norm (CM2/verl: 1.0).")
+    weight_decay: float = _f(0.01, "AdamW decoupled weight decay (verl default 0.01).")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas (verl default 0.9, 0.999).")
+    eps: float = _f(1e-8, "AdamW epsilon.")
+    lora_rank: int = _f(16, "LoRA rank r. CM2 trains all weights; cm2 trains a LoRA adapter on the base.")
+    lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / rank).")
+    lora_dropout: float = _f(
+        0.0,
+        "LoRA dropout. Keep 0: with dropout the training forward differs from the no-grad passes that "
+        "give the old and reference log-probs.",
+    )
+    target_modules: list[str] = _fl(DEFAULT_TARGET_MODULES, "Module names that get LoRA adapters (Llama/Qwen names).")
+    loss_agg: str = _f(
+        "token-mean",
+        "Loss aggregation. Only 'token-mean' (every loss token of the mini-batch weighs the same, as in "
+        "CM2/verl `loss_agg_mode=token-mean`).",
+    )
+    rollout_is_cap: float | None = _f(
+        None,
+        "Truncated importance sampling against the serving stack's log-probs (batch completions[].logprobs): "
+        "per-token weight min(exp(old_logp - rollout_logp), cap), detached. CM2 ran with 2.0 "
+        "(rollout_is=token); None = off. Not on the wire yet.",
+    )
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (saves GPU memory).")
+    dtype: str = _f("auto", "Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU; or 'float32' / 'bfloat16'.")
+    device: str = _f("auto", "'auto' = cuda if available else cpu; or an explicit torch device string.")
+    seed: int = _f(0, "Seed; the update is seeded with (seed, iteration) for the LoRA init and mini-batch order.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, name: str, why: str) -> None:
+            if not cond:
+                raise ValueError(f"Trainer config {name} is {getattr(self, name)!r}, expected {why}")
+
+        need(self.lr > 0, "lr", "> 0")
+        need(self.kl_coef >= 0, "kl_coef", ">= 0")
+        need(0 <= self.clip_low < 1, "clip_low", "in [0, 1)")
+        need(self.clip_high >= 0, "clip_high", ">= 0")
+        need(self.clip_ratio_c > 1, "clip_ratio_c", "> 1")
+        need(self.mini_batches >= 1, "mini_batches", ">= 1")
+        need(self.micro_batch_size >= 1, "micro_batch_size", ">= 1")
+        need(self.max_grad_norm > 0, "max_grad_norm", "> 0")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")
+        need(self.lora_rank >= 1, "lora_rank", ">= 1")
+        need(self.lora_alpha > 0, "lora_alpha", "> 0")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "in [0, 1)")
+        need(len(self.target_modules) > 0, "target_modules", "a non-empty list")
+        need(self.loss_agg == "token-mean", "loss_agg", "'token-mean'")
+        need(self.rollout_is_cap is None or self.rollout_is_cap > 0, "rollout_is_cap", "None or > 0")
+        need(self.dtype in ("auto", "float32", "bfloat16"), "dtype", "'auto', 'float32' or 'bfloat16'")
+
+    def replace(self, **changes: Any) -> "TrainerConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# Wire name (camelCase, request.trainer) -> TrainerConfig field. The wire carries only these.
+WIRE_FIELDS: dict[str, str] = {
+    "lr": "lr",
+    "klCoef": "kl_coef",
+    "clipLow": "clip_low",
+    "clipHigh": "clip_high",
+    "clipRatioC": "clip_ratio_c",
+    "miniBatches": "mini_batches",
+    "loraRank": "lora_rank",
+    "loraAlpha": "lora_alpha",
+    "maxGradNorm": "max_grad_norm",
+    "seed": "seed",
+}
+
+
+def help_text() -> str:
+    """All fields with their defaults and help, for `--help` output and docs."""
+    lines = []
+    for f in dataclasses.fields(TrainerConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""`update_policy`: one policy update per (run_id, iteration), applied once, saved as a checkpoint.
+
+Order of effects (the named pointer is the commit point):
+
+1. If `names/runs/<run_id>/checkpoints/it-<iteration>` exists: return that checkpoint, `reused: true`,
+   and do not train.
+2. Load the batch blob, the base model (HF directory, or a GGUF file dequantised by transformers;
+   float32 on CPU, bfloat16 on GPU), and the parent adapter + optimizer state when `parent` is given.
+3. Render the samples (render.py), apply the update (loss.py).
+4. Save the adapter files and the optimizer state as blobs, then the checkpoint manifest as a blob,
+   then create the named pointer, first writer wins. A crash before the pointer leaves only orphan blobs;
+   a retry redoes the update from the parent. Two racing attempts cannot both commit: the loser returns the
+   winner's checkpoint with `reused: true`.
+
+version = iteration + 1 (the base policy is version 0).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainerConfig
+from .contract import (
+    CHECKPOINT_SCHEMA,
+    METRIC_WIRE,
+    BaseModel,
+    ContractError,
+    UpdateRequest,
+    decode_batch,
+    encode_result,
+)
+from .loss import Heartbeat, apply_update
+from .render import RenderedSample, TemplateError, render_sample
+from .store import Ref, Store, StoreCorruption
+
+log = logging.getLogger("cm2_trainer.update")
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def checkpoint_name(run_id: str, iteration: int) -> str:
+    return f"runs/{run_id}/checkpoints/it-{iteration}"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    run_id: str
+    iteration: int
+    version: int
+    checkpoint: Ref
+    reused: bool
+    metrics: dict[str, Any]  # wire names: loss, pgLoss, kl, clipFrac, gradNorm, tokens, seconds
+
+    def to_json(self) -> dict[str, Any]:
+        snake = {name: self.metrics[wire] for name, wire in METRIC_WIRE.items()}
+        return encode_result(self.run_id, self.iteration, self.version, self.checkpoint, self.reused, snake)
+
+
+# -- base model cache ----------------------------------------------------------------------------------------
+def resolve_device(cfg: TrainerConfig) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(cfg: TrainerConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+
+
+class ModelCache:
+    """Keeps the last base model + tokenizer in memory between updates (a worker process is long-lived).
+
+    The base is wrapped with a fresh LoRA adapter for each update and unwrapped (`unload()`) afterwards;
+    after any failure the entry is dropped so a half-wrapped model is never reused.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._value: tuple[Any, Any] | None = None
+        self.lock = threading.Lock()
+
+    def get(self, base: BaseModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+        key = (base.kind, os.path.abspath(base.path), str(device), str(dtype))
+        if self._key != key or self._value is None:
+            self.clear()
+            self._value = load_base(base, device, dtype)
+            self._key = key
+        return self._value
+
+    def clear(self) -> None:
+        self._key = None
+        self._value = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(base.path)
+    if base.kind == "gguf":
+        if not path.is_file():
+            raise ContractError(f"request.base.path is {base.path!r}, which is not a GGUF file on this worker")
+        kw: dict[str, Any] = {"gguf_file": path.name}
+        src = str(path.parent)
+    else:
+        if not path.is_dir():
+            raise ContractError(f"request.base.path is {base.path!r}, which is not a model directory on this worker")
+        kw = {}
+        src = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
+    # A GGUF model is dequantised on load; drop the marker so peft treats it as the plain model it now is.
+    if getattr(model.config, "quantization_config", None) is not None and base.kind == "gguf":
+        del model.config.quantization_config
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+# -- the activity body ------------------------------------------------------------------------------------------
+def update_policy(req: UpdateRequest, *, heartbeat: Heartbeat | None = None, cache: ModelCache | None = None,
+                  defaults: TrainerConfig | None = None) -> UpdateResult:
+    t_start = time.perf_counter()
+    beat = heartbeat or (lambda _p: None)
+    store = Store(req.store_root)
+    name = checkpoint_name(req.run_id, req.iteration)
+
+    existing = store.get_name(name)
+    if existing is not None:
+        return _result_from_manifest(store, existing, reused=True)
+
+    cfg = req.config(defaults)
+    batch = decode_batch(store.get_json(req.batch))
+    if (batch.run_id, batch.iteration) != (req.run_id, req.iteration):
+        raise ContractError(
+            f"batch is for run {batch.run_id!r} iteration {batch.iteration}, request is for run "
+            f"{req.run_id!r} iteration {req.iteration}"
+        )
+    parent = _load_manifest(store, req.parent, "request.parent") if req.parent is not None else None
+    if parent is not None and parent["base"] != req.base.to_json():
+        raise ContractError(f"request.parent was trained on base {parent['base']}, request.base is {req.base.to_json()}")
+
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    cache = cache or ModelCache()
+    beat({"phase": "load"})
+    with cache.lock:
+        base_model, tokenizer = cache.get(req.base, device, dtype)
+        vocab = base_model.get_input_embeddings().weight.shape[0]
+        rendered: list[RenderedSample] = []
+        for s in batch.samples:
+            try:
+                r = render_sample(s, tokenizer, vocab_size=vocab)
+            except TemplateError as e:
+                raise ContractError(str(e)) from None
+            if r.num_loss_tokens > 0:
+                rendered.append(r)
+        if not rendered:
+            raise ContractError("batch has no sample with a loss token")
+        t_loaded = time.perf_counter()
+
+        seed = derive_seed(cfg.seed, req.iteration)
+        torch.manual_seed(seed)
+        with tempfile.TemporaryDirectory(prefix="cm2-ckpt-") as tmp:
+            tmp_path = Path(tmp)
+            model = None
+            try:
+                model, optimizer = _wrap(base_model, cfg, store, parent, tmp_path / "parent", device)
+                pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                metrics = apply_update(model, optimizer, rendered, cfg, seed=seed, pad_id=int(pad_id or 0),
+                                       device=device, heartbeat=beat)
+                beat({"phase": "save"})
+                t_trained = time.perf_counter()
+                files = _save(model, optimizer, store, tmp_path / "out")
+            except BaseException:
+                cache.clear()  # never reuse a half-wrapped base
+                raise
+            finally:
+                if model is not None and cache._value is not None:
+                    model.unload()  # remove the LoRA layers; the cached base is the plain model again
+
+    wire_metrics = {wire: metrics[name_] for name_, wire in METRIC_WIRE.items()}
+    manifest = {
+        "schema": CHECKPOINT_SCHEMA,
+        "runId": req.run_id,
+        "iteration": req.iteration,
+        "version": req.iteration + 1,
+        "base": req.base.to_json(),
+        "parent": req.parent.to_json() if req.parent is not None else None,
+        "batch": req.batch.to_json(),
+        "files": {k: v.to_json() for k, v in files.items()},
+        "metrics": wire_metrics,
+        "trainer": cfg.to_json(),
+        "stats": {
+            "optimizerSteps": metrics["optimizer_steps"],
+            "skippedSteps": metrics["skipped_steps"],
+            "samples": metrics["samples"],
+            "droppedSamples": len(batch.samples) - len(rendered),
+            "loadSeconds": t_loaded - t_start,
+            "saveSeconds": time.perf_counter() - t_trained,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+        },
+        "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest_ref = store.put_json(manifest)
+    winner = store.create_name(name, manifest_ref)
+    if winner != manifest_ref:
+        log.warning("Checkpoint %s was committed by another attempt; returning it", name)
+        return _result_from_manifest(store, winner, reused=True)
+    return UpdateResult(req.run_id, req.iteration, req.iteration + 1, manifest_ref, False, wire_metrics)
+
+
+def derive_seed(seed: int, iteration: int) -> int:
+    return (seed * 1_000_003 + iteration) % (2**31 - 1)
+
+
+def _wrap(base_model: Any, cfg: TrainerConfig, store: Store, parent: dict[str, Any] | None, parent_dir: Path,
+          device: torch.device) -> tuple[Any, torch.optim.Optimizer]:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if parent is None:
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+        model = get_peft_model(base_model, lora)
+    else:
+        parent_dir.mkdir(parents=True)
+        for fname in ADAPTER_FILES:
+            store.copy_to(_file_ref(parent, fname), parent_dir / fname)
+        model = PeftModel.from_pretrained(base_model, str(parent_dir), is_trainable=True)
+        pc = model.peft_config["default"]
+        if (pc.r, pc.lora_alpha) != (cfg.lora_rank, cfg.lora_alpha):
+            # keep the parent's adapter shape; a silent reshape would throw the learned adapter away
+            model.unload()
+            raise ContractError(
+                f"request.trainer has loraRank {cfg.lora_rank}, loraAlpha {cfg.lora_alpha}; the parent "
+                f"adapter has {pc.r}, {pc.lora_alpha}"
+            )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    if parent is not None and OPTIMIZER_FILE in parent["files"]:
+        state = torch.load(io.BytesIO(store.get_bytes(_file_ref(parent, OPTIMIZER_FILE))),
+                           map_location=device, weights_only=True)
+        optimizer.load_state_dict(state)
+        for g in optimizer.param_groups:  # this request's hyperparameters win over the saved ones
+            g.update(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return model, optimizer
+
+
+def _save(model: Any, optimizer: torch.optim.Optimizer, store: Store, out: Path) -> dict[str, Ref]:
+    model.save_pretrained(str(out))
+    files = {fname: store.put_file(out / fname) for fname in ADAPTER_FILES}
+    buf = io.BytesIO()
+    torch.save(optimizer.state_dict(), buf)
+    files[OPTIMIZER_FILE] = store.put_bytes(buf.getvalue())
+    return files
+
+
+def _file_ref(manifest: dict[str, Any], fname: str) -> Ref:
+    try:
+        return Ref.from_json(manifest["files"][fname], where=f"checkpoint.files[{fname!r}]")
+    except KeyError:
+        raise StoreCorruption(f"Checkpoint manifest has no file {fname!r}") from None
+
+
+def _load_manifest(store: Store, ref: Ref, where: str) -> dict[str, Any]:
+    m = store.get_json(ref)
+    if not isinstance(m, dict) or m.get("schema") != CHECKPOINT_SCHEMA:
+        got = m.get("schema") if isinstance(m, dict) else type(m).__name__
+        raise ContractError(f"{where} points at {got!r}, expected a {CHECKPOINT_SCHEMA} manifest")
+    for k in ("runId", "iteration", "version", "base", "files", "metrics"):
+        if k not in m:
+            raise StoreCorruption(f"Checkpoint manifest {ref.uri} lacks {k!r}")
+    return m
+
+
+def _result_from_manifest(store: Store, ref: Ref, *, reused: bool) -> UpdateResult:
+    m = _load_manifest(store, ref, "checkpoint")
+    return UpdateResult(m["runId"], m["iteration"], m["version"], ref, reused, dict(m["metrics"]))
+

@@ -1,0 +1,145 @@
+"""Temporal worker for the trainer: hosts the `updatePolicy` activity on task queue `cm2-trainer`.
+
+    python -m cm2_trainer.worker [--address HOST:PORT] [--namespace NS] [--store-root DIR] ...
+
+One activity at a time (`max_concurrent_activities=1`; the GPU is the unit of work). The activity takes one
+JSON object and returns one (camelCase, tests/contracts/README.md), heartbeats while it trains, and
+raises `ApplicationError` with a type from `contract.ERROR_TYPES`; bad input is `InvalidBatch`,
+non-retryable. SIGTERM/SIGINT stop polling, let the running activity finish within the graceful timeout,
+and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, Callable
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from . import contract
+from .config import TrainerConfig, help_text
+from .store import InvalidRef, MissingArtifact, StoreCorruption
+
+log = logging.getLogger("cm2_trainer.worker")
+
+
+def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: str | None = None,
+                         cache: Any = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Build the `updatePolicy` activity (a plain sync function run in the worker's thread pool)."""
+    from .loss import TrainingDiverged
+    from .update import ModelCache, update_policy
+
+    model_cache = cache or ModelCache()
+
+    @activity.defn(name=contract.ACTIVITY_NAME)
+    def update_policy_activity(request: dict[str, Any]) -> dict[str, Any]:
+        info = activity.info()
+        try:
+            req = contract.decode_update_request(request)
+            if store_root is not None:
+                req = replace(req, store_root=store_root)
+            log.info("updatePolicy run=%s iteration=%d attempt=%d", req.run_id, req.iteration, info.attempt)
+            result = update_policy(req, heartbeat=lambda p: activity.heartbeat(p), cache=model_cache,
+                                   defaults=defaults)
+        except (contract.ContractError, InvalidRef) as e:
+            raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e
+        except MissingArtifact as e:
+            raise ApplicationError(str(e), type=contract.ERR_MISSING_ARTIFACT, non_retryable=True) from e
+        except StoreCorruption as e:
+            raise ApplicationError(str(e), type=contract.ERR_STORE_CORRUPTION, non_retryable=True) from e
+        except TrainingDiverged as e:
+            raise ApplicationError(str(e), type=contract.ERR_TRAINING_DIVERGED, non_retryable=True) from e
+        out = result.to_json()
+        contract.decode_result(out)
+        log.info("updatePolicy run=%s iteration=%d reused=%s metrics=%s", req.run_id, req.iteration,
+                 result.reused, out["metrics"])
+        return out
+
+    return update_policy_activity
+
+
+def build_worker(client: Client, executor: ThreadPoolExecutor, *, task_queue: str = contract.TASK_QUEUE,
+                 defaults: TrainerConfig | None = None, store_root: str | None = None,
+                 graceful_shutdown: timedelta = timedelta(seconds=30)) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        activities=[make_update_activity(defaults=defaults, store_root=store_root)],
+        activity_executor=executor,
+        max_concurrent_activities=1,
+        graceful_shutdown_timeout=graceful_shutdown,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m cm2_trainer.worker",
+        description="cm2 trainer worker: hosts the Temporal activity `updatePolicy` (one policy update per "
+                    "run iteration, LoRA on the base model) on its own task queue.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Trainer defaults (a request's `trainer` object overrides lr, klCoef, clipLow, clipHigh, "
+               "clipRatioC, miniBatches, loraRank, loraAlpha, maxGradNorm, seed):\n" + help_text(),
+    )
+    p.add_argument("--address", default=os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+                   help="Temporal frontend host:port (env TEMPORAL_ADDRESS, default 127.0.0.1:7233)")
+    p.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"),
+                   help="Temporal namespace (env TEMPORAL_NAMESPACE, default 'default')")
+    p.add_argument("--task-queue", default=contract.TASK_QUEUE, help="task queue (default %(default)s)")
+    p.add_argument("--store-root", default=None,
+                   help="use this store root instead of each request's storeRoot (when the trainer host mounts "
+                        "the store at another path)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda:0")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--micro-batch-size", type=int, default=TrainerConfig.micro_batch_size,
+                   help="samples per forward/backward pass (memory knob; default %(default)s)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (saves memory)")
+    p.add_argument("--rollout-is-cap", type=float, default=None,
+                   help="truncated importance sampling cap against serving log-probs (off by default; CM2: 2.0)")
+    p.add_argument("--graceful-shutdown-seconds", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT, how long a running update may go on before it is cancelled")
+    p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> None:
+    defaults = TrainerConfig(device=args.device, dtype=args.dtype, micro_batch_size=args.micro_batch_size,
+                             gradient_checkpointing=args.gradient_checkpointing,
+                             rollout_is_cap=args.rollout_is_cap)
+    client = await Client.connect(args.address, namespace=args.namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm2-update") as executor:
+        worker = build_worker(client, executor, task_queue=args.task_queue, defaults=defaults,
+                              store_root=args.store_root,
+                              graceful_shutdown=timedelta(seconds=args.graceful_shutdown_seconds))
+        async with worker:
+            log.info("cm2 trainer worker polling task queue %r on %s namespace %r", args.task_queue,
+                     args.address, args.namespace)
+            await stop.wait()
+            log.info("Shutting down")
+    log.info("Stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

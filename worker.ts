@@ -1,0 +1,54 @@
+/**
+ * The orchestrator worker: every workflow plus every non-GPU activity (LLM calls, tool
+ * simulation, judging, rewards, store), on the `cm2-orchestrator` task queue. Connection comes
+ * from Temporal's standard environment configuration; model endpoints and keys from the run
+ * config each workflow carries (keys only ever from the environment).
+ *
+ * Usage: `deno task worker [--task-queue NAME] [--store DIR]`
+ *
+ * @module
+ */
+import { DefaultLogger, Runtime, Worker } from "@temporalio/worker";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { createActivities } from "./activities/mod.ts";
+import { connectWorker, modelFactory, resolvePath, ROOT } from "./config.ts";
+import { FsStore } from "./store/fs_store.ts";
+import { ORCHESTRATOR_QUEUE } from "./workflows/names.ts";
+
+/** Options of {@linkcode runWorker}. */
+export interface WorkerOptions {
+  taskQueue: string;
+  storeRoot: string;
+  maxConcurrentActivities?: number;
+}
+
+/** Creates the orchestrator worker and runs it until SIGINT/SIGTERM. */
+export async function runWorker(opts: WorkerOptions): Promise<void> {
+  const { connection, namespace } = await connectWorker();
+  const worker = await Worker.create({
+    connection,
+    namespace,
+    taskQueue: opts.taskQueue,
+    workflowsPath: fileURLToPath(new URL("./workflows/mod.ts", import.meta.url)),
+    activities: createActivities({ store: new FsStore(opts.storeRoot), models: modelFactory, root: ROOT }),
+    maxConcurrentActivityTaskExecutions: opts.maxConcurrentActivities ?? 64,
+    shutdownGraceTime: "10 seconds",
+  });
+  console.log(`cm2 worker on task queue ${opts.taskQueue} (namespace ${namespace}); store ${opts.storeRoot}`);
+  await worker.run();
+  await connection.close();
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      "task-queue": { type: "string", default: ORCHESTRATOR_QUEUE },
+      store: { type: "string", default: ".cm2/store" },
+      "log-level": { type: "string", default: "WARN" },
+    },
+  });
+  Runtime.install({ logger: new DefaultLogger(values["log-level"] as "WARN") });
+  await runWorker({ taskQueue: values["task-queue"], storeRoot: resolvePath(values.store) });
+}

@@ -1,0 +1,41 @@
+/**
+ * Named timeout and retry presets for activities (`llm`, `tool`, `store`, `train`). Workflows
+ * pick a preset; they never spell out timeouts inline.
+ *
+ * @module
+ */
+import type { ActivityOptions } from "@temporalio/workflow";
+
+/** Failure types (from `core/llm_types.ts`) that no retry can fix. */
+export const NON_RETRYABLE = ["BadRequest", "Refusal", "SchemaViolation", "Truncated", "InvalidInput"];
+
+/** One LLM call: retried with backoff on 429/5xx/timeouts (Retry-After honoured by the activity). */
+export const LLM: ActivityOptions = {
+  startToCloseTimeout: "10 minutes",
+  retry: {
+    initialInterval: "1 second",
+    backoffCoefficient: 2,
+    maximumInterval: "1 minute",
+    maximumAttempts: 8,
+    nonRetryableErrorTypes: NON_RETRYABLE,
+  },
+};
+
+/** Pure work over stored state (parse, replay, rewards): fast, retried a few times. */
+export const STORE: ActivityOptions = {
+  startToCloseTimeout: "2 minutes",
+  retry: { initialInterval: "500 milliseconds", maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
+};
+
+/** One GPU policy update: long, heartbeating, idempotent per (run, iteration). */
+export const TRAIN: ActivityOptions = {
+  startToCloseTimeout: "2 hours",
+  heartbeatTimeout: "5 minutes",
+  retry: { initialInterval: "5 seconds", maximumAttempts: 5, nonRetryableErrorTypes: ["InvalidBatch"] },
+};
+
+/** Making a new adapter live on the policy server and verifying it. */
+export const PUBLISH: ActivityOptions = {
+  startToCloseTimeout: "5 minutes",
+  retry: { initialInterval: "2 seconds", maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
+};

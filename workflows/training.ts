@@ -1,0 +1,502 @@
+/**
+ * The durable training loop: `trainingRun` → `iteration` → `episode` workflows. Deterministic
+ * wiring only; every model call is its own activity, every large value is a store ref.
+ *
+ * @module
+ */
+import {
+  allHandlersFinished,
+  ApplicationFailure,
+  condition,
+  continueAsNew,
+  defineQuery,
+  defineSignal,
+  defineUpdate,
+  executeChild,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+} from "@temporalio/workflow";
+import type { RunConfig } from "../core/config.ts";
+import { sampleTasks, workflowIds } from "../core/sampling.ts";
+import type { Activities } from "../activities/mod.ts";
+import type { Ref } from "../store/mod.ts";
+import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
+import { LLM, PUBLISH, STORE, TRAIN } from "./presets.ts";
+
+const store = proxyActivities<Activities>(STORE);
+const llm = proxyActivities<Activities>(LLM);
+const publish = proxyActivities<Activities>(PUBLISH);
+
+// ---------------------------------------------------------------------------------------------
+// Episode
+
+/** Input of {@linkcode episodeWorkflow}. */
+export interface EpisodeInput {
+  runName: string;
+  config: RunConfig;
+  datasetRef: Ref;
+  recordIndex: number;
+  episodeId: string;
+  /** Name prefix in the store shared by the G episodes of a group (simulator consistency cache). */
+  groupKey: string;
+}
+
+/** What an episode hands back: a ref to its final state plus small facts. */
+export interface EpisodeOutcome {
+  episodeId: string;
+  stateRef: Ref;
+  ok: boolean;
+  endReason: string;
+  steps: number;
+  turns: number;
+}
+
+/** Runs one rollout: policy steps, tool simulation and turn judging until the episode ends. */
+export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
+  const base = { config: input.config, groupKey: input.groupKey };
+  let { stateRef, next } = await store.startEpisode({
+    config: input.config,
+    datasetRef: input.datasetRef,
+    recordIndex: input.recordIndex,
+    episodeId: input.episodeId,
+  });
+  const fail = async (reason: string, err: unknown) => {
+    const message = err instanceof Error ? err.message : String(err);
+    ({ stateRef, next } = await store.failEpisode({ stateRef, reason, message }));
+  };
+  while (next !== "end") {
+    if (next === "policy") {
+      try {
+        ({ stateRef, next } = await llm.policyStep({ ...base, stateRef }));
+      } catch (err) {
+        await fail("model-failure", err);
+      }
+    } else if (next === "tools") {
+      const plan = await store.planTools({ ...base, stateRef });
+      try {
+        const simulated = await Promise.all(
+          plan.simulate.map((callIndex) => llm.simulateCall({ ...base, stateRef: plan.stateRef, callIndex })),
+        );
+        ({ stateRef, next } = await store.applyTools({
+          ...base,
+          stateRef: plan.stateRef,
+          planRef: plan.planRef,
+          simulated,
+        }));
+      } catch (err) {
+        stateRef = plan.stateRef;
+        await fail("simulator-failure", err);
+      }
+    } else {
+      const plan = await store.planJudge({ ...base, stateRef });
+      try {
+        const verdicts = await boundedMap(
+          plan.tasks,
+          input.config.models.judge.concurrency,
+          (task) => llm.judgeCall({ ...base, tasksRef: plan.tasksRef, task }),
+        );
+        ({ stateRef, next } = await store.applyJudge({ ...base, stateRef, tasksRef: plan.tasksRef, verdicts }));
+      } catch (err) {
+        await fail("judge-failure", err);
+      }
+    }
+  }
+  return await store.finishEpisode({ stateRef, episodeId: input.episodeId });
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight (a sliding window), keeping order. */
+export async function boundedMap<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let nextIndex = 0;
+  const lane = async () => {
+    while (nextIndex < items.length) {
+      const i = nextIndex++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Iteration
+
+/** Input of {@linkcode iterationWorkflow}. */
+export interface IterationInput {
+  runName: string;
+  config: RunConfig;
+  iteration: number;
+  datasetRef: Ref;
+  trainCount: number;
+  valCount: number;
+  /** The checkpoint the policy server currently serves (null = base model). */
+  parent: Ref | null;
+  policyVersion: number;
+  /** Validation pass: roll out and score held-out records, no update. */
+  validation?: boolean;
+}
+
+/** One line of metrics per iteration; small, kept in the run state and search attributes. */
+export interface IterationSummary {
+  iteration: number;
+  validation: boolean;
+  episodes: number;
+  failed: number;
+  meanReward: number;
+  itemPassRate: number;
+  judgeCalls: number;
+  simulatorCalls: number;
+  replayHits: number;
+  updateLoss: number | null;
+  checkpoint: Ref | null;
+  policyVersion: number;
+  metricsRef: Ref;
+  seconds: number;
+}
+
+/** Progress of an iteration, for `cm2 run watch`. */
+export interface IterationProgress {
+  iteration: number;
+  phase: "episodes" | "rewards" | "update" | "publish" | "done";
+  episodesDone: number;
+  episodesTotal: number;
+  failed: number;
+}
+
+/** Query: progress of an iteration. */
+export const iterationProgressQuery = defineQuery<IterationProgress>("iterationProgress");
+
+/** Samples tasks, rolls out G episodes each, scores them, updates and publishes the policy. */
+export async function iterationWorkflow(input: IterationInput): Promise<IterationSummary> {
+  const started = Date.now();
+  const { config, runName, iteration } = input;
+  const validation = input.validation ?? false;
+  const c = config.cm2;
+  const tasks = validation
+    ? Array.from({ length: Math.min(c.validationTasks, input.valCount) }, (_, i) => input.trainCount + i)
+    : sampleTasks(c.seed, iteration, input.trainCount, c.tasksPerIteration);
+  const prefix = validation ? "val" : "it";
+  const jobs = tasks.flatMap((recordIndex, k) =>
+    Array.from({ length: c.groupSize }, (_, g) => ({
+      recordIndex,
+      k,
+      g,
+      id: workflowIds.episode(runName, iteration, k, g, prefix),
+      groupKey: `runs/${runName}/${prefix}-${iteration}/task-${k}`,
+    }))
+  );
+  const progress: IterationProgress = {
+    iteration,
+    phase: "episodes",
+    episodesDone: 0,
+    episodesTotal: jobs.length,
+    failed: 0,
+  };
+  setHandler(iterationProgressQuery, () => progress);
+
+  const outcomes = await boundedMap(jobs, c.episodeConcurrency, async (job) => {
+    const outcome = await executeChild(episodeWorkflow, {
+      workflowId: job.id,
+      args: [{
+        runName,
+        config,
+        datasetRef: input.datasetRef,
+        recordIndex: job.recordIndex,
+        episodeId: job.id,
+        groupKey: job.groupKey,
+      }],
+    });
+    progress.episodesDone++;
+    if (!outcome.ok) progress.failed++;
+    return { ...outcome, k: job.k };
+  });
+
+  progress.phase = "rewards";
+  const groups = tasks.map((recordIndex, k) => ({
+    taskIndex: k,
+    recordIndex,
+    episodes: outcomes.filter((o) => o.k === k).map((o) => o.stateRef),
+  }));
+  const scored = await store.computeRewards({
+    config,
+    runName,
+    iteration,
+    datasetRef: input.datasetRef,
+    groups,
+    validation,
+  });
+
+  let update: UpdateResult | null = null;
+  let policyVersion = input.policyVersion;
+  if (!validation && scored.batchRef) {
+    progress.phase = "update";
+    const trainer = proxyActivities<TrainerActivities>({ ...TRAIN, taskQueue: config.trainer.taskQueue });
+    update = await trainer.updatePolicy({
+      runId: runName,
+      iteration,
+      batch: scored.batchRef,
+      base: config.trainer.base,
+      parent: input.parent,
+      storeRoot: config.store.root,
+      trainer: {
+        lr: config.trainer.lr,
+        klCoef: config.trainer.klCoef,
+        clipLow: config.trainer.clipLow,
+        clipHigh: config.trainer.clipHigh,
+        clipRatioC: config.trainer.clipRatioC,
+        miniBatches: config.trainer.miniBatches,
+        loraRank: config.trainer.loraRank,
+        loraAlpha: config.trainer.loraAlpha,
+        maxGradNorm: config.trainer.maxGradNorm,
+        seed: config.cm2.seed + iteration,
+      },
+    });
+    progress.phase = "publish";
+    const published = await publish.publishPolicy({ config, checkpoint: update.checkpoint, version: update.version });
+    policyVersion = published.version;
+  }
+  progress.phase = "done";
+  const summary: Omit<IterationSummary, "metricsRef"> = {
+    iteration,
+    validation,
+    episodes: outcomes.length,
+    failed: progress.failed,
+    meanReward: scored.meanReward,
+    itemPassRate: scored.itemPassRate,
+    judgeCalls: scored.judgeCalls,
+    simulatorCalls: scored.simulatorCalls,
+    replayHits: scored.replayHits,
+    updateLoss: update ? update.metrics.loss : null,
+    checkpoint: update ? update.checkpoint : input.parent,
+    policyVersion,
+    seconds: (Date.now() - started) / 1000,
+  };
+  const { metricsRef } = await store.recordMetrics({
+    runName,
+    summary,
+    rewardsRef: scored.rewardsRef,
+    updateMetrics: update ? update.metrics : null,
+  });
+  return { ...summary, metricsRef };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training run
+
+/** Hyperparameters that may change between iterations without invalidating the run. */
+export interface SafeHyperparameters {
+  lr?: number;
+  klCoef?: number;
+  groupSize?: number;
+  tasksPerIteration?: number;
+  iterations?: number;
+  episodeConcurrency?: number;
+}
+
+/** The small explicit state carried across continue-as-new. */
+export interface TrainingRunState {
+  config: RunConfig;
+  datasetRef: Ref | null;
+  trainCount: number;
+  valCount: number;
+  iteration: number;
+  policyVersion: number;
+  checkpoint: Ref | null;
+  /** The last few iteration summaries (bounded so the state stays small). */
+  recent: IterationSummary[];
+  paused: boolean;
+  stopRequested: boolean;
+}
+
+/** Input of {@linkcode trainingRun}: a config, or the state from a continue-as-new. */
+export type TrainingRunInput = { config: RunConfig; state?: TrainingRunState };
+
+/** What `status` returns. */
+export interface RunStatus {
+  name: string;
+  phase: "preparing" | "running" | "paused" | "stopping" | "completed" | "stopped";
+  iteration: number;
+  iterations: number;
+  policyVersion: number;
+  checkpoint: Ref | null;
+  recent: IterationSummary[];
+}
+
+/** Final result of a training run. */
+export interface TrainingRunResult {
+  name: string;
+  iterations: number;
+  stopped: boolean;
+  policyVersion: number;
+  checkpoint: Ref | null;
+  recent: IterationSummary[];
+}
+
+export const pauseSignal = defineSignal("pause");
+export const resumeSignal = defineSignal("resume");
+/** Stop after the current iteration finishes. */
+export const stopSignal = defineSignal("stop");
+export const statusQuery = defineQuery<RunStatus>("status");
+/** Changes safe hyperparameters; they apply from the next iteration. Returns the new values. */
+export const setHyperparametersUpdate = defineUpdate<SafeHyperparameters, [SafeHyperparameters]>(
+  "setHyperparameters",
+);
+
+const RECENT = 20;
+
+/** Validates a hyperparameter update; throws a non-retryable failure naming the field and value. */
+export function checkHyperparameters(h: SafeHyperparameters): void {
+  const positiveInts: (keyof SafeHyperparameters)[] = [
+    "groupSize",
+    "tasksPerIteration",
+    "iterations",
+    "episodeConcurrency",
+  ];
+  for (const k of positiveInts) {
+    const v = h[k];
+    if (v !== undefined && (!Number.isInteger(v) || v <= 0)) {
+      throw ApplicationFailure.nonRetryable(`Hyperparameter ${k} must be a positive integer, got ${v}`, "InvalidInput");
+    }
+  }
+  for (const k of ["lr", "klCoef"] as const) {
+    const v = h[k];
+    if (v !== undefined && (!Number.isFinite(v) || v < 0)) {
+      throw ApplicationFailure.nonRetryable(`Hyperparameter ${k} must be a non-negative number, got ${v}`, "InvalidInput");
+    }
+  }
+  const known = new Set(["lr", "klCoef", ...positiveInts]);
+  for (const k of Object.keys(h)) {
+    if (!known.has(k)) {
+      throw ApplicationFailure.nonRetryable(`Hyperparameter ${k} cannot be changed while a run is going`, "InvalidInput");
+    }
+  }
+}
+
+/** Applies checked hyperparameters to a config (a new object). */
+export function applyHyperparameters(config: RunConfig, h: SafeHyperparameters): RunConfig {
+  return {
+    ...config,
+    cm2: {
+      ...config.cm2,
+      ...(h.groupSize !== undefined ? { groupSize: h.groupSize } : {}),
+      ...(h.tasksPerIteration !== undefined ? { tasksPerIteration: h.tasksPerIteration } : {}),
+      ...(h.iterations !== undefined ? { iterations: h.iterations } : {}),
+      ...(h.episodeConcurrency !== undefined ? { episodeConcurrency: h.episodeConcurrency } : {}),
+    },
+    trainer: {
+      ...config.trainer,
+      ...(h.lr !== undefined ? { lr: h.lr } : {}),
+      ...(h.klCoef !== undefined ? { klCoef: h.klCoef } : {}),
+    },
+  };
+}
+
+/** The whole run: prepares the dataset, then loops iterations; pause / resume / stop / status. */
+export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunResult> {
+  const state: TrainingRunState = input.state ?? {
+    config: input.config,
+    datasetRef: null,
+    trainCount: 0,
+    valCount: 0,
+    iteration: 0,
+    policyVersion: 0,
+    checkpoint: null,
+    recent: [],
+    paused: false,
+    stopRequested: false,
+  };
+  const name = state.config.name;
+  let phase: RunStatus["phase"] = state.datasetRef ? "running" : "preparing";
+  setHandler(pauseSignal, () => {
+    state.paused = true;
+  });
+  setHandler(resumeSignal, () => {
+    state.paused = false;
+  });
+  setHandler(stopSignal, () => {
+    state.stopRequested = true;
+  });
+  setHandler(statusQuery, () => ({
+    name,
+    phase: state.stopRequested && phase === "running" ? "stopping" : state.paused && phase === "running" ? "paused" : phase,
+    iteration: state.iteration,
+    iterations: state.config.cm2.iterations,
+    policyVersion: state.policyVersion,
+    checkpoint: state.checkpoint,
+    recent: state.recent,
+  }));
+  setHandler(setHyperparametersUpdate, (h) => {
+    state.config = applyHyperparameters(state.config, h);
+    return h;
+  }, { validator: checkHyperparameters });
+
+  if (!state.datasetRef) {
+    const ds = await store.prepareDataset({ config: state.config });
+    state.datasetRef = ds.datasetRef;
+    state.trainCount = ds.trainCount;
+    state.valCount = ds.valCount;
+    phase = "running";
+  }
+  upsertSearchAttributes({ Cm2RunName: [name], Cm2Status: ["running"] });
+
+  let sinceStart = 0;
+  while (state.iteration < state.config.cm2.iterations && !state.stopRequested) {
+    if (state.paused) {
+      upsertSearchAttributes({ Cm2Status: ["paused"] });
+      await condition(() => !state.paused || state.stopRequested);
+      upsertSearchAttributes({ Cm2Status: ["running"] });
+      if (state.stopRequested) break;
+    }
+    const it = state.iteration;
+    const common = {
+      runName: name,
+      config: state.config,
+      datasetRef: state.datasetRef!,
+      trainCount: state.trainCount,
+      valCount: state.valCount,
+    };
+    const ve = state.config.cm2.validationEvery;
+    if (ve > 0 && it % ve === 0 && state.valCount > 0) {
+      const val = await executeChild(iterationWorkflow, {
+        workflowId: workflowIds.validation(name, it),
+        args: [{
+          ...common,
+          iteration: it,
+          parent: state.checkpoint,
+          policyVersion: state.policyVersion,
+          validation: true,
+        }],
+      });
+      state.recent = [...state.recent, val].slice(-RECENT);
+    }
+    const summary = await executeChild(iterationWorkflow, {
+      workflowId: workflowIds.iteration(name, it),
+      args: [{ ...common, iteration: it, parent: state.checkpoint, policyVersion: state.policyVersion }],
+    });
+    state.recent = [...state.recent, summary].slice(-RECENT);
+    state.checkpoint = summary.checkpoint;
+    state.policyVersion = summary.policyVersion;
+    state.iteration = it + 1;
+    upsertSearchAttributes({ Cm2Iteration: [state.iteration], Cm2MeanReward: [summary.meanReward] });
+    sinceStart++;
+    if (
+      sinceStart >= state.config.cm2.continueAsNewEvery &&
+      state.iteration < state.config.cm2.iterations && !state.stopRequested
+    ) {
+      await condition(allHandlersFinished);
+      await continueAsNew<typeof trainingRun>({ config: state.config, state });
+    }
+  }
+  phase = state.stopRequested ? "stopped" : "completed";
+  upsertSearchAttributes({ Cm2Status: [phase] });
+  await condition(allHandlersFinished);
+  return {
+    name,
+    iterations: state.iteration,
+    stopped: state.stopRequested,
+    policyVersion: state.policyVersion,
+    checkpoint: state.checkpoint,
+    recent: state.recent,
+  };
+}
