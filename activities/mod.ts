@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { Context } from "@temporalio/activity";
 import { createTrainingActivities, type ModelFactory } from "./training.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 
@@ -16,15 +17,43 @@ export interface ActivityDeps {
   root: string;
 }
 
+/** How often running activities heartbeat (a dead worker is noticed after the preset's heartbeat timeout). */
+export const HEARTBEAT_EVERY_MS = 1_000;
+
+/**
+ * Wraps every activity so it heartbeats while it runs. A killed worker then loses its activities
+ * after the preset's `heartbeatTimeout` (seconds), not after `startToCloseTimeout` (minutes).
+ */
+export function withHeartbeats<T extends Record<string, (input: never) => Promise<unknown>>>(acts: T): T {
+  const out: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(acts)) {
+    out[name] = async (input: never) => {
+      let ctx: Context | undefined;
+      try {
+        ctx = Context.current();
+      } catch {
+        ctx = undefined; // called outside an activity (unit tests)
+      }
+      const timer = ctx ? setInterval(() => ctx!.heartbeat(), HEARTBEAT_EVERY_MS) : undefined;
+      try {
+        return await fn(input);
+      } finally {
+        if (timer !== undefined) clearInterval(timer);
+      }
+    };
+  }
+  return out as T;
+}
+
 /** Builds the activity functions over their dependencies. */
 export function createActivities(deps: ActivityDeps) {
-  return {
+  return withHeartbeats({
     /** Echoes its input; used by the smoke workflow to prove the round trip. */
     smokeEcho(input: { text: string }): Promise<{ text: string }> {
       return Promise.resolve({ text: input.text });
     },
     ...createTrainingActivities(deps),
-  };
+  });
 }
 
 /** The activity functions, for `proxyActivities<Activities>()` in workflows. */

@@ -81,6 +81,19 @@ export function episodeOptions(config: RunConfig): EpisodeOptions {
   };
 }
 
+/**
+ * The idempotency key of one logical model call: the workflow id plus what the call is
+ * (`policy/<step>`, `sim/<step>/<call>`, `judge/<task key>`). Stable across activity retries and
+ * across runs that take the same path, unlike activity ids (which shift with cache hits).
+ */
+function callKey(what: string): string {
+  let wf = "standalone";
+  try {
+    wf = Context.current().info.workflowExecution?.workflowId ?? wf;
+  } catch { /* outside an activity */ }
+  return `${wf}/${what}`;
+}
+
 /** Turns a model failure into an activity failure: retryable ones carry Retry-After as the next delay. */
 function toFailure(err: unknown): never {
   if (err instanceof LlmError) {
@@ -159,7 +172,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
       const model = deps.models("policy", input.config);
       let result;
       try {
-        result = await model.complete(policyRequest(state));
+        result = await model.complete({ ...policyRequest(state), idempotencyKey: callKey(`policy/${state.assistantSteps}`) });
       } catch (err) {
         toFailure(err);
       }
@@ -210,7 +223,12 @@ export function createTrainingActivities(deps: TrainingDeps) {
       } else {
         let parsed;
         try {
-          parsed = parseSimulation(await deps.models("simulator", input.config).complete(simulationRequest(index, call)));
+          parsed = parseSimulation(
+            await deps.models("simulator", input.config).complete({
+              ...simulationRequest(index, call),
+              idempotencyKey: callKey(`sim/${state.assistantSteps}/${call.index}`),
+            }),
+          );
         } catch (err) {
           if (err instanceof LlmError && !err.retryable) parsed = { ok: false as const, error: err.message };
           else toFailure(err);
@@ -275,7 +293,10 @@ export function createTrainingActivities(deps: TrainingDeps) {
       if (!task) throw ApplicationFailure.nonRetryable(`No judge task ${input.task}`, "InvalidInput");
       let verdict: JudgeVerdict;
       try {
-        verdict = verdictFromResult(task, await deps.models("judge", input.config).complete(task.request));
+        verdict = verdictFromResult(
+          task,
+          await deps.models("judge", input.config).complete({ ...task.request, idempotencyKey: callKey(`judge/${task.key}`) }),
+        );
       } catch (err) {
         if (err instanceof LlmError && !err.retryable) verdict = verdictFromError(task, `${err.type}: ${err.message}`);
         else toFailure(err);
@@ -408,6 +429,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
           recordIndex: group.recordIndex,
           uuid: states[0]!.record.uuid,
           episodes: states.map((s, e) => ({
+            state: group.episodes[e]!,
             ok: s.end?.ok ?? false,
             endReason: s.end?.reason ?? null,
             reward: adv.episodes[e]!.reward,

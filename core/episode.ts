@@ -311,8 +311,9 @@ function referenceTurns(state: EpisodeState): number {
   return state.record.checklists[0]!.length;
 }
 
+/** Deep copy through JSON: the state is plain JSON by design, and this works in any sandbox. */
 function clone(state: EpisodeState): EpisodeState {
-  return structuredClone(state);
+  return JSON.parse(JSON.stringify(state)) as EpisodeState;
 }
 
 function newTurn(userIndex: number, state: EpisodeState, t: number): TurnState {

@@ -51,6 +51,11 @@ export interface ChatRequest {
   jsonObject?: boolean;
   /** Ask the server for token ids / logprobs of the completion where it can return them. */
   wantTokens?: boolean;
+  /**
+   * Stable id of this logical call (sent as `Idempotency-Key`): the same across retries of one
+   * activity, so servers and tests can tell a retry from a new call.
+   */
+  idempotencyKey?: string;
 }
 
 /** Token usage and latency of one call. */

@@ -173,7 +173,10 @@ export function cachePut(
  * @example
  * ```ts
  * const r = resolveToolCall(index, call, cache);
- * const content = r.kind === "simulate" ? parseSimulation(await simulator.complete(r.request)) : r;
+ * if (r.kind === "simulate") {
+ *   const parsed = parseSimulation(await simulator.complete(r.request)); // { ok, content } | { ok: false, error }
+ *   if (parsed.ok) cache = cachePut(cache, call, parsed.content);
+ * }
  * ```
  */
 export function resolveToolCall(index: ToolIndex, call: PendingCall, cache: SimulatorCache): ToolResolution {

@@ -91,7 +91,8 @@ export function createChatModel(opts: ChatModelOptions): ChatModel {
     let completion: ChatCompletion;
     let headers: Headers;
     try {
-      const { data, response } = await client.chat.completions.create(body).withResponse();
+      const options = req.idempotencyKey ? { headers: { "Idempotency-Key": req.idempotencyKey } } : undefined;
+      const { data, response } = await client.chat.completions.create(body, options).withResponse();
       completion = data;
       headers = response.headers;
     } catch (err) {

@@ -26,6 +26,12 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
+
+/** A short digest of a request's model and messages (stable across runs). */
+function requestDigest(req: ParsedChatRequest): string {
+  return createHash("sha256").update(req.model).update(JSON.stringify(req.messages)).digest("hex").slice(0, 12);
+}
 
 /** A chat-completions request as the server received it. */
 export interface ParsedChatRequest {
@@ -335,7 +341,8 @@ function completion(
   else if ("toolCalls" in reply) {
     content = reply.content ?? null;
     toolCalls = reply.toolCalls.map((tc, i) => ({
-      id: tc.id ?? `call_${seq}_${i}`,
+      // Derived from the request, not the arrival order, so a rerun of the same dialogue gets the same ids.
+      id: tc.id ?? `call_${requestDigest(req)}_${i}`,
       type: "function",
       function: {
         name: tc.name,

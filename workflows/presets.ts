@@ -1,6 +1,8 @@
 /**
  * Named timeout and retry presets for activities (`llm`, `tool`, `store`, `train`). Workflows
- * pick a preset; they never spell out timeouts inline.
+ * pick a preset; they never spell out timeouts inline. Every preset that runs on the orchestrator
+ * worker has a heartbeat timeout: its activities heartbeat every second (`activities/mod.ts`), so a
+ * killed worker's activities are retried elsewhere within seconds, not minutes.
  *
  * @module
  */
@@ -12,6 +14,7 @@ export const NON_RETRYABLE = ["BadRequest", "Refusal", "SchemaViolation", "Trunc
 /** One LLM call: retried with backoff on 429/5xx/timeouts (Retry-After honoured by the activity). */
 export const LLM: ActivityOptions = {
   startToCloseTimeout: "10 minutes",
+  heartbeatTimeout: "10 seconds",
   retry: {
     initialInterval: "1 second",
     backoffCoefficient: 2,
@@ -24,6 +27,7 @@ export const LLM: ActivityOptions = {
 /** Pure work over stored state (parse, replay, rewards): fast, retried a few times. */
 export const STORE: ActivityOptions = {
   startToCloseTimeout: "2 minutes",
+  heartbeatTimeout: "10 seconds",
   retry: { initialInterval: "500 milliseconds", maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
 };
 
@@ -37,5 +41,6 @@ export const TRAIN: ActivityOptions = {
 /** Making a new adapter live on the policy server and verifying it. */
 export const PUBLISH: ActivityOptions = {
   startToCloseTimeout: "5 minutes",
+  heartbeatTimeout: "10 seconds",
   retry: { initialInterval: "2 seconds", maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
 };

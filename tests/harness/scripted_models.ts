@@ -10,21 +10,35 @@ import { createHash } from "node:crypto";
 import type { TrajectoryRecord } from "../../core/records.ts";
 import { judgeVerdict, type ParsedChatRequest, type ScriptedReply, type ScriptHandler } from "../scripted_server.ts";
 
-/** A policy that answers step k of a dialogue with the reference's k-th assistant message. */
+/** The part of an Idempotency-Key that names the call within its run (`run/<name>/` stripped). */
+function callIdentity(req: ParsedChatRequest): string {
+  return (req.headers["idempotency-key"] ?? "").replace(/^run\/[^/]+\//, "");
+}
+
+function unitHash(text: string): number {
+  return createHash("sha256").update(text).digest().readUInt32BE(0) / 2 ** 32;
+}
+
+/**
+ * A policy that answers step k of a dialogue with the reference's k-th assistant message, except
+ * that about one call in `deviateEvery` replies early instead. Whether a call deviates is a pure
+ * function of its identity within the run (episode, step), so siblings differ from each other but
+ * a rerun of the same run, or a retried call, gets the same answer.
+ */
 export function referencePolicy(records: readonly TrajectoryRecord[], opts: { deviateEvery?: number } = {}): ScriptHandler {
   const byFirstUser = new Map<string, TrajectoryRecord>();
   for (const r of records) {
     const first = r.messages.find((m) => m.role === "user");
     if (first) byFirstUser.set(first.content, r);
   }
-  return (req: ParsedChatRequest, callIndex: number): ScriptedReply => {
+  return (req: ParsedChatRequest): ScriptedReply => {
     const first = req.messages.find((m) => m.role === "user");
     const record = byFirstUser.get(String(first?.content ?? ""));
     if (!record) return { content: "I cannot help with that." };
     const k = req.messages.filter((m) => m.role === "assistant").length;
     const ref = record.messages.filter((m) => m.role === "assistant")[k];
     if (!ref) return { content: "Done." };
-    if (opts.deviateEvery && callIndex % opts.deviateEvery === opts.deviateEvery - 1) {
+    if (opts.deviateEvery && unitHash(callIdentity(req)) < 1 / opts.deviateEvery) {
       return { content: "Let me know if there is anything else." };
     }
     if (ref.tool_calls.length > 0) {
@@ -41,8 +55,7 @@ export function referencePolicy(records: readonly TrajectoryRecord[], opts: { de
 export function hashJudge(pTrue = 0.7): ScriptHandler {
   return (req: ParsedChatRequest): ScriptedReply => {
     const text = req.messages.map((m) => String(m.content ?? "")).join("\n");
-    const h = createHash("sha256").update(text).digest();
-    return { json: judgeVerdict(h.readUInt32BE(0) / 2 ** 32 < pTrue) };
+    return { json: judgeVerdict(unitHash(text) < pTrue) };
   };
 }
 

@@ -13,8 +13,8 @@ import { createChatModel } from "../../llm/client.ts";
 import {
   judgeAlways,
   type ScriptedReply,
-  scriptFromQueue,
   type ScriptedServer,
+  scriptFromQueue,
   startScriptedServer,
 } from "../scripted_server.ts";
 
@@ -111,15 +111,25 @@ Deno.test("a scripted episode replays recorded calls and user turns until every 
     const judgeCall = server.calls.find((c) => c.model === "judge-model")!;
     assert.equal((judgeCall.response_format as { type: string }).type, "json_schema");
     const prompt = String(judgeCall.messages[0]!.content);
-    assert.ok(prompt.includes("# Previous Messages (context only, not evaluated)\nRole: system\ncontent: You are"));
-    assert.ok(prompt.includes("# Current Messages to Evaluate\n# Turn: 0\nRole: user\ncontent: Hi assistant"));
+    assert.ok(
+      prompt.includes("# Previous Messages (context only, not evaluated)\nRole: system\ncontent: You are"),
+    );
+    assert.ok(
+      prompt.includes("# Current Messages to Evaluate\n# Turn: 0\nRole: user\ncontent: Hi assistant"),
+    );
     const lastJudge = server.calls.filter((c) => c.model === "judge-model").at(-1)!;
-    assert.ok(String(lastJudge.messages[0]!.content).includes("# Turn: 1\nRole: user"), "previous turns listed");
+    assert.ok(
+      String(lastJudge.messages[0]!.content).includes("# Turn: 1\nRole: user"),
+      "previous turns listed",
+    );
     const policyCall = server.calls.filter((c) => c.model === "policy-model")[4]!;
     assert.equal(policyCall.tools?.length, record.tools.length);
     assert.deepEqual(policyCall.messages.map((m) => m.role), state.messages.slice(0, -1).map((m) => m.role));
     const verdicts = episodeVerdicts(state);
-    assert.deepEqual(verdicts.turns.map((t) => [t.complete, t.steps.length]), [[true, 1], [true, 2], [true, 2]]);
+    assert.deepEqual(verdicts.turns.map((t) => [t.complete, t.steps.length]), [[true, 1], [true, 2], [
+      true,
+      2,
+    ]]);
     const { episodes } = computeAdvantages({ checklist: record.checklists[0]!, episodes: [verdicts] });
     assert.equal(episodes[0]!.reward, 1);
   });
@@ -130,28 +140,48 @@ Deno.test("a scripted episode ends when the strictness gate fails", async () => 
   // the required "call RegisterUser" item of turn 1 is never satisfied
   await withServer(goodPolicy, (p) => !p.includes("call RegisterUser"), [], async (server, { models }) => {
     const { state } = await runEpisode(record, models, opts);
-    assert.deepEqual(state.end, { reason: "gate-failed", ok: true, detail: "Turn 1 failed its strictness gate" });
+    assert.deepEqual(state.end, {
+      reason: "gate-failed",
+      ok: true,
+      detail: "Turn 1 failed its strictness gate",
+    });
     assert.equal(state.messages.filter((m) => m.role === "user").length, 2, "turn 2 is never replayed");
     assert.deepEqual(server.countBy(), { "policy-model": 3, "judge-model": 7 });
-    const { episodes } = computeAdvantages({ checklist: record.checklists[0]!, episodes: [episodeVerdicts(state)] });
+    const { episodes } = computeAdvantages({
+      checklist: record.checklists[0]!,
+      episodes: [episodeVerdicts(state)],
+    });
     assert.ok(Math.abs(episodes[0]!.reward - (1 + 0.6) / 3) < 1e-12);
   });
 });
 
 Deno.test("a scripted episode ends on an unknown tool and on a schema violation", async () => {
   const record = sampleRecord();
-  const unknown: ScriptedReply[] = [{ content: think("x"), toolCalls: [{ name: "WipeDisk", arguments: {} }] }];
+  const unknown: ScriptedReply[] = [{
+    content: think("x"),
+    toolCalls: [{ name: "WipeDisk", arguments: {} }],
+  }];
   await withServer(unknown, true, [], async (server, { models }) => {
     const { state } = await runEpisode(record, models, opts);
     assert.equal(state.end?.reason, "unknown-tool");
     assert.match(state.messages.at(-1)!.content, /error_tool_call.*WipeDisk/);
-    assert.deepEqual(server.countBy(), { "policy-model": 1, "judge-model": 1 }, "the unfinished turn is judged");
-    assert.deepEqual(episodeVerdicts(state).turns, [{ complete: false, steps: [{ messageIndex: 2, sat: [true] }] }]);
+    assert.deepEqual(
+      server.countBy(),
+      { "policy-model": 1, "judge-model": 1 },
+      "the unfinished turn is judged",
+    );
+    assert.deepEqual(episodeVerdicts(state).turns, [{
+      complete: false,
+      steps: [{ messageIndex: 2, sat: [true] }],
+    }]);
   });
   const { email: _email, ...noEmail } = REGISTER;
   const invalid: ScriptedReply[] = [
     goodPolicy[0]!,
-    { content: think("Register."), toolCalls: [{ name: "RegisterUser", arguments: { ...noEmail, age: 30 } }] },
+    {
+      content: think("Register."),
+      toolCalls: [{ name: "RegisterUser", arguments: { ...noEmail, age: 30 } }],
+    },
   ];
   await withServer(invalid, true, [], async (_server, { models }) => {
     const { state } = await runEpisode(record, models, { ...opts, unfinishedTurn: "no-credit" });
@@ -170,23 +200,32 @@ Deno.test("a scripted episode simulates an unrecorded call from a text-written t
   const policy: ScriptedReply[] = [
     {
       content: think("Check the name first.") +
-        '<tool_call>\n{"name": "QueryUser", "arguments": {"username": "hestler"}}\n</tool_call>',
+        '<tool_call>\n{"name": "QueryUser", "arguments": {"username": "hestler", "session_token": "none"}}\n</tool_call>',
     },
     { content: think("Free.") + "That username is free. Give me your details." },
+    { content: think("Hmm.") + "Thanks! All set." },
   ];
-  const simulator: ScriptedReply[] = [{ json: { analysis: "No such user yet.", execution_result: { user: null } } }];
+  const simulator: ScriptedReply[] = [{
+    json: { analysis: "No such user yet.", execution_result: { user: null } },
+  }];
   await withServer(policy, false, simulator, async (server, { models }) => {
     const { state, cache } = await runEpisode(record, models, opts);
     assert.equal(server.countBy()["sim-model"], 1);
     const simCall = server.calls.find((c) => c.model === "sim-model")!;
-    assert.deepEqual((simCall.response_format as { json_schema: { name: string } }).json_schema.name, "tool_execution_response");
-    assert.ok(String(simCall.messages[1]!.content).includes("Tool name:\nRegisterUser\n"), "recorded I/O as examples");
+    assert.deepEqual(
+      (simCall.response_format as { json_schema: { name: string } }).json_schema.name,
+      "tool_execution_response",
+    );
+    assert.ok(
+      String(simCall.messages[1]!.content).includes("Tool name:\nRegisterUser\n"),
+      "recorded I/O as examples",
+    );
     assert.equal(state.messages[3]!.content, '{"user": null}');
     assert.equal(state.meta[2]!.calls, "text");
     assert.equal(Object.keys(cache.entries).length, 1);
-    // turn 0's only item (a reply check) is judged false, but it is not required: the episode goes on
-    assert.equal(state.turns[0]!.passed?.[0], true);
-    assert.equal(state.end?.reason, "model-failure", "the scripted policy ran out of replies in turn 1");
-    assert.equal(state.end?.ok, false);
+    // turn 0's only item (a reply check) is judged false but is not required, so the episode goes on;
+    // turn 1 never calls RegisterUser (a required item), so its gate fails
+    assert.deepEqual(state.turns.map((t) => t.passed), [[true], [false]]);
+    assert.deepEqual([state.end?.reason, state.end?.ok], ["gate-failed", true]);
   });
 });

@@ -23,7 +23,10 @@ Deno.test("canonicalJson() sorts keys by code point, escapes non-ASCII and uses 
 });
 
 Deno.test("canonicalJson() ignores key order at every depth", () => {
-  assert.equal(canonicalJson({ x: { b: 1, a: [{ d: 1, c: 2 }] } }), canonicalJson({ x: { a: [{ c: 2, d: 1 }], b: 1 } }));
+  assert.equal(
+    canonicalJson({ x: { b: 1, a: [{ d: 1, c: 2 }] } }),
+    canonicalJson({ x: { a: [{ c: 2, d: 1 }], b: 1 } }),
+  );
 });
 
 Deno.test("canonicalJson() cannot tell 1 from 1.0 (documented) but tells '1' from 1", () => {
@@ -34,7 +37,10 @@ Deno.test("canonicalJson() cannot tell 1 from 1.0 (documented) but tells '1' fro
 
 Deno.test("pyJson() matches json.dumps defaults and indent forms", () => {
   assert.equal(pyJson({ a: "é", b: [1, 2] }), '{"a": "\\u00e9", "b": [1, 2]}');
-  assert.equal(pyJson({ a: [1, { b: [] }], c: {} }, { indent: 0 }), '{\n"a": [\n1,\n{\n"b": []\n}\n],\n"c": {}\n}');
+  assert.equal(
+    pyJson({ a: [1, { b: [] }], c: {} }, { indent: 0 }),
+    '{\n"a": [\n1,\n{\n"b": []\n}\n],\n"c": {}\n}',
+  );
   assert.equal(
     pyJson({ a: [1, { b: [] }], c: {} }, { indent: 2 }),
     '{\n  "a": [\n    1,\n    {\n      "b": []\n    }\n  ],\n  "c": {}\n}',

@@ -47,7 +47,12 @@ function record(variants = 1): TrajectoryRecord {
   const turn0 = [
     item("C0", { required_for_next_turn: true, weight: 0.5, question: "Weather call made?" }),
     item("C1", { focus_on: "tool.content", weight: 0.2, question: "Weather returned?" }),
-    item("C2", { required_for_next_turn: true, weight: 0.3, dependence: ["C1"], question: "Reply gives temp?" }),
+    item("C2", {
+      required_for_next_turn: true,
+      weight: 0.3,
+      dependence: ["C1"],
+      question: "Reply gives temp?",
+    }),
   ];
   const turn1 = [
     item("C0", { required_for_next_turn: true, weight: 0.6, question: "Booking call made?" }),
@@ -83,7 +88,11 @@ function record(variants = 1): TrajectoryRecord {
       {
         role: "assistant",
         content: "<think>\nlook\n</think>",
-        tool_calls: [{ id: "a", type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } }],
+        tool_calls: [{
+          id: "a",
+          type: "function",
+          function: { name: "get_weather", arguments: '{"city":"Paris"}' },
+        }],
       },
       { role: "tool", content: '{"temp": 21}', tool_calls: [] },
       { role: "assistant", content: "<think>\nok\n</think>\n\n21 degrees.", tool_calls: [] },
@@ -149,7 +158,9 @@ const happyPolicy = () =>
   fake("policy", [
     result("<think>\nlook\n</think>", [apiCall("get_weather", { city: "Paris" })]),
     result("<think>\nok\n</think>\n\nIt is 21 degrees."),
-    result('<think>\nbook\n</think>\n\n<tool_call>\n{"name": "book_table", "arguments": {"people": 2, "restaurant": "Chez Nous"}}\n</tool_call>'),
+    result(
+      '<think>\nbook\n</think>\n\n<tool_call>\n{"name": "book_table", "arguments": {"people": 2, "restaurant": "Chez Nous"}}\n</tool_call>',
+    ),
     result("Booked, reference B-17."),
   ]);
 
@@ -166,7 +177,14 @@ Deno.test("startEpisode() opens with the system message, the tools and the first
   assert.deepEqual(s.meta.map((m) => [m.turn, m.step, m.source]), [[0, null, "record"], [0, null, "record"]]);
   assert.deepEqual(s.tools.map((t) => t.function.name), ["get_weather", "book_table"]);
   assert.equal(s.phase, "policy");
-  assert.deepEqual(s.turns, [{ userIndex: 1, steps: [], complete: false, judged: false, passed: null, sat: [[]] }]);
+  assert.deepEqual(s.turns, [{
+    userIndex: 1,
+    steps: [],
+    complete: false,
+    judged: false,
+    passed: null,
+    sat: [[]],
+  }]);
   assert.equal(s.contextTokens, estimateTokens(s.messages, s.tools));
   assert.deepEqual(JSON.parse(JSON.stringify(s)), s, "the state is plain JSON");
   assert.throws(() => startEpisode({ ...record(), checklists: [] }), /has no checklist/);
@@ -176,7 +194,11 @@ Deno.test("startEpisode() opens with the system message, the tools and the first
 });
 
 Deno.test("policyRequest() sends messages and tools and caps max_tokens by the context budget", () => {
-  const s = startEpisode(record(), { maxContextTokens: 500, maxResponseTokens: 8000, policySampling: { temperature: 1 } });
+  const s = startEpisode(record(), {
+    maxContextTokens: 500,
+    maxResponseTokens: 8000,
+    policySampling: { temperature: 1 },
+  });
   const req = policyRequest(s);
   assert.equal(req.messages.length, 2);
   assert.equal(req.tools?.length, 2);
@@ -224,8 +246,14 @@ Deno.test("runEpisode() replays recorded calls, passes the gate and replays the 
     ok: true,
     reason: "reply-complete",
     turns: [
-      { complete: true, steps: [{ messageIndex: 2, sat: [true, true, true] }, { messageIndex: 4, sat: [true, true, true] }] },
-      { complete: true, steps: [{ messageIndex: 6, sat: [true, true] }, { messageIndex: 8, sat: [true, true] }] },
+      {
+        complete: true,
+        steps: [{ messageIndex: 2, sat: [true, true, true] }, { messageIndex: 4, sat: [true, true, true] }],
+      },
+      {
+        complete: true,
+        steps: [{ messageIndex: 6, sat: [true, true] }, { messageIndex: 8, sat: [true, true] }],
+      },
     ],
   });
   const rewards = computeAdvantages({ checklist: record().checklists[0]!, episodes: [v] });
@@ -238,7 +266,10 @@ Deno.test("the policy sees text-written calls as structured calls, without the r
   const last = policy.requests[3]!;
   const step = last.messages[6]!;
   assert.equal(step.content, "<think>\nbook\n</think>");
-  assert.deepEqual(JSON.parse(step.tool_calls![0]!.function.arguments), { people: 2, restaurant: "Chez Nous" });
+  assert.deepEqual(JSON.parse(step.tool_calls![0]!.function.arguments), {
+    people: 2,
+    restaurant: "Chez Nous",
+  });
 });
 
 Deno.test("a failed strictness gate ends the episode without the next user message", async () => {
@@ -254,7 +285,9 @@ Deno.test("a failed strictness gate ends the episode without the next user messa
 });
 
 Deno.test("a malformed tool call appends an error_tool_call message and ends with format-error", async () => {
-  const policy = fake("policy", [result('<think>\nx\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {city}}\n</tool_call>')]);
+  const policy = fake("policy", [
+    result('<think>\nx\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {city}}\n</tool_call>'),
+  ]);
   const judge = judgeAll(true);
   const { state } = await runEpisode(record(), models(policy, judge), { hash: sha256 });
   assert.equal(state.end?.reason, "format-error");
@@ -264,20 +297,33 @@ Deno.test("a malformed tool call appends an error_tool_call message and ends wit
   assert.match(last.content, /^\{"error_tool_call": "A tool call is not valid JSON/);
   assert.equal(state.meta.at(-1)!.source, "engine");
   assert.equal(judge.requests.length, 3, "the unfinished turn is judged (unfinishedTurn: judge)");
-  assert.deepEqual(episodeVerdicts(state).turns, [{ complete: false, steps: [{ messageIndex: 2, sat: [true, true, true] }] }]);
+  assert.deepEqual(episodeVerdicts(state).turns, [{
+    complete: false,
+    steps: [{ messageIndex: 2, sat: [true, true, true] }],
+  }]);
 
-  const noCredit = await runEpisode(record(), models(fake("policy", [result("\n<tool_call>\nnope\n</tool_call>")]), judgeAll(true)), {
-    hash: sha256,
-    unfinishedTurn: "no-credit",
-  });
+  const noCredit = await runEpisode(
+    record(),
+    models(fake("policy", [result("\n<tool_call>\nnope\n</tool_call>")]), judgeAll(true)),
+    {
+      hash: sha256,
+      unfinishedTurn: "no-credit",
+    },
+  );
   assert.equal(noCredit.state.end?.reason, "format-error");
-  assert.deepEqual(episodeVerdicts(noCredit.state).turns, [{ complete: false, steps: [{ messageIndex: 2, sat: [false, false, false] }] }]);
+  assert.deepEqual(episodeVerdicts(noCredit.state).turns, [{
+    complete: false,
+    steps: [{ messageIndex: 2, sat: [false, false, false] }],
+  }]);
 });
 
 Deno.test("unknown tools and schema violations end the episode as unknown-tool and tool-error", async () => {
   const unknown = await runEpisode(
     record(),
-    models(fake("policy", [result("", [apiCall("launch", {}), apiCall("get_weather", { city: "Paris" })])]), judgeAll(false)),
+    models(
+      fake("policy", [result("", [apiCall("launch", {}), apiCall("get_weather", { city: "Paris" })])]),
+      judgeAll(false),
+    ),
     { hash: sha256, unfinishedTurn: "no-credit" },
   );
   assert.equal(unknown.state.end?.reason, "unknown-tool");
@@ -309,22 +355,33 @@ Deno.test("endOnToolError false lets the policy see the error and go on", async 
 });
 
 Deno.test("unmatched calls are simulated once and then served from the shared consistency cache", async () => {
-  const simulator = fake("simulator", [result(JSON.stringify({ analysis: "-", execution_result: { temp: 30 } }))]);
+  const simulator = fake("simulator", [
+    result(JSON.stringify({ analysis: "-", execution_result: { temp: 30 } })),
+  ]);
   const rome = () => result("", [apiCall("get_weather", { city: "Rome" })]);
   const policy = fake("policy", [rome(), rome(), result("Warm.")]);
-  const { state, cache } = await runEpisode(record(), models(policy, judgeAll(false), simulator), { hash: sha256 });
+  const { state, cache } = await runEpisode(record(), models(policy, judgeAll(false), simulator), {
+    hash: sha256,
+  });
   assert.equal(state.end?.reason, "gate-failed");
   assert.equal(simulator.requests.length, 1);
   assert.equal(state.metrics.simulated, 1);
   assert.equal(state.metrics.cacheHits, 1);
   assert.equal(state.messages[3]!.content, '{"temp": 30}');
   assert.equal(state.messages[5]!.content, '{"temp": 30}');
-  assert.deepEqual(state.meta.filter((m) => m.source === "tool").map((m) => m.result), ["simulated", "cached"]);
+  assert.deepEqual(state.meta.filter((m) => m.source === "tool").map((m) => m.result), [
+    "simulated",
+    "cached",
+  ]);
   // a second episode of the group shares the cache: no simulator call at all
-  const again = await runEpisode(record(), models(fake("policy", [rome(), result("Warm.")]), judgeAll(false), fake("simulator", [])), {
-    hash: sha256,
-    cache,
-  });
+  const again = await runEpisode(
+    record(),
+    models(fake("policy", [rome(), result("Warm.")]), judgeAll(false), fake("simulator", [])),
+    {
+      hash: sha256,
+      cache,
+    },
+  );
   assert.equal(again.state.metrics.cacheHits, 1);
   assert.equal(again.state.metrics.simulatorFailures, 0);
 });
@@ -332,7 +389,9 @@ Deno.test("unmatched calls are simulated once and then served from the shared co
 Deno.test("a simulator failure ends the episode with ok=false", async () => {
   const rome = result("", [apiCall("get_weather", { city: "Rome" })]);
   for (const simulator of [fake("simulator", [result("not json")]), fake("simulator", [])]) {
-    const { state } = await runEpisode(record(), models(fake("policy", [rome]), judgeAll(true), simulator), { hash: sha256 });
+    const { state } = await runEpisode(record(), models(fake("policy", [rome]), judgeAll(true), simulator), {
+      hash: sha256,
+    });
     assert.deepEqual([state.end?.reason, state.end?.ok], ["simulator-failure", false]);
     assert.equal(state.metrics.simulatorFailures, 1);
     assert.equal(episodeVerdicts(state).ok, false);
@@ -340,10 +399,14 @@ Deno.test("a simulator failure ends the episode with ok=false", async () => {
 });
 
 Deno.test("limits end the episode: length finish, steps and context", async () => {
-  const cut = await runEpisode(record(), models(fake("policy", [result("<think>\nlong", [], { finishReason: "length" })])), {
-    hash: sha256,
-    unfinishedTurn: "no-credit",
-  });
+  const cut = await runEpisode(
+    record(),
+    models(fake("policy", [result("<think>\nlong", [], { finishReason: "length" })])),
+    {
+      hash: sha256,
+      unfinishedTurn: "no-credit",
+    },
+  );
   assert.equal(cut.state.end?.reason, "limit-context");
   assert.equal(cut.state.messages.at(-1)!.role, "assistant");
 
@@ -353,8 +416,12 @@ Deno.test("limits end the episode: length finish, steps and context", async () =
   assert.equal(steps.state.assistantSteps, 3);
   assert.equal(steps.state.turns[0]!.judged, true, "the unfinished turn was judged");
 
-  const big = fake("policy", () =>
-    result("", [apiCall("get_weather", { city: "Paris" })], { usage: { promptTokens: 900, completionTokens: 50, latencyMs: 1 } })
+  const big = fake(
+    "policy",
+    () =>
+      result("", [apiCall("get_weather", { city: "Paris" })], {
+        usage: { promptTokens: 900, completionTokens: 50, latencyMs: 1 },
+      }),
   );
   const ctx = await runEpisode(record(), models(big), { hash: sha256, maxContextTokens: 952 });
   assert.equal(ctx.state.end?.reason, "limit-context");
@@ -398,11 +465,15 @@ Deno.test("k votes decide each cell by majority, ties false", async () => {
   assert.equal(state.end?.reason, "gate-failed");
   assert.equal(judge.requests.length, 2 * 3 * 3);
   assert.deepEqual(state.turns[0]!.sat[0], [[true, true, false], [true, true, false]]);
-  const even = await runEpisode(record(), models(happyPolicy(), fake("judge", (_r, i) => verdict(i % 2 === 0))), {
-    hash: sha256,
-    judge: { votes: 2 },
-    judgeConcurrency: 1,
-  });
+  const even = await runEpisode(
+    record(),
+    models(happyPolicy(), fake("judge", (_r, i) => verdict(i % 2 === 0))),
+    {
+      hash: sha256,
+      judge: { votes: 2 },
+      judgeConcurrency: 1,
+    },
+  );
   assert.deepEqual(even.state.turns[0]!.sat[0], [[false, false, false], [false, false, false]]);
 });
 
@@ -412,9 +483,16 @@ Deno.test("itemsPerCall batches items of one step into one call with an array ve
     const verdicts = ids.map((id) => ({ item_id: id, answer: true })).reverse();
     return result(JSON.stringify({ verdicts: ids.length > 0 ? verdicts : undefined, answer: true }));
   });
-  const { state } = await runEpisode(record(), models(happyPolicy(), judge), { hash: sha256, judge: { itemsPerCall: 2 } });
+  const { state } = await runEpisode(record(), models(happyPolicy(), judge), {
+    hash: sha256,
+    judge: { itemsPerCall: 2 },
+  });
   assert.equal(state.end?.reason, "reply-complete");
-  assert.equal(judge.requests.length, 2 * 2 + 2 * 1, "turn 0: [C0,C1]+[C2] per step; turn 1: [C0,C1] per step");
+  assert.equal(
+    judge.requests.length,
+    2 * 2 + 2 * 1,
+    "turn 0: [C0,C1]+[C2] per step; turn 1: [C0,C1] per step",
+  );
   assert.equal(judge.requests[0]!.jsonSchema?.name, "evaluation_verdicts");
 });
 
@@ -422,7 +500,10 @@ Deno.test("incremental judging asks fewer cells and yields the same rewards as e
   const decide = (p: string) => !p.includes("Reply confirms booking?") || p.includes("Booked, reference");
   const run = async (mode: "exhaustive" | "incremental") => {
     const judge = judgeBy(decide);
-    const { state } = await runEpisode(record(), models(happyPolicy(), judge), { hash: sha256, judge: { mode } });
+    const { state } = await runEpisode(record(), models(happyPolicy(), judge), {
+      hash: sha256,
+      judge: { mode },
+    });
     return { state, calls: judge.requests.length };
   };
   const ex = await run("exhaustive");
@@ -435,8 +516,10 @@ Deno.test("incremental judging asks fewer cells and yields the same rewards as e
   const checklist = record().checklists[0]!;
   for (const level of ["trajectory", "turn", "step"] as const) {
     assert.deepEqual(
-      computeAdvantages({ checklist, episodes: [episodeVerdicts(inc.state)] }, { level, minGroupSupport: 0 }).episodes,
-      computeAdvantages({ checklist, episodes: [episodeVerdicts(ex.state)] }, { level, minGroupSupport: 0 }).episodes,
+      computeAdvantages({ checklist, episodes: [episodeVerdicts(inc.state)] }, { level, minGroupSupport: 0 })
+        .episodes,
+      computeAdvantages({ checklist, episodes: [episodeVerdicts(ex.state)] }, { level, minGroupSupport: 0 })
+        .episodes,
     );
   }
 });
@@ -449,17 +532,24 @@ Deno.test("with several variants the gate fails only when more than half of them
   assert.equal(one.state.end?.reason, "reply-complete");
   assert.deepEqual(one.state.turns[0]!.passed, [true, false, true]);
   rec.checklists[2]![0]![2] = { ...rec.checklists[2]![0]![2]!, question: "Strict reply check?" };
-  const two = await runEpisode(rec, models(happyPolicy(), judgeBy((p) => !p.includes("Strict reply check?"))), {
-    hash: sha256,
-    variants: 3,
-  });
+  const two = await runEpisode(
+    rec,
+    models(happyPolicy(), judgeBy((p) => !p.includes("Strict reply check?"))),
+    {
+      hash: sha256,
+      variants: 3,
+    },
+  );
   assert.equal(two.state.end?.reason, "gate-failed");
   assert.deepEqual(episodeVerdicts(two.state, 1).turns[0]!.steps[0]!.sat, [true, true, false]);
 });
 
 Deno.test("the judge cache answers repeated (model, prompt, item, transcript) calls", async () => {
   const judgeCache: Record<string, boolean[]> = {};
-  const first = await runEpisode(record(), models(happyPolicy(), judgeAll(true)), { hash: sha256, judgeCache });
+  const first = await runEpisode(record(), models(happyPolicy(), judgeAll(true)), {
+    hash: sha256,
+    judgeCache,
+  });
   assert.equal(Object.keys(judgeCache).length, 10);
   const judge = judgeAll(false);
   const second = await runEpisode(record(), models(happyPolicy(), judge), { hash: sha256, judgeCache });
@@ -469,7 +559,11 @@ Deno.test("the judge cache answers repeated (model, prompt, item, transcript) ca
 });
 
 /** Drive the transitions by hand, round-tripping the state through JSON between every step. */
-async function driveThroughJson(rec: TrajectoryRecord, m: EpisodeModels, opts: EpisodeOptions): Promise<EpisodeState> {
+async function driveThroughJson(
+  rec: TrajectoryRecord,
+  m: EpisodeModels,
+  opts: EpisodeOptions,
+): Promise<EpisodeState> {
   const store = (s: EpisodeState) => JSON.parse(JSON.stringify(s)) as EpisodeState;
   let state = store(startEpisode(rec, opts));
   let cache = emptyCache();
@@ -524,7 +618,9 @@ Deno.test("transitions refuse the wrong phase and incomplete verdicts", async ()
     [0, [2], ["C2"], 0],
   ]);
   assert.equal(new Set(tasks.map((k) => k.key)).size, 3);
-  const verdicts = await Promise.all(tasks.map(async (k) => verdictFromResult(k, await judgeAll(true).complete(k.request))));
+  const verdicts = await Promise.all(
+    tasks.map(async (k) => verdictFromResult(k, await judgeAll(true).complete(k.request))),
+  );
   assert.throws(() => applyJudgement(t.state, verdicts.slice(0, 2)), /the round has 3/);
   const next = applyJudgement(t.state, verdicts);
   assert.equal(next.next, "policy");

@@ -3,9 +3,9 @@ import { createHash } from "node:crypto";
 import {
   BATCH_VERDICT_SCHEMA,
   fillSkipped,
-  type JudgeItem,
   judgeBatchPrompt,
   judgeCacheKey,
+  type JudgeItem,
   judgePrompt,
   judgeRequest,
   majority,
@@ -36,7 +36,10 @@ const item: JudgeItem = {
   failure_examples: ["Calls it for Lyon", "Answers without a call é"],
   evidence: [{ turn: 0, step: 1, from: "assistant.tool_calls", snippet: '{"city": "Paris"}' }],
 };
-const ctx = { previous: "Role: system\ncontent: Be brief.\n", current: "# Turn: 0\nRole: user\ncontent: Hi\n" };
+const ctx = {
+  previous: "Role: system\ncontent: Be brief.\n",
+  current: "# Turn: 0\nRole: user\ncontent: Hi\n",
+};
 
 Deno.test("judgePrompt() carries every criterion field and both transcript sections in order", () => {
   const p = judgePrompt(item, ctx);
@@ -119,10 +122,16 @@ Deno.test("parseVerdicts() matches batched verdicts by item id, else by position
     answers: [false, true],
   });
   assert.equal(parseVerdicts(res('{"verdicts": [{"answer": true}]}'), ["C0", "C2"]).ok, false);
-  assert.equal(parseVerdicts(res('{"verdicts": [{"item_id": "C9", "answer": true}, {"item_id": "C0", "answer": true}]}'), [
-    "C0",
-    "C2",
-  ]).ok, false);
+  assert.equal(
+    parseVerdicts(
+      res('{"verdicts": [{"item_id": "C9", "answer": true}, {"item_id": "C0", "answer": true}]}'),
+      [
+        "C0",
+        "C2",
+      ],
+    ).ok,
+    false,
+  );
 });
 
 Deno.test("majority() needs strictly more than half; ties are false", () => {
@@ -138,7 +147,10 @@ const blank = (steps: number): SatMatrix => Array.from({ length: steps }, () => 
 
 Deno.test("roundCells() asks for every cell in exhaustive mode and one step at a time in incremental mode", () => {
   assert.equal(roundCells(blank(3), "exhaustive").length, 9);
-  assert.deepEqual(roundCells(blank(3), "incremental"), [{ step: 0, item: 0 }, { step: 0, item: 1 }, { step: 0, item: 2 }]);
+  assert.deepEqual(roundCells(blank(3), "incremental"), [{ step: 0, item: 0 }, { step: 0, item: 1 }, {
+    step: 0,
+    item: 2,
+  }]);
   assert.deepEqual(fillSkipped(blank(2), plan, "exhaustive").filled, 0);
 });
 
@@ -184,7 +196,11 @@ function randomChecklist(r: () => number): RewardItem[][] {
   });
 }
 
-function judgeIncrementally(oracle: boolean[][], items: RewardItem[], basis: SkipBasis): { sat: boolean[][]; asked: number } {
+function judgeIncrementally(
+  oracle: boolean[][],
+  items: RewardItem[],
+  basis: SkipBasis,
+): { sat: boolean[][]; asked: number } {
   let sat: SatMatrix = oracle.map((row) => row.map(() => null));
   let asked = 0;
   for (;;) {
@@ -229,7 +245,10 @@ Deno.test("incremental judging gives the same gates, rewards and advantages as e
         byBasis[basis].push(build(judged.map((j) => j.sat)));
         judged.forEach((j, k) => {
           const rows = (rowsOf: boolean[][]) => rowsOf.map((sat) => ({ sat }));
-          assert.equal(turnPassed(turns[k]!.items, rows(j.sat)), turnPassed(turns[k]!.items, rows(turns[k]!.oracle)));
+          assert.equal(
+            turnPassed(turns[k]!.items, rows(j.sat)),
+            turnPassed(turns[k]!.items, rows(turns[k]!.oracle)),
+          );
           if (basis === "completed") {
             asked += j.asked;
             total += turns[k]!.oracle.length * turns[k]!.items.length;
@@ -243,7 +262,10 @@ Deno.test("incremental judging gives the same gates, rewards and advantages as e
         const want = computeAdvantages({ checklist, episodes: exhaustive }, opts).episodes;
         assert.deepEqual(computeAdvantages({ checklist, episodes: byBasis.completed }, opts).episodes, want);
         if (preset === "reference" && level !== "step") {
-          assert.deepEqual(computeAdvantages({ checklist, episodes: byBasis.satisfied }, opts).episodes, want);
+          assert.deepEqual(
+            computeAdvantages({ checklist, episodes: byBasis.satisfied }, opts).episodes,
+            want,
+          );
         }
       }
     }

@@ -55,7 +55,11 @@ function record(): TrajectoryRecord {
       {
         role: "assistant",
         content: "<think>\nlook\n</think>",
-        tool_calls: [{ id: "a", type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } }],
+        tool_calls: [{
+          id: "a",
+          type: "function",
+          function: { name: "get_weather", arguments: '{"city":"Paris"}' },
+        }],
       },
       { role: "tool", content: '{"temp": 21, "note": "\ud800x"}', tool_calls: [] },
       { role: "assistant", content: "<think>\nok\n</think>\n\n21 degrees.", tool_calls: [] },
@@ -94,7 +98,11 @@ Deno.test("buildToolIndex() pairs every recorded call with its tool message and 
 
 Deno.test("resolveToolCall() replays an exact match whatever the key order, 2.0 matching 2", () => {
   const index = buildToolIndex(record());
-  const r = resolveToolCall(index, call("book_table", JSON.parse('{"people": 2.0, "restaurant": "Chez Nous"}')), emptyCache());
+  const r = resolveToolCall(
+    index,
+    call("book_table", JSON.parse('{"people": 2.0, "restaurant": "Chez Nous"}')),
+    emptyCache(),
+  );
   assert.deepEqual(r, { kind: "replay", content: '{"booking_id": "B-17"}' });
   // lone surrogates of the recorded output are stripped
   assert.deepEqual(resolveToolCall(index, call("get_weather", { city: "Paris" }), emptyCache()), {
@@ -105,7 +113,10 @@ Deno.test("resolveToolCall() replays an exact match whatever the key order, 2.0 
 
 Deno.test("resolveToolCall() replays future-turn calls only with replayScope all-turns", () => {
   const args = { restaurant: "Chez Nous", people: 2 };
-  assert.equal(resolveToolCall(buildToolIndex(record()), call("book_table", args, 0), emptyCache()).kind, "replay");
+  assert.equal(
+    resolveToolCall(buildToolIndex(record()), call("book_table", args, 0), emptyCache()).kind,
+    "replay",
+  );
   const scoped = buildToolIndex(record(), { replayScope: "up-to-current-turn" });
   assert.equal(resolveToolCall(scoped, call("book_table", args, 0), emptyCache()).kind, "simulate");
   assert.equal(resolveToolCall(scoped, call("book_table", args, 1), emptyCache()).kind, "replay");
@@ -120,7 +131,11 @@ Deno.test("resolveToolCall() answers an unknown tool with an error_tool_call", (
 });
 
 Deno.test("resolveToolCall() reports schema violations with SCHEMA_VALIDATION_FAILED", () => {
-  const r = resolveToolCall(buildToolIndex(record()), call("get_weather", { unit: "k", zone: 1 }), emptyCache());
+  const r = resolveToolCall(
+    buildToolIndex(record()),
+    call("get_weather", { unit: "k", zone: 1 }),
+    emptyCache(),
+  );
   assert.equal(r.kind, "error");
   if (r.kind !== "error") return;
   assert.equal(r.code, "schema");
@@ -146,13 +161,19 @@ Deno.test("validateArguments() applies the shallow reference rules", () => {
     "Argument 'people' should be of type integer, got boolean",
   ]);
   // a type list passes when any member matches; unknown type names pass
-  assert.deepEqual(validateArguments(params, { restaurant: "X", people: 1, time: null, extra: [1] }, true), []);
+  assert.deepEqual(
+    validateArguments(params, { restaurant: "X", people: 1, time: null, extra: [1] }, true),
+    [],
+  );
   assert.deepEqual(validateArguments(params, { restaurant: "X", people: 1, time: 5 }, true), [
     "Argument 'time' should be of type string | null, got integer",
   ]);
   // strict off: unexpected arguments pass
   assert.deepEqual(validateArguments(params, { restaurant: "X", people: 1, vip: true }, false), []);
-  const other = { type: "object", properties: { o: { type: "object" }, a: { type: "array" }, n: { type: "number" } } };
+  const other = {
+    type: "object",
+    properties: { o: { type: "object" }, a: { type: "array" }, n: { type: "number" } },
+  };
   assert.deepEqual(validateArguments(other, { o: [], a: {}, n: "1" }, true).length, 3);
 });
 
@@ -160,8 +181,14 @@ Deno.test("resolveToolCall() honours a tool's own strict:false and the strict op
   const rec = record();
   rec.tools[0]!.function.strict = false;
   const args = { city: "Rome", mood: "sunny" };
-  assert.equal(resolveToolCall(buildToolIndex(rec), call("get_weather", args), emptyCache()).kind, "simulate");
-  assert.equal(resolveToolCall(buildToolIndex(rec, { strict: true }), call("get_weather", args), emptyCache()).kind, "error");
+  assert.equal(
+    resolveToolCall(buildToolIndex(rec), call("get_weather", args), emptyCache()).kind,
+    "simulate",
+  );
+  assert.equal(
+    resolveToolCall(buildToolIndex(rec, { strict: true }), call("get_weather", args), emptyCache()).kind,
+    "error",
+  );
 });
 
 Deno.test("resolveToolCall() asks for a simulation with recorded I/O as examples and the JSON schema", () => {
@@ -180,10 +207,20 @@ Deno.test("resolveToolCall() asks for a simulation with recorded I/O as examples
         '{"temp": 21, "note": "\ud800x"}\n\nTool name:\nbook_table\n',
     ),
   );
-  assert.ok(user.includes('Tool to run now: get_weather\nIts input schema (JSON Schema):\n{\n"type": "function",'));
-  assert.ok(user.endsWith('Arguments of this call (JSON):\n{\n"city": "Rome",\n"unit": "c"\n}\nReturn the tool\'s execution result as JSON.'));
+  assert.ok(
+    user.includes('Tool to run now: get_weather\nIts input schema (JSON Schema):\n{\n"type": "function",'),
+  );
+  assert.ok(
+    user.endsWith(
+      'Arguments of this call (JSON):\n{\n"city": "Rome",\n"unit": "c"\n}\nReturn the tool\'s execution result as JSON.',
+    ),
+  );
   const scoped = buildToolIndex(record(), { replayScope: "up-to-current-turn" });
-  assert.ok(!simulationPrompt(scoped, call("get_weather", { city: "Rome" }, 0)).includes("book_table\nTool arguments"));
+  assert.ok(
+    !simulationPrompt(scoped, call("get_weather", { city: "Rome" }, 0)).includes(
+      "book_table\nTool arguments",
+    ),
+  );
 });
 
 Deno.test("resolveToolCall() serves a simulated output from the consistency cache", () => {

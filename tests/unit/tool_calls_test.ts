@@ -21,7 +21,8 @@ Deno.test("parseToolCallText() returns none for a plain reply", () => {
 });
 
 Deno.test("parseToolCallText() parses one well-formed call with a trimmed name", () => {
-  const text = `${THINK}\n<tool_call>\n{"name": " get_weather ", "arguments": {"city": "Paris"}}\n</tool_call>`;
+  const text =
+    `${THINK}\n<tool_call>\n{"name": " get_weather ", "arguments": {"city": "Paris"}}\n</tool_call>`;
   assert.deepEqual(parseToolCallText(text, "call_3"), {
     kind: "calls",
     calls: [{ id: "call_3_0", name: "get_weather", arguments: { city: "Paris" } }],
@@ -48,18 +49,31 @@ Deno.test("parseToolCallText() requires the newlines around the tags", () => {
 });
 
 Deno.test("parseToolCallText() rejects bad JSON, bad names, missing and non-object arguments", () => {
-  assert.match(errorOf(parseToolCallText('\n<tool_call>\n{"name": "a", arguments: {}}\n</tool_call>')), /not valid JSON/);
-  assert.match(errorOf(parseToolCallText('\n<tool_call>\n{"name": "  ", "arguments": {}}\n</tool_call>')), /no valid name/);
+  assert.match(
+    errorOf(parseToolCallText('\n<tool_call>\n{"name": "a", arguments: {}}\n</tool_call>')),
+    /not valid JSON/,
+  );
+  assert.match(
+    errorOf(parseToolCallText('\n<tool_call>\n{"name": "  ", "arguments": {}}\n</tool_call>')),
+    /no valid name/,
+  );
   assert.match(errorOf(parseToolCallText('\n<tool_call>\n{"name": "a"}\n</tool_call>')), /has no arguments/);
   assert.match(
     errorOf(parseToolCallText('\n<tool_call>\n{"name": "a", "arguments": "{\\"x\\": 1}"}\n</tool_call>')),
     /must be a JSON object/,
   );
-  assert.match(errorOf(parseToolCallText('\n<tool_call>\n{"name": "a", "arguments": [1]}\n</tool_call>')), /JSON object/);
-  assert.match(errorOf(parseToolCallText('\n<tool_call>\n[1, 2]\n</tool_call>')), /must be a JSON object/);
+  assert.match(
+    errorOf(parseToolCallText('\n<tool_call>\n{"name": "a", "arguments": [1]}\n</tool_call>')),
+    /JSON object/,
+  );
+  assert.match(errorOf(parseToolCallText("\n<tool_call>\n[1, 2]\n</tool_call>")), /must be a JSON object/);
   assert.match(errorOf(parseToolCallText("\n<tool_call>\n[]\n</tool_call>")), /empty array/);
   // one bad block spoils the step, even next to a good one
-  errorOf(parseToolCallText('\n<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\nnope\n</tool_call>'));
+  errorOf(
+    parseToolCallText(
+      '\n<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\nnope\n</tool_call>',
+    ),
+  );
 });
 
 Deno.test("parseStructuredToolCalls() decodes API tool calls and rejects non-object arguments", () => {
@@ -72,20 +86,33 @@ Deno.test("parseStructuredToolCalls() decodes API tool calls and rejects non-obj
     calls: [{ id: "x1", name: "a", arguments: { k: "v" } }, { id: "call_5_1", name: "b", arguments: {} }],
   });
   assert.equal(parseStructuredToolCalls([]).kind, "none");
-  const bad = parseStructuredToolCalls([{ id: "x", type: "function", function: { name: "a", arguments: "[1]" } }]);
+  const bad = parseStructuredToolCalls([{
+    id: "x",
+    type: "function",
+    function: { name: "a", arguments: "[1]" },
+  }]);
   assert.equal(bad.kind, "error");
-  const broken = parseStructuredToolCalls([{ id: "x", type: "function", function: { name: "a", arguments: "{" } }]);
+  const broken = parseStructuredToolCalls([{
+    id: "x",
+    type: "function",
+    function: { name: "a", arguments: "{" },
+  }]);
   assert.equal(broken.kind, "error");
 });
 
 Deno.test("formatToolCallText() writes the wire format that parseToolCallText() reads back", () => {
   const calls = [{ name: "f", arguments: { q: "café" } }, { name: "g", arguments: {} }];
   const text = formatToolCallText(calls);
-  assert.equal(text, '\n<tool_call>\n{"name": "f", "arguments": {"q": "café"}}\n</tool_call>' +
-    '\n<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>');
+  assert.equal(
+    text,
+    '\n<tool_call>\n{"name": "f", "arguments": {"q": "café"}}\n</tool_call>' +
+      '\n<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>',
+  );
   const back = parseToolCallText(THINK + text);
   assert.equal(back.kind, "calls");
-  if (back.kind === "calls") assert.deepEqual(back.calls.map((c) => ({ name: c.name, arguments: c.arguments })), calls);
+  if (back.kind === "calls") {
+    assert.deepEqual(back.calls.map((c) => ({ name: c.name, arguments: c.arguments })), calls);
+  }
   assert.equal(stripToolCallBlocks(THINK + text), THINK.trimEnd());
 });
 

@@ -2,18 +2,27 @@ import assert from "node:assert/strict";
 import type { ChatMessage } from "../../core/llm_types.ts";
 import { assistantFields, judgeContext, renderTranscript } from "../../core/transcript.ts";
 
-const call = (name: string, args: string, id = "c1") => ({ id, type: "function" as const, function: { name, arguments: args } });
+const call = (name: string, args: string, id = "c1") => ({
+  id,
+  type: "function" as const,
+  function: { name, arguments: args },
+});
 
 const dialogue: ChatMessage[] = [
   { role: "system", content: "Be brief." },
   { role: "user", content: "Weather in Paris?" },
-  { role: "assistant", content: "<think>\nNeed data.\n</think>", tool_calls: [call("get_weather", '{"city":"Paris"}')] },
+  {
+    role: "assistant",
+    content: "<think>\nNeed data.\n</think>",
+    tool_calls: [call("get_weather", '{"city":"Paris"}')],
+  },
   { role: "tool", content: '{"temp": 21}', tool_call_id: "c1" },
   { role: "assistant", content: "<think>\nDone.\n</think>\n\nIt is 21 degrees." },
   { role: "user", content: "And Rome?" },
   {
     role: "assistant",
-    content: '<think>\nAgain.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>',
+    content:
+      '<think>\nAgain.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>',
     tool_calls: [call("get_weather", '{"city":"Rome"}', "c2")],
   },
   { role: "tool", content: '{"temp": 25}', tool_call_id: "c2" },
@@ -56,7 +65,8 @@ Deno.test("assistantFields() keeps preface text before API calls in the tool_cal
   assert.deepEqual(f, {
     thinking: "x",
     reply: "None",
-    toolCall: 'Let me check.\n<|tool_call_start|>\n{"name": "f", "arguments": {"q": "é"}}\n<|tool_call_end|>\n' +
+    toolCall:
+      'Let me check.\n<|tool_call_start|>\n{"name": "f", "arguments": {"q": "é"}}\n<|tool_call_end|>\n' +
       '<|tool_call_start|>\n{"name": "g", "arguments": "not json"}\n<|tool_call_end|>',
   });
 });
@@ -73,7 +83,10 @@ Deno.test("assistantFields() writes None for an empty reply and a missing think 
     toolCall: "None",
   });
   // Python's split()[1]: the reply stops at a repeated "thinking</think>"
-  assert.equal(assistantFields({ role: "assistant", content: "<think>a</think>b<think>a</think>c" }).reply, "b<think>");
+  assert.equal(
+    assistantFields({ role: "assistant", content: "<think>a</think>b<think>a</think>c" }).reply,
+    "b<think>",
+  );
 });
 
 Deno.test("judgeContext() gives previous turns and the current turn up to the step and its tool results", () => {
@@ -85,7 +98,10 @@ Deno.test("judgeContext() gives previous turns and the current turn up to the st
 
   const later = judgeContext(dialogue, 5, 6);
   assert.equal(later.previous, renderTranscript(dialogue.slice(0, 5)));
-  assert.ok(later.current.startsWith("# Turn: 0\nRole: user\ncontent: And Rome?\n"), "the current turn is always Turn 0");
+  assert.ok(
+    later.current.startsWith("# Turn: 0\nRole: user\ncontent: And Rome?\n"),
+    "the current turn is always Turn 0",
+  );
   assert.ok(later.current.endsWith('Role: tool\ncontent: {"temp": 25}\n'));
 
   assert.equal(judgeContext(dialogue.slice(1), 0, 1).previous, "", "turn 0 without a system message");

@@ -111,9 +111,15 @@ class TrainerConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
+        """All fields, camelCase (as every JSON document of the contract)."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
-        return d
+        return {_camel(k): v for k, v in d.items()}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.capitalize() for w in rest)
 
 
 # Wire name (camelCase, request.trainer) -> TrainerConfig field. The wire carries only these.

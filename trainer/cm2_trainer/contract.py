@@ -133,7 +133,9 @@ def decode_update_request(obj: Any) -> UpdateRequest:
         if wire not in t:
             continue
         where = f"{w}.trainer.{wire}"
-        if name in ("mini_batches", "lora_rank", "seed"):
+        if name == "seed":
+            trainer[name] = _int(t[wire], where)
+        elif name in ("mini_batches", "lora_rank"):
             trainer[name] = _int(t[wire], where, lo=0)
         else:
             trainer[name] = _num(t[wire], where)
@@ -208,8 +210,6 @@ def _decode_sample(obj: Any, w: str) -> Sample:
         if i in advantages:
             raise ContractError(f"{aw}.messageIndex is {i}, which appears twice")
         advantages[i] = _num(a["advantage"], f"{aw}.advantage")
-    if not advantages:
-        raise ContractError(f"{w}.advantages is empty, expected one entry per assistant message to train")
 
     completions: dict[int, Completion] = {}
     for k, c in enumerate(_list(o.get("completions", []), f"{w}.completions")):
@@ -308,4 +308,38 @@ def decode_result(obj: Any) -> dict[str, Any]:
             _int(m[k], f"{w}.metrics.tokens", lo=0)
         else:
             _num(m[k], f"{w}.metrics.{k}")
+    return o
+
+
+# -- checkpoint manifest (a blob; read by the orchestrator to publish the adapter) ----------------------------
+def decode_manifest(obj: Any) -> dict[str, Any]:
+    w = "checkpoint"
+    o = _obj(obj, w, {"schema", "runId", "iteration", "version", "base", "parent", "batch", "files", "metrics",
+                      "trainer", "stats", "createdAt"})
+    if o["schema"] != CHECKPOINT_SCHEMA:
+        raise ContractError(f"{w}.schema is {_short(o['schema'])}, expected {CHECKPOINT_SCHEMA!r}")
+    _str(o["runId"], f"{w}.runId")
+    it = _int(o["iteration"], f"{w}.iteration", lo=0)
+    if _int(o["version"], f"{w}.version", lo=1) != it + 1:
+        raise ContractError(f"{w}.version is {o['version']}, expected iteration + 1 = {it + 1}")
+    b = _obj(o["base"], f"{w}.base", {"kind", "path"})
+    if b["kind"] not in ("hf", "gguf"):
+        raise ContractError(f"{w}.base.kind is {_short(b['kind'])}, expected 'hf' or 'gguf'")
+    if o["parent"] is not None:
+        _ref(o["parent"], f"{w}.parent")
+    _ref(o["batch"], f"{w}.batch")
+    files = o["files"]
+    if not isinstance(files, dict) or not files:
+        raise ContractError(f"{w}.files is {_short(files)}, expected an object of file name -> ref")
+    for name, ref in files.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ContractError(f"{w}.files has the file name {name!r}, expected a plain file name")
+        _ref(ref, f"{w}.files[{name!r}]")
+    m = _obj(o["metrics"], f"{w}.metrics", set(METRIC_WIRE.values()))
+    for k in METRIC_WIRE.values():
+        (_int(m[k], f"{w}.metrics.tokens", lo=0) if k == "tokens" else _num(m[k], f"{w}.metrics.{k}"))
+    for k in ("trainer", "stats"):
+        if not isinstance(o[k], dict):
+            raise ContractError(f"{w}.{k} is {_short(o[k])}, expected an object")
+    _str(o["createdAt"], f"{w}.createdAt")
     return o

@@ -28,8 +28,11 @@ token and the glue are context (mask 0): we do not teach the policy to stop wher
 The message's advantage is put on all of its loss tokens. Assistant messages without an advantage are
 context. The sequence is cut after the last loss token (later tokens cannot affect the loss).
 
-Tool-call arguments are JSON strings on the wire (OpenAI); they are parsed to objects for the template,
-as vLLM does, since HF templates expect `arguments` to be a mapping. `content: null` becomes "".
+Messages are normalised exactly as the policy server (serve.py) normalises them before templating:
+tool-call arguments (JSON strings on the wire) are parsed to objects, as vLLM does too, since HF
+templates expect a mapping; `content: null` becomes "". The caller passes the serving template
+(`serve.serving_chat_template`: the tokenizer's own, or cm2's tool-aware ChatML for templates that ignore
+tools, like SmolLM2's) so that training renders what the policy server rendered.
 If the template renders an assistant message without the names of its tool calls, the tool calls would be
 silently lost: that raises `TemplateError` unless the message has verbatim ids.
 """
@@ -77,23 +80,31 @@ def end_of_turn_ids(tokenizer: Any) -> set[int]:
 
 
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copy of the messages in the shape HF chat templates expect (see module docstring)."""
+    """Copies of the messages in the shape chat templates expect, exactly as the policy server
+    (`serve.normalize_messages`) passes them: role, content ("" for null), tool_calls with `arguments`
+    parsed to an object when it is a JSON object, tool_call_id. Other keys are dropped, as there."""
     out = []
-    for m in messages:
-        m = copy.deepcopy(m)
-        if m.get("content") is None:
-            m["content"] = ""
-        for c in m.get("tool_calls") or []:
-            fn = c.get("function", {})
-            args = fn.get("arguments")
-            if isinstance(args, str):
-                try:
-                    parsed = json.loads(args) if args.strip() else {}
-                except json.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict):
-                    fn["arguments"] = parsed
-        out.append(m)
+    for j, m in enumerate(messages):
+        msg: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+        calls = m.get("tool_calls")
+        if m["role"] == "assistant" and calls:
+            norm = []
+            for k, c in enumerate(calls):
+                fn = c["function"]
+                args = fn.get("arguments", {})
+                if isinstance(args, str):
+                    try:
+                        parsed = json.loads(args) if args.strip() else {}
+                    except json.JSONDecodeError:
+                        parsed = None
+                    if isinstance(parsed, dict):
+                        args = parsed
+                norm.append({"id": c.get("id") or f"call_{k}", "type": "function",
+                             "function": {"name": fn["name"], "arguments": copy.deepcopy(args)}})
+            msg["tool_calls"] = norm
+        if m["role"] == "tool" and m.get("tool_call_id") is not None:
+            msg["tool_call_id"] = str(m["tool_call_id"])
+        out.append(msg)
     return out
 
 
@@ -119,6 +130,8 @@ def render_sample(sample: Sample, tokenizer: Any, *, chat_template: str | None =
     def text(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False)
 
+    if not sample.advantages:  # nothing to train: an empty sample (dropped by the caller)
+        return RenderedSample(sample.episode_id, [], [], [], [])
     last = max(sample.advantages)
     ids: list[int] = []
     mask: list[int] = []

@@ -25,6 +25,7 @@ from typing import Any
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 URI_PREFIX = "cm2://sha256/"
+MAX_NAME = 400  # as the TypeScript store
 _CHUNK = 1 << 20
 
 
@@ -79,8 +80,10 @@ class Ref:
 def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidRef(f"Store name {name!r} does not match {NAME_RE.pattern}")
-    if any(seg == ".." for seg in name.split("/")):
-        raise InvalidRef(f"Store name {name!r} has a '..' segment")
+    if any(seg in (".", "..") for seg in name.split("/")):
+        raise InvalidRef(f"Store name {name!r} has a '.' or '..' segment")
+    if len(name) > MAX_NAME:
+        raise InvalidRef(f"Store name of {len(name)} characters is longer than {MAX_NAME}")
     return name
 
 

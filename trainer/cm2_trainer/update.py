@@ -38,6 +38,7 @@ from .contract import (
     ContractError,
     UpdateRequest,
     decode_batch,
+    decode_manifest,
     encode_result,
 )
 from .loss import Heartbeat, apply_update
@@ -90,10 +91,10 @@ class ModelCache:
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
-        self._value: tuple[Any, Any] | None = None
+        self._value: tuple[Any, Any, str | None] | None = None
         self.lock = threading.Lock()
 
-    def get(self, base: BaseModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    def get(self, base: BaseModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, str | None]:
         key = (base.kind, os.path.abspath(base.path), str(device), str(dtype))
         if self._key != key or self._value is None:
             self.clear()
@@ -108,8 +109,11 @@ class ModelCache:
             torch.cuda.empty_cache()
 
 
-def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, str | None]:
+    """(model with frozen weights, tokenizer, chat template the policy server renders with)."""
+    from transformers import AutoModelForCausalLM
+
+    from .serve import load_tokenizer, serving_chat_template
 
     path = Path(base.path)
     if base.kind == "gguf":
@@ -122,7 +126,7 @@ def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tupl
             raise ContractError(f"request.base.path is {base.path!r}, which is not a model directory on this worker")
         kw = {}
         src = str(path)
-    tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+    tokenizer = load_tokenizer(str(path))  # cached conversion of a GGUF vocabulary
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
     # A GGUF model is dequantised on load; drop the marker so peft treats it as the plain model it now is.
     if getattr(model.config, "quantization_config", None) is not None and base.kind == "gguf":
@@ -131,7 +135,7 @@ def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tupl
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, tokenizer
+    return model, tokenizer, serving_chat_template(tokenizer)
 
 
 # -- the activity body ------------------------------------------------------------------------------------------
@@ -162,12 +166,12 @@ def update_policy(req: UpdateRequest, *, heartbeat: Heartbeat | None = None, cac
     cache = cache or ModelCache()
     beat({"phase": "load"})
     with cache.lock:
-        base_model, tokenizer = cache.get(req.base, device, dtype)
+        base_model, tokenizer, chat_template = cache.get(req.base, device, dtype)
         vocab = base_model.get_input_embeddings().weight.shape[0]
         rendered: list[RenderedSample] = []
         for s in batch.samples:
             try:
-                r = render_sample(s, tokenizer, vocab_size=vocab)
+                r = render_sample(s, tokenizer, chat_template=chat_template, vocab_size=vocab)
             except TemplateError as e:
                 raise ContractError(str(e)) from None
             if r.num_loss_tokens > 0:
@@ -217,6 +221,7 @@ def update_policy(req: UpdateRequest, *, heartbeat: Heartbeat | None = None, cac
             "saveSeconds": time.perf_counter() - t_trained,
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
+            "chatTemplate": "tokenizer" if chat_template is None else "cm2-tool-chatml",
         },
         "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -289,10 +294,10 @@ def _load_manifest(store: Store, ref: Ref, where: str) -> dict[str, Any]:
     if not isinstance(m, dict) or m.get("schema") != CHECKPOINT_SCHEMA:
         got = m.get("schema") if isinstance(m, dict) else type(m).__name__
         raise ContractError(f"{where} points at {got!r}, expected a {CHECKPOINT_SCHEMA} manifest")
-    for k in ("runId", "iteration", "version", "base", "files", "metrics"):
-        if k not in m:
-            raise StoreCorruption(f"Checkpoint manifest {ref.uri} lacks {k!r}")
-    return m
+    try:
+        return decode_manifest(m)
+    except ContractError as e:
+        raise StoreCorruption(f"Checkpoint manifest {ref.uri} is malformed: {e}") from None
 
 
 def _result_from_manifest(store: Store, ref: Ref, *, reused: bool) -> UpdateResult:

@@ -34,9 +34,9 @@ def gguf_tok():
     if p is None:
         pytest.skip("SmolLM2 GGUF not found: set CM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf "
                     "(or put it at .cm2/models/)")
-    from transformers import AutoTokenizer
+    from cm2_trainer.serve import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    return load_tokenizer(str(p))  # the policy server's loader: converts once, then reads a disk cache
 
 
 @pytest.fixture(scope="session")

@@ -119,3 +119,24 @@ def test_smollm2_template_cannot_render_tool_calls_without_token_ids(gguf_tok):
         warnings.simplefilter("ignore", TemplateToolsIgnored)
         with pytest.raises(TemplateError, match="drops the tool call 'get_weather'.*messages\\[2\\]"):
             render_sample(s, gguf_tok)
+
+
+def test_smollm2_with_the_serving_template_matches_the_policy_server_prompts(gguf_tok):
+    """Training renders what serve.py rendered: for every assistant message, the context before it equals the
+    server's prompt for the messages before it (same normalisation, same tool-aware template)."""
+    from cm2_trainer.serve import TOOL_CHAT_TEMPLATE, normalize_messages, normalize_tools, serving_chat_template
+
+    tmpl = serving_chat_template(gguf_tok)
+    assert tmpl == TOOL_CHAT_TEMPLATE  # SmolLM2's own template ignores tools
+    s = _sample()  # no completions: the tool call is rendered by the template
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemplateToolsIgnored)
+        r = render_sample(s, gguf_tok, chat_template=tmpl)
+    spans = _spans(r.loss_mask)
+    for (start, _), i in zip(spans, (2, 4)):
+        prompt = gguf_tok.apply_chat_template(normalize_messages(s.messages[:i]), tools=normalize_tools(s.tools),
+                                              chat_template=tmpl, add_generation_prompt=True, return_dict=False)
+        assert r.input_ids[:start] == list(prompt)
+    call = gguf_tok.decode(r.input_ids[spans[0][0]:spans[0][1]])
+    assert call == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+    assert "# Tools" in gguf_tok.decode(r.input_ids[:spans[0][0]])

@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+
+from cm2_trainer.config import TrainerConfig
+from cm2_trainer.contract import decode_batch
+from cm2_trainer.loss import apply_update, k3_kl_per_token, pg_loss_per_token, token_logprobs
+from cm2_trainer.render import render_sample
+from helpers import batch_obj, tiny_llama
+
+CFG = TrainerConfig()
+
+
+def test_pg_loss_on_policy_is_minus_advantage():
+    logp = torch.tensor([-1.0, -2.0, -0.5])
+    adv = torch.tensor([1.0, -1.0, 0.0])
+    loss, clipped = pg_loss_per_token(logp, logp, adv, CFG)
+    assert torch.allclose(loss, -adv) and not clipped.any()
+
+
+@pytest.mark.parametrize("ratio,adv,expected,was_clipped", [
+    (1.5, 1.0, -1.2, True),    # positive advantage: ratio capped at 1 + clip_high
+    (0.5, 1.0, -0.5, False),   # below 1 - clip_low with A > 0: the pessimistic (unclipped) term wins
+    (0.5, -1.0, 0.8, True),    # negative advantage: ratio floored at 1 - clip_low
+    (1.5, -1.0, 1.5, False),   # negative advantage, ratio above the clip: unclipped
+    (4.0, -1.0, 3.0, True),    # dual clip: loss capped at -A * clip_ratio_c
+])
+def test_pg_loss_clipping_and_dual_clip(ratio, adv, expected, was_clipped):
+    old = torch.tensor([-1.0])
+    loss, clipped = pg_loss_per_token(old + math.log(ratio), old, torch.tensor([adv]), CFG)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert bool(clipped.item()) is was_clipped
+
+
+def test_k3_kl():
+    logp = torch.tensor([-1.0, -1.0, -1.0, 0.0])
+    ref = torch.tensor([-1.0, -2.0, 0.0, -100.0])
+    kl = k3_kl_per_token(logp, ref)
+    assert kl[0].item() == 0.0
+    x = torch.tensor([-1.0, 1.0])
+    assert torch.allclose(kl[1:3], torch.exp(x) - x - 1)
+    assert kl[3].item() == 10.0  # log ratio clamped to -20 (k3 ≈ 19), then the kld clamp to ±10
+    assert k3_kl_per_token(torch.tensor([-100.0]), torch.tensor([0.0])).item() == 10.0  # exp(+20) clamped too
+
+
+def test_token_logprobs_window_matches_full_computation(tok):
+    torch.manual_seed(0)
+    model = tiny_llama(len(tok)).eval()
+    ids = torch.randint(0, len(tok), (2, 30))
+    att = torch.ones_like(ids)
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+        full = full.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        part = token_logprobs(model, ids, att, start=11)
+    assert torch.allclose(part, full[:, 11:], atol=1e-5)
+
+
+def _setup(tok, adv=(1.0, 1.0), lr=1e-2):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = tiny_llama(len(tok))
+    for p in base.parameters():
+        p.requires_grad_(False)
+    cfg = TrainerConfig(lr=lr, kl_coef=0.0, lora_rank=4, lora_alpha=8, weight_decay=0.0)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules,
+                                            task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    rendered = [render_sample(s, tok) for s in decode_batch(batch_obj(advantages=adv)).samples]
+    return model, opt, cfg, rendered
+
+
+def _mean_loss_token_logprob(model, rendered):
+    total = n = 0.0
+    model.eval()
+    with torch.no_grad():
+        for r in rendered:
+            ids = torch.tensor([r.input_ids])
+            lp = token_logprobs(model, ids, torch.ones_like(ids), 0)[0]
+            m = torch.tensor(r.loss_mask[1:], dtype=torch.float32)
+            total += float((lp * m).sum())
+            n += float(m.sum())
+    return total / n
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_update_moves_logprob_of_trained_tokens_with_the_advantage(tok, sign):
+    model, opt, cfg, rendered = _setup(tok, adv=(sign, sign))
+    before = _mean_loss_token_logprob(model, rendered)
+    m = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
+    after = _mean_loss_token_logprob(model, rendered)
+    assert sign * (after - before) > 1e-3, (before, after)
+    assert m["tokens"] == sum(r.num_loss_tokens for r in rendered) and m["grad_norm"] > 0
+    assert m["pg_loss"] == pytest.approx(-sign, rel=1e-5)  # on-policy: ratio 1, loss = -A
+    assert m["optimizer_steps"] == 1
+
+
+def test_several_mini_batches_clip_against_old_logprobs(tok):
+    model, opt, cfg, rendered = _setup(tok, adv=(1.0, 1.0), lr=5e-2)
+    cfg = cfg.replace(mini_batches=2, micro_batch_size=1)
+    m = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
+    assert m["optimizer_steps"] == 2
+    assert m["clip_frac"] > 0  # the second mini-batch sees a policy moved by the first step
+    assert m["pg_loss"] >= -(1.0 + cfg.clip_high) - 1e-6  # clipping bounds the gain per token
+
+
+def test_kl_to_reference_is_zero_at_start_and_positive_after_a_step(tok):
+    model, opt, cfg, rendered = _setup(tok, adv=(1.0, 1.0))
+    cfg = cfg.replace(kl_coef=0.1)
+    m1 = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
+    assert m1["kl"] == pytest.approx(0.0, abs=1e-7)  # LoRA B starts at 0: policy == reference
+    m2 = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
+    assert m2["kl"] > 0 and m2["loss"] == pytest.approx(m2["pg_loss"] + 0.1 * m2["kl"])

@@ -1,0 +1,148 @@
+import io
+import json
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from cm2_trainer.contract import ContractError, decode_result, decode_update_request
+from cm2_trainer.store import Store
+from cm2_trainer.update import ModelCache, checkpoint_name, update_policy
+from helpers import batch_obj, request_obj
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return ModelCache()  # one base load for the module, as in a long-lived worker
+
+
+def _req(store, base_dir, *, iteration=0, parent=None, advantages=(0.5, -0.5), run_id="r1", **trainer):
+    ref = store.put_json(batch_obj(run_id=run_id, iteration=iteration, advantages=advantages))
+    return decode_update_request(request_obj(store.root, ref, base_dir, run_id=run_id, iteration=iteration,
+                                             parent=parent, **trainer))
+
+
+def _manifest(store, ref):
+    return store.get_json(ref)
+
+
+def _adapter(store, ref):
+    m = _manifest(store, ref)
+    return load_safetensors(store.get_bytes(_ref(m["files"]["adapter_model.safetensors"])))
+
+
+def _optimizer_state(store, ref):
+    m = _manifest(store, ref)
+    return torch.load(io.BytesIO(store.get_bytes(_ref(m["files"]["optimizer.pt"]))), weights_only=True)
+
+
+def _ref(obj):
+    from cm2_trainer.store import Ref
+
+    return Ref.from_json(obj)
+
+
+def test_update_writes_a_checkpoint_and_a_valid_result(tmp_path, base_dir, cache):
+    store = Store(tmp_path)
+    res = update_policy(_req(store, base_dir), cache=cache)
+    decode_result(res.to_json())
+    assert (res.version, res.reused) == (1, False)
+    assert store.get_name(checkpoint_name("r1", 0)) == res.checkpoint
+    m = _manifest(store, res.checkpoint)
+    assert m["schema"] == "cm2.checkpoint/v1" and m["runId"] == "r1" and m["version"] == 1 and m["parent"] is None
+    assert set(m["files"]) == {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt"}
+    assert json.loads(store.get_bytes(_ref(m["files"]["adapter_config.json"])))["r"] == 4
+    w = _adapter(store, res.checkpoint)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in w.items())  # B moved off its zero init
+    assert res.metrics["tokens"] > 0 and res.metrics["gradNorm"] > 0
+    # the cached base is the plain model again (the adapter was unloaded)
+    base = cache._value[0]
+    assert not any("lora" in n for n, _ in base.named_parameters())
+
+
+def test_idempotent_retry_does_not_update_twice(tmp_path, base_dir, cache, monkeypatch):
+    store = Store(tmp_path)
+    req = _req(store, base_dir)
+    first = update_policy(req, cache=cache)
+    objects = sorted(p.name for p in (tmp_path / "objects").rglob("*") if p.is_file())
+    adapter_blob = tmp_path / "objects/sha256" / _manifest(store, first.checkpoint)["files"][
+        "adapter_model.safetensors"]["sha256"][:2]
+    mtimes = {p: p.stat().st_mtime_ns for p in adapter_blob.iterdir()}
+
+    import cm2_trainer.update as upd
+
+    monkeypatch.setattr(upd, "apply_update", lambda *a, **k: pytest.fail("trained twice"))
+    second = update_policy(req, cache=cache)
+    assert second.reused is True and second.checkpoint == first.checkpoint
+    assert second.metrics == first.metrics and second.version == first.version
+    assert sorted(p.name for p in (tmp_path / "objects").rglob("*") if p.is_file()) == objects
+    assert {p: p.stat().st_mtime_ns for p in adapter_blob.iterdir()} == mtimes
+
+
+def test_crash_before_the_pointer_leaves_no_checkpoint_and_a_retry_commits(tmp_path, base_dir, cache, monkeypatch):
+    store = Store(tmp_path)
+    req = _req(store, base_dir)
+
+    def crash(self, name, ref):
+        raise KeyboardInterrupt("killed after the blobs, before the pointer")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Store, "create_name", crash)
+        with pytest.raises(KeyboardInterrupt):
+            update_policy(req, cache=cache)
+    assert store.get_name(checkpoint_name("r1", 0)) is None
+    orphans = {p.name for p in (tmp_path / "objects").rglob("*") if p.is_file()}
+    assert len(orphans) >= 4  # batch, adapter config + weights, optimizer (+ manifest)
+
+    res = update_policy(req, cache=cache)
+    assert res.reused is False and store.get_name(checkpoint_name("r1", 0)) == res.checkpoint
+    # same seed, same parent (none), same data: the retry redoes the same update
+    m = _manifest(store, res.checkpoint)
+    assert m["files"]["adapter_model.safetensors"]["sha256"] in orphans
+
+
+def test_resume_from_parent_loads_adapter_and_optimizer_state(tmp_path, base_dir, cache):
+    store = Store(tmp_path)
+    it0 = update_policy(_req(store, base_dir), cache=cache)
+    it1 = update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint), cache=cache)
+    assert it1.version == 2 and _manifest(store, it1.checkpoint)["parent"] == it0.checkpoint.to_json()
+    opt0, opt1 = _optimizer_state(store, it0.checkpoint), _optimizer_state(store, it1.checkpoint)
+    assert {float(s["step"]) for s in opt0["state"].values()} == {1.0}
+    assert {float(s["step"]) for s in opt1["state"].values()} == {2.0}  # continued, not restarted
+    w0, w1 = _adapter(store, it0.checkpoint), _adapter(store, it1.checkpoint)
+    assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_zero_advantages_and_zero_kl_leave_the_weights_unchanged(tmp_path, base_dir, cache):
+    store = Store(tmp_path)
+    it0 = update_policy(_req(store, base_dir), cache=cache)
+    it1 = update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint, advantages=(0.0, 0.0),
+                             klCoef=0.0), cache=cache)
+    w0, w1 = _adapter(store, it0.checkpoint), _adapter(store, it1.checkpoint)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the parent adapter was loaded and not moved
+    assert it1.metrics["gradNorm"] == 0.0 and it1.metrics["loss"] == 0.0
+    assert _manifest(store, it1.checkpoint)["stats"]["skippedSteps"] == 1
+
+
+def test_lora_shape_must_match_the_parent(tmp_path, base_dir, cache):
+    store = Store(tmp_path)
+    it0 = update_policy(_req(store, base_dir), cache=cache)
+    with pytest.raises(ContractError, match="loraRank 8.*parent adapter has 4"):
+        update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint, loraRank=8), cache=cache)
+    # the failure left the cache usable
+    update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint), cache=cache)
+
+
+def test_batch_for_another_iteration_is_rejected(tmp_path, base_dir, cache):
+    store = Store(tmp_path)
+    ref = store.put_json(batch_obj(iteration=3))
+    req = decode_update_request(request_obj(store.root, ref, base_dir, iteration=0))
+    with pytest.raises(ContractError, match="batch is for run 'r1' iteration 3"):
+        update_policy(req, cache=cache)
+
+
+def test_same_inputs_give_the_same_adapter(tmp_path, base_dir, cache):
+    a = update_policy(_req(Store(tmp_path / "a"), base_dir), cache=cache)
+    b = update_policy(_req(Store(tmp_path / "b"), base_dir), cache=ModelCache())
+    ma, mb = _manifest(Store(tmp_path / "a"), a.checkpoint), _manifest(Store(tmp_path / "b"), b.checkpoint)
+    assert ma["files"]["adapter_model.safetensors"] == mb["files"]["adapter_model.safetensors"]
