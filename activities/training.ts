@@ -117,12 +117,28 @@ export function createTrainingActivities(deps: TrainingDeps) {
   const simName = (groupKey: string, key: string) => `${groupKey}/sim/${sha256Hex(key)}`;
   const judgeName = (key: string) => `judge-cache/${key.slice(0, 2)}/${key}`;
 
+  const configs = new Map<string, RunConfig>();
+  /** Loads a run config by ref (immutable, so cached per worker). */
+  async function cfg(ref: Ref): Promise<RunConfig> {
+    let c = configs.get(ref.sha256);
+    if (!c) {
+      c = await getJson<RunConfig>(store, ref);
+      configs.set(ref.sha256, c);
+    }
+    return c;
+  }
+
   async function readCached(name: string): Promise<string | undefined> {
     const ref = await store.getName(name);
     return ref ? new TextDecoder().decode(await store.get(ref)) : undefined;
   }
 
   return {
+    /** Stores a run config; workflows pass the ref so histories stay small. */
+    async putConfig(input: { config: RunConfig }): Promise<{ configRef: Ref }> {
+      return { configRef: await putJson(store, input.config) };
+    },
+
     /**
      * Imports the configured dataset (a file, or `datasets/<name>` in the store), keeps the records
      * that have checklists, stores it, and splits off the last `heldOut` records for validation.
@@ -158,18 +174,20 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** Builds the initial episode state (system, tools, first user message). */
     async startEpisode(
-      input: { config: RunConfig; datasetRef: Ref; recordIndex: number; episodeId: string },
+      input: { configRef: Ref; datasetRef: Ref; recordIndex: number; episodeId: string },
     ): Promise<Step> {
+      const config = await cfg(input.configRef);
       const manifest = await loadManifest(store, input.datasetRef);
       const record = await loadRecord(store, manifest, input.recordIndex);
-      const state = startEpisodeState(record, episodeOptions(input.config));
+      const state = startEpisodeState(record, episodeOptions(config));
       return { stateRef: await saveState(state), next: "policy" };
     },
 
     /** One policy call (one assistant step). */
-    async policyStep(input: { config: RunConfig; groupKey: string; stateRef: Ref }): Promise<Step> {
+    async policyStep(input: { configRef: Ref; groupKey: string; stateRef: Ref }): Promise<Step> {
+      const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
-      const model = deps.models("policy", input.config);
+      const model = deps.models("policy", config);
       let result;
       try {
         result = await model.complete({ ...policyRequest(state), idempotencyKey: callKey(`policy/${state.assistantSteps}`) });
@@ -185,7 +203,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
      * results) and lists the calls that need an LLM simulation.
      */
     async planTools(
-      input: { config: RunConfig; groupKey: string; stateRef: Ref },
+      input: { configRef: Ref; groupKey: string; stateRef: Ref },
     ): Promise<{ stateRef: Ref; planRef: Ref; simulate: number[] }> {
       const state = await loadState(input.stateRef);
       const index = episodeToolIndex(state);
@@ -209,8 +227,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** One simulator call for one tool call; the first result for (tool, args) wins within the group. */
     async simulateCall(
-      input: { config: RunConfig; groupKey: string; stateRef: Ref; callIndex: number },
+      input: { configRef: Ref; groupKey: string; stateRef: Ref; callIndex: number },
     ): Promise<{ callIndex: number; resultRef: Ref }> {
+      const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
       const index = episodeToolIndex(state);
       const call = toolCallsToRun(state).find((c) => c.index === input.callIndex);
@@ -224,7 +243,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         let parsed;
         try {
           parsed = parseSimulation(
-            await deps.models("simulator", input.config).complete({
+            await deps.models("simulator", config).complete({
               ...simulationRequest(index, call),
               idempotencyKey: callKey(`sim/${state.assistantSteps}/${call.index}`),
             }),
@@ -247,7 +266,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** Appends the tool results and decides what follows. */
     async applyTools(
-      input: { config: RunConfig; groupKey: string; stateRef: Ref; planRef?: Ref; simulated: { callIndex: number; resultRef: Ref }[] },
+      input: { configRef: Ref; groupKey: string; stateRef: Ref; planRef?: Ref; simulated: { callIndex: number; resultRef: Ref }[] },
     ): Promise<Step> {
       const state = await loadState(input.stateRef);
       const plan = input.planRef
@@ -262,11 +281,12 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** Lists the judge calls of the current round; cached verdicts are resolved here. */
     async planJudge(
-      input: { config: RunConfig; groupKey: string; stateRef: Ref },
+      input: { configRef: Ref; groupKey: string; stateRef: Ref },
     ): Promise<{ tasksRef: Ref; tasks: number[] }> {
+      const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
       const tasks = judgeRoundRequests(state, {
-        model: input.config.models.judge.model,
+        model: config.models.judge.model,
         hash: sha256Hex,
       });
       const cached: (boolean[] | null)[] = [];
@@ -286,8 +306,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** One judge call; a verdict that does not parse is data (the episode ends as judge-failure). */
     async judgeCall(
-      input: { config: RunConfig; groupKey: string; tasksRef: Ref; task: number },
+      input: { configRef: Ref; groupKey: string; tasksRef: Ref; task: number },
     ): Promise<JudgeVerdict & { task: number }> {
+      const config = await cfg(input.configRef);
       const plan = await getJson<{ tasks: JudgeTask[] }>(store, input.tasksRef);
       const task = plan.tasks[input.task];
       if (!task) throw ApplicationFailure.nonRetryable(`No judge task ${input.task}`, "InvalidInput");
@@ -295,7 +316,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
       try {
         verdict = verdictFromResult(
           task,
-          await deps.models("judge", input.config).complete({ ...task.request, idempotencyKey: callKey(`judge/${task.key}`) }),
+          await deps.models("judge", config).complete({ ...task.request, idempotencyKey: callKey(`judge/${task.key}`) }),
         );
       } catch (err) {
         if (err instanceof LlmError && !err.retryable) verdict = verdictFromError(task, `${err.type}: ${err.message}`);
@@ -310,7 +331,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** Merges the round's verdicts (cached and new) into the state. */
     async applyJudge(
-      input: { config: RunConfig; groupKey: string; stateRef: Ref; tasksRef: Ref; verdicts: (JudgeVerdict & { task: number })[] },
+      input: { configRef: Ref; groupKey: string; stateRef: Ref; tasksRef: Ref; verdicts: (JudgeVerdict & { task: number })[] },
     ): Promise<Step> {
       const state = await loadState(input.stateRef);
       const plan = await getJson<{ tasks: JudgeTask[]; cached: (boolean[] | null)[] }>(store, input.tasksRef);
@@ -361,14 +382,15 @@ export function createTrainingActivities(deps: TrainingDeps) {
      * the iteration's reward metrics.
      */
     async computeRewards(input: {
-      config: RunConfig;
+      configRef: Ref;
       runName: string;
       iteration: number;
       datasetRef: Ref;
       groups: { taskIndex: number; recordIndex: number; episodes: Ref[] }[];
       validation: boolean;
     }) {
-      const c = input.config.cm2;
+      const config = await cfg(input.configRef);
+      const c = config.cm2;
       const options = {
         preset: c.preset,
         level: c.advantageLevel,
@@ -468,14 +490,15 @@ export function createTrainingActivities(deps: TrainingDeps) {
      * Makes a checkpoint live on the policy server and verifies the served version before the next
      * rollouts. `adapterApi: "none"` (an endpoint that cannot load adapters) records the version only.
      */
-    async publishPolicy(input: { config: RunConfig; checkpoint: Ref; version: number }): Promise<{ version: number }> {
-      const policy = input.config.models.policy;
+    async publishPolicy(input: { configRef: Ref; checkpoint: Ref; version: number }): Promise<{ version: number }> {
+      const config = await cfg(input.configRef);
+      const policy = config.models.policy;
       if (policy.adapterApi === "none") return { version: input.version };
       const base = policy.baseURL.replace(/\/$/, "");
       const body = {
-        lora_name: `${input.config.name}-v${input.version}`,
+        lora_name: `${config.name}-v${input.version}`,
         checkpoint: input.checkpoint,
-        store_root: input.config.store.root,
+        store_root: config.store.root,
         version: input.version,
       };
       const res = await fetch(`${base}/load_lora_adapter`, {

@@ -56,6 +56,8 @@ export interface LlamaServerOptions {
   alias: string;
   /** When set, sent as `x-cm2-policy-version` and `system_fingerprint`. */
   policyVersion?: string;
+  /** When set, JSON-schema strings without `maxLength` get this one (see `boundStrings`). */
+  jsonMaxString?: number;
   defaults: SamplingDefaults;
 }
 
@@ -239,7 +241,11 @@ export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaS
     let promptTokens: number;
     let options: BindingCompletionOptions;
     try {
-      prepared = prepareRequest(parseRequest(body), { nativeTools, defaults: opts.defaults });
+      prepared = prepareRequest(parseRequest(body), {
+        nativeTools,
+        defaults: opts.defaults,
+        ...(opts.jsonMaxString ? { jsonMaxString: opts.jsonMaxString } : {}),
+      });
       const { messages, ...rest } = prepared.options;
       let prompt: string;
       try {
@@ -374,7 +380,7 @@ function number(name: string, v: string | undefined, fallback: number): number {
 }
 
 const USAGE = `Usage: llama_server.ts --model PATH [--port 8081] [--host 127.0.0.1] [--ctx 4096] [--threads N]
-  [--parallel 1] [--max-queue 16] [--alias NAME] [--policy-version V]
+  [--parallel 1] [--max-queue 16] [--alias NAME] [--policy-version V] [--json-max-string CHARS]
   [--temperature 1] [--top-p 1] [--top-k 0] [--min-p 0]   (defaults where a request sets none)`;
 
 /** Parse the CLI flags. */
@@ -391,6 +397,7 @@ export function parseCli(args: string[]): LlamaServerOptions {
       "max-queue": { type: "string" },
       alias: { type: "string" },
       "policy-version": { type: "string" },
+      "json-max-string": { type: "string" },
       temperature: { type: "string" },
       "top-p": { type: "string" },
       "top-k": { type: "string" },
@@ -422,6 +429,9 @@ export function parseCli(args: string[]): LlamaServerOptions {
     },
   };
   if (values["policy-version"]) o.policyVersion = values["policy-version"];
+  if (values["json-max-string"]) {
+    o.jsonMaxString = positiveInt("json-max-string", values["json-max-string"], 0);
+  }
   return o;
 }
 

@@ -11,7 +11,8 @@ import { startLlamaServer } from "./llama_server.ts";
 const GGUF = Deno.env.get("CM2_GGUF");
 
 Deno.test({
-  name: "llama_server answers chat completions, constrains JSON to a schema and rejects prompts over the context",
+  name:
+    "llama_server answers chat completions, constrains JSON to a schema and rejects prompts over the context",
   ignore: !GGUF,
   sanitizeOps: false,
   sanitizeResources: false,

@@ -138,6 +138,34 @@ export class BadRequestError extends Error {
   }
 }
 
+/**
+ * A copy of a JSON schema where every `type: "string"` without `maxLength` gets `maxLength: max`. Under a
+ * grammar a small model can fill a string until the token limit cuts the JSON; bounded strings make the
+ * object close. Opt-in (`--json-max-string`): it changes what the schema allows.
+ */
+export function boundStrings(schema: unknown, max: number): unknown {
+  if (Array.isArray(schema)) return schema.map((s) => boundStrings(s, max));
+  if (typeof schema !== "object" || schema === null) return schema;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(schema)) {
+    if (DATA_KEYS.has(k)) out[k] = v;
+    else if (SCHEMA_MAPS.has(k) && typeof v === "object" && v !== null && !Array.isArray(v)) {
+      out[k] = Object.fromEntries(Object.entries(v).map(([name, sub]) => [name, boundStrings(sub, max)]));
+    } else out[k] = boundStrings(v, max);
+  }
+  const type = out.type;
+  const isString = type === "string" || (Array.isArray(type) && type.includes("string"));
+  if (isString && out.maxLength === undefined && out.enum === undefined && out.const === undefined) {
+    out.maxLength = max;
+  }
+  return out;
+}
+
+/** Schema keywords whose values are data, not schemas. */
+const DATA_KEYS = new Set(["enum", "const", "default", "examples"]);
+/** Schema keywords whose values map names to schemas. */
+const SCHEMA_MAPS = new Set(["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"]);
+
 /** Server-side sampling defaults (OpenAI semantics: no top-k, no min-p, temperature 1). */
 export interface SamplingDefaults {
   temperature: number;
@@ -209,7 +237,7 @@ export function toolCallsText(calls: readonly { function: { name: string; argume
  */
 export function prepareRequest(
   req: ChatCompletionRequest,
-  opts: { nativeTools: boolean; defaults: SamplingDefaults },
+  opts: { nativeTools: boolean; defaults: SamplingDefaults; jsonMaxString?: number },
 ): PreparedRequest {
   const tools = req.tools ?? [];
   let choice = req.tool_choice ?? (tools.length ? "auto" : "none");
@@ -268,14 +296,12 @@ export function prepareRequest(
   if (req.seed != null) options.seed = ((req.seed % 0xffffffff) + 0xffffffff) % 0xffffffff;
   if (req.stop != null) options.stop = typeof req.stop === "string" ? [req.stop] : req.stop;
   const rf = req.response_format;
-  if (rf?.type === "json_schema") {
-    options.response_format = { type: "json_schema", json_schema: { schema: rf.json_schema.schema ?? {} } };
-  } else if (rf?.type === "json_object") {
-    // An empty schema compiles to llama.cpp's generic JSON grammar; json_object means an object.
-    options.response_format = {
-      type: "json_schema",
-      json_schema: { schema: rf.schema ?? { type: "object" } },
-    };
+  let schema: Record<string, unknown> | undefined;
+  if (rf?.type === "json_schema") schema = rf.json_schema.schema ?? {};
+  else if (rf?.type === "json_object") schema = rf.schema ?? { type: "object" }; // an object, not any JSON value
+  if (schema) {
+    if (opts.jsonMaxString) schema = boundStrings(schema, opts.jsonMaxString) as Record<string, unknown>;
+    options.response_format = { type: "json_schema", json_schema: { schema } };
   }
   if (toolMode === "native") {
     options.tools = tools;

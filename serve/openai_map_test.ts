@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   BadRequestError,
+  boundStrings,
   completionBudget,
   OPENAI_SAMPLING_DEFAULTS,
   parseRequest,
@@ -207,4 +208,29 @@ Deno.test("toChatCompletion() shapes an OpenAI response with usage and finish re
     { ...ctx, toolMode: "native" },
   );
   assert.deepEqual((native.choices as { finish_reason: string }[])[0]!.finish_reason, "tool_calls");
+});
+
+Deno.test("boundStrings() adds maxLength to unbounded string schemas only", () => {
+  const schema = {
+    type: "object",
+    properties: {
+      a: { type: "string" },
+      b: { type: "string", maxLength: 5 },
+      c: { type: "string", enum: ["x", "y"] },
+      d: { type: "array", items: { type: ["string", "null"] } },
+      e: { type: "boolean", default: "string" },
+      default: { type: "string" },
+    },
+  };
+  assert.deepEqual(boundStrings(schema, 100), {
+    type: "object",
+    properties: {
+      a: { type: "string", maxLength: 100 },
+      b: { type: "string", maxLength: 5 },
+      c: { type: "string", enum: ["x", "y"] },
+      d: { type: "array", items: { type: ["string", "null"], maxLength: 100 } },
+      e: { type: "boolean", default: "string" },
+      default: { type: "string", maxLength: 100 },
+    },
+  });
 });

@@ -34,7 +34,10 @@ const publish = proxyActivities<Activities>(PUBLISH);
 /** Input of {@linkcode episodeWorkflow}. */
 export interface EpisodeInput {
   runName: string;
-  config: RunConfig;
+  /** The run config in the store (activities load it; keeps every activity payload small). */
+  configRef: Ref;
+  /** Judge calls in flight per episode. */
+  judgeConcurrency: number;
   datasetRef: Ref;
   recordIndex: number;
   episodeId: string;
@@ -54,9 +57,9 @@ export interface EpisodeOutcome {
 
 /** Runs one rollout: policy steps, tool simulation and turn judging until the episode ends. */
 export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
-  const base = { config: input.config, groupKey: input.groupKey };
+  const base = { configRef: input.configRef, groupKey: input.groupKey };
   let { stateRef, next } = await store.startEpisode({
-    config: input.config,
+    configRef: input.configRef,
     datasetRef: input.datasetRef,
     recordIndex: input.recordIndex,
     episodeId: input.episodeId,
@@ -93,7 +96,7 @@ export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutco
       try {
         const verdicts = await boundedMap(
           plan.tasks,
-          input.config.models.judge.concurrency,
+          input.judgeConcurrency,
           (task) => llm.judgeCall({ ...base, tasksRef: plan.tasksRef, task }),
         );
         ({ stateRef, next } = await store.applyJudge({ ...base, stateRef, tasksRef: plan.tasksRef, verdicts }));
@@ -126,6 +129,8 @@ export async function boundedMap<T, R>(items: readonly T[], limit: number, fn: (
 export interface IterationInput {
   runName: string;
   config: RunConfig;
+  /** The same config in the store, for activities and episodes. */
+  configRef: Ref;
   iteration: number;
   datasetRef: Ref;
   trainCount: number;
@@ -200,7 +205,8 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       workflowId: job.id,
       args: [{
         runName,
-        config,
+        configRef: input.configRef,
+        judgeConcurrency: config.models.judge.concurrency,
         datasetRef: input.datasetRef,
         recordIndex: job.recordIndex,
         episodeId: job.id,
@@ -219,7 +225,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     episodes: outcomes.filter((o) => o.k === k).map((o) => o.stateRef),
   }));
   const scored = await store.computeRewards({
-    config,
+    configRef: input.configRef,
     runName,
     iteration,
     datasetRef: input.datasetRef,
@@ -253,7 +259,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       },
     });
     progress.phase = "publish";
-    const published = await publish.publishPolicy({ config, checkpoint: update.checkpoint, version: update.version });
+    const published = await publish.publishPolicy({ configRef: input.configRef, checkpoint: update.checkpoint, version: update.version });
     policyVersion = published.version;
   }
   progress.phase = "done";
@@ -449,9 +455,11 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       if (state.stopRequested) break;
     }
     const it = state.iteration;
+    const { configRef } = await store.putConfig({ config: state.config });
     const common = {
       runName: name,
       config: state.config,
+      configRef,
       datasetRef: state.datasetRef!,
       trainCount: state.trainCount,
       valCount: state.valCount,

@@ -42,7 +42,7 @@ def test_batch_fixture_renders_with_the_smollm2_tokenizer(gguf_tok):
         warnings.simplefilter("ignore")
         rendered = [render_sample(s, gguf_tok, vocab_size=49152) for s in batch.samples]
     assert all(r.num_loss_tokens > 0 for r in rendered)
-    assert gguf_tok.decode(batch.samples[0].completions[2].token_ids).startswith('{"tool_call"')
+    assert gguf_tok.decode(batch.samples[0].completions[2].token_ids).startswith('<tool_call>')
 
 
 def _mutate(obj, path, value):

@@ -1,16 +1,27 @@
 import json
-import os
-import subprocess
-import sys
+
+import pytest
 
 
-def test_gpu_check_tiny_prints_one_json_line():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "cm2_trainer.gpu_check", "--tiny"], capture_output=True,
-                         text=True, timeout=180, env=env, check=True)
-    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, out.stdout
+def test_gpu_check_tiny_prints_one_json_line(capsys):
+    from cm2_trainer import gpu_check
+
+    gpu_check.main(["--tiny"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
     res = json.loads(lines[0])
     for k in ("params", "tokens_per_s", "peak_mem_gb", "ceiling_tokens_per_s", "ceiling_peak_mem_gb"):
         assert isinstance(res[k], (int, float)) and res[k] >= 0, k
     assert res["params"] > 0 and res["tokens_per_s"] > 0 and res["ceiling_tokens_per_s"] > 0
+
+
+def test_worker_help_documents_the_flags(capsys):
+    from cm2_trainer import worker
+
+    with pytest.raises(SystemExit) as e:
+        worker.parse_args(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--address", "TEMPORAL_ADDRESS", "--namespace", "TEMPORAL_NAMESPACE", "--task-queue",
+                 "--store-root", "--device", "--micro-batch-size", "kl_coef"):
+        assert flag in out, flag
