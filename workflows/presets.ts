@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { ActivityOptions } from "@temporalio/workflow";
+import type { ActivityOptions, LocalActivityOptions } from "@temporalio/workflow";
 
 /** Failure types (from `core/llm_types.ts`) that no retry can fix. */
 export const NON_RETRYABLE = ["BadRequest", "Refusal", "SchemaViolation", "Truncated", "InvalidInput"];
@@ -43,4 +43,10 @@ export const PUBLISH: ActivityOptions = {
   startToCloseTimeout: "5 minutes",
   heartbeatTimeout: "10 seconds",
   retry: { initialInterval: "2 seconds", maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
+};
+
+/** Pure work over stored state, run as a local activity inside the workflow task (no task queue round trip). */
+export const LOCAL_STORE: LocalActivityOptions = {
+  startToCloseTimeout: "2 minutes",
+  retry: { initialInterval: "500 milliseconds", maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
 };

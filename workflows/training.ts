@@ -14,6 +14,7 @@ import {
   defineUpdate,
   executeChild,
   proxyActivities,
+  proxyLocalActivities,
   setHandler,
   upsertSearchAttributes,
 } from "@temporalio/workflow";
@@ -22,9 +23,10 @@ import { sampleTasks, workflowIds } from "../core/sampling.ts";
 import type { Activities } from "../activities/mod.ts";
 import type { Ref } from "../store/mod.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
-import { LLM, PUBLISH, STORE, TRAIN } from "./presets.ts";
+import { LLM, LOCAL_STORE, PUBLISH, STORE, TRAIN } from "./presets.ts";
 
 const store = proxyActivities<Activities>(STORE);
+const local = proxyLocalActivities<Activities>(LOCAL_STORE);
 const llm = proxyActivities<Activities>(LLM);
 const publish = proxyActivities<Activities>(PUBLISH);
 
@@ -58,7 +60,7 @@ export interface EpisodeOutcome {
 /** Runs one rollout: policy steps, tool simulation and turn judging until the episode ends. */
 export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
   const base = { configRef: input.configRef, groupKey: input.groupKey };
-  let { stateRef, next } = await store.startEpisode({
+  let { stateRef, next } = await local.startEpisode({
     configRef: input.configRef,
     datasetRef: input.datasetRef,
     recordIndex: input.recordIndex,
@@ -66,7 +68,7 @@ export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutco
   });
   const fail = async (reason: string, err: unknown) => {
     const message = err instanceof Error ? err.message : String(err);
-    ({ stateRef, next } = await store.failEpisode({ stateRef, reason, message }));
+    ({ stateRef, next } = await local.failEpisode({ stateRef, reason, message }));
   };
   while (next !== "end") {
     if (next === "policy") {
@@ -76,12 +78,12 @@ export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutco
         await fail("model-failure", err);
       }
     } else if (next === "tools") {
-      const plan = await store.planTools({ ...base, stateRef });
+      const plan = await local.planTools({ ...base, stateRef });
       try {
         const simulated = await Promise.all(
           plan.simulate.map((callIndex) => llm.simulateCall({ ...base, stateRef: plan.stateRef, callIndex })),
         );
-        ({ stateRef, next } = await store.applyTools({
+        ({ stateRef, next } = await local.applyTools({
           ...base,
           stateRef: plan.stateRef,
           planRef: plan.planRef,
@@ -92,20 +94,20 @@ export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutco
         await fail("simulator-failure", err);
       }
     } else {
-      const plan = await store.planJudge({ ...base, stateRef });
+      const plan = await local.planJudge({ ...base, stateRef });
       try {
         const verdicts = await boundedMap(
           plan.tasks,
           input.judgeConcurrency,
           (task) => llm.judgeCall({ ...base, tasksRef: plan.tasksRef, task }),
         );
-        ({ stateRef, next } = await store.applyJudge({ ...base, stateRef, tasksRef: plan.tasksRef, verdicts }));
+        ({ stateRef, next } = await local.applyJudge({ ...base, stateRef, tasksRef: plan.tasksRef, verdicts }));
       } catch (err) {
         await fail("judge-failure", err);
       }
     }
   }
-  return await store.finishEpisode({ stateRef, episodeId: input.episodeId });
+  return await local.finishEpisode({ stateRef, episodeId: input.episodeId });
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight (a sliding window), keeping order. */

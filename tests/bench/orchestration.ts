@@ -19,12 +19,15 @@
  *
  * Other options: `--group-size 8`, `--deviate-every 3` (0: the policy always follows the reference),
  * `--db FILE` (SQLite file for the dev server; default in memory), `--only temporal|plain`,
- * `--worker-arg ARG` (repeatable, passed to worker.ts).
+ * `--worker-arg ARG` (repeatable, passed to worker.ts), `--worker-deno-arg ARG` (repeatable, passed to
+ * `deno run` of the worker, e.g. `--v8-flags=--prof`), `--analyze N` (episode histories to break
+ * down on stderr, default 8; 0 skips).
  *
  * @module
  */
 import { Client, Connection } from "@temporalio/client";
 import { NativeConnection, Worker } from "@temporalio/worker";
+import { tsToMs } from "@temporalio/common/lib/time.js";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -55,7 +58,9 @@ const { values } = parseArgs({
     "deviate-every": { type: "string", default: "3" },
     db: { type: "string" },
     only: { type: "string" },
+    analyze: { type: "string", default: "8" },
     "worker-arg": { type: "string", multiple: true, default: [] },
+    "worker-deno-arg": { type: "string", multiple: true, default: [] },
   },
 });
 
@@ -165,10 +170,21 @@ async function memoryOf(pid: number): Promise<{ rss: number; hwm: number } | nul
   }
 }
 
+/** CPU seconds (user + system) a process has used so far, or 0 once it is gone. */
+async function cpuOf(pid: number): Promise<number> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
+  } catch {
+    return 0;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // (a) Temporal
 
-async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>) {
+async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, modelPid: number) {
   const server = await startDevServer({
     port: await freePort(),
     headless: true,
@@ -197,6 +213,7 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>) 
       "--allow-ffi",
       "--allow-sys",
       "--allow-net",
+      ...values["worker-deno-arg"],
       path.join(ROOT, "worker.ts"),
       "--task-queue",
       taskQueue,
@@ -233,6 +250,7 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>) 
     const startRss = (await sample())?.rss ?? 0;
     log(`temporal: worker pid ${worker.pid} ready in ${round((performance.now() - warm) / 1000, 1)} s, RSS ${round(startRss, 0)} MiB`);
     const before = await stats();
+    const cpu0 = await Promise.all([worker.pid, server.child?.pid ?? 0, modelPid, Deno.pid].map(cpuOf));
     const started = performance.now();
     const handle = await client.workflow.start(trainingRun, {
       taskQueue,
@@ -261,6 +279,9 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>) 
     const seconds = (performance.now() - started) / 1000;
     await progress;
     const after = await stats();
+    const cpu1 = await Promise.all([worker.pid, server.child?.pid ?? 0, modelPid, Deno.pid].map(cpuOf));
+    const cpu = cpu1.map((c, i) => round(c - cpu0[i]!, 1));
+    log(`temporal: CPU seconds: worker ${cpu[0]}, dev server ${cpu[1]}, model server ${cpu[2]}, bench ${cpu[3]}`);
     await sample();
     const summary = result.recent.at(-1);
     log(
@@ -270,6 +291,7 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>) 
         `${after.repeatedKeys - before.repeatedKeys} repeated keys`,
     );
     log(`temporal: worker RSS peak ${round(peakRss, 0)} MiB sampled, VmHWM ${round(hwm, 0)} MiB`);
+    await analyze(client, name, Number(values.analyze));
     const serverMem = server.child ? await memoryOf(server.child.pid) : null;
     if (serverMem) log(`temporal: dev server VmHWM ${round(serverMem.hwm, 0)} MiB`);
     return {
@@ -295,6 +317,70 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>) 
   }
 }
 
+/**
+ * Where an episode's time goes, from the histories of `n` episodes spread over the iteration:
+ * per activity type the queue time (scheduled → started) and run time (started → closed), and per
+ * workflow task the same. Printed on stderr.
+ */
+async function analyze(client: Client, name: string, n: number): Promise<void> {
+  if (n <= 0) return;
+  type Agg = { count: number; queue: number; run: number };
+  const acts = new Map<string, Agg>();
+  const wft: Agg = { count: 0, queue: 0, run: 0 };
+  let total = 0;
+  let gapAfterActivity = 0;
+  let gaps = 0;
+  const picks = Array.from({ length: n }, (_, i) => Math.floor((i * tasksPerIteration) / n));
+  for (const [i, k] of picks.entries()) {
+    const id = workflowIds.episode(name, 0, k, i % groupSize);
+    const history = await client.workflow.getHandle(id).fetchHistory();
+    const events = history.events ?? [];
+    const at = (e: (typeof events)[number]) => tsToMs(e.eventTime);
+    const byId = new Map(events.map((e) => [Number(e.eventId), e]));
+    total += at(events.at(-1)!) - at(events[0]!);
+    let lastActivityClose: number | undefined;
+    for (const e of events) {
+      const started = e.activityTaskStartedEventAttributes;
+      if (started) {
+        const sched = byId.get(Number(started.scheduledEventId))!;
+        const type = sched.activityTaskScheduledEventAttributes!.activityType!.name!;
+        const a = acts.get(type) ?? { count: 0, queue: 0, run: 0 };
+        a.count++;
+        a.queue += at(e) - at(sched);
+        acts.set(type, a);
+      }
+      const closed = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes;
+      if (closed) {
+        const started = byId.get(Number(closed.startedEventId))!;
+        const sched = byId.get(Number(closed.scheduledEventId))!;
+        acts.get(sched.activityTaskScheduledEventAttributes!.activityType!.name!)!.run += at(e) - at(started);
+        lastActivityClose = at(e);
+      }
+      const wfStarted = e.workflowTaskStartedEventAttributes;
+      if (wfStarted) {
+        wft.count++;
+        wft.queue += at(e) - at(byId.get(Number(wfStarted.scheduledEventId))!);
+      }
+      const wfDone = e.workflowTaskCompletedEventAttributes;
+      if (wfDone) {
+        wft.run += at(e) - at(byId.get(Number(wfDone.startedEventId))!);
+        if (lastActivityClose !== undefined) {
+          gapAfterActivity += at(e) - lastActivityClose;
+          gaps++;
+          lastActivityClose = undefined;
+        }
+      }
+    }
+  }
+  const ms = (x: number, c: number) => `${Math.round(x / Math.max(1, c))} ms`;
+  log(`analysis of ${n} episode histories: mean episode ${ms(total, n)}`);
+  for (const [type, a] of [...acts].sort((x, y) => y[1].count - x[1].count)) {
+    log(`  ${type.padEnd(14)} ${(a.count / n).toFixed(1)}/episode  queue ${ms(a.queue, a.count)}  run ${ms(a.run, a.count)}`);
+  }
+  log(`  workflow task  ${(wft.count / n).toFixed(1)}/episode  queue ${ms(wft.queue, wft.count)}  run ${ms(wft.run, wft.count)}`);
+  log(`  activity closed -> next workflow task completed: ${ms(gapAfterActivity, gaps)}`);
+}
+
 function diff(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - (b[k] ?? 0)]));
 }
@@ -314,7 +400,7 @@ function keyedPolicy(model: ChatModel, episodeId: string): ChatModel {
   };
 }
 
-async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>) {
+async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>, modelPid: number) {
   const name = `plain-${crypto.randomUUID().slice(0, 6)}`;
   const config = benchConfig(modelUrl, "/nonexistent", "none", name);
   const report = await importFiles(
@@ -333,6 +419,7 @@ async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>) {
   const jobs = tasks.flatMap((recordIndex, k) => Array.from({ length: groupSize }, (_, g) => ({ recordIndex, k, g })));
   const states: EpisodeState[][] = tasks.map(() => []);
   const before = await stats();
+  const cpu0 = await Promise.all([modelPid, Deno.pid].map(cpuOf));
   const started = performance.now();
   let done = 0;
   let next = 0;
@@ -389,6 +476,8 @@ async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>) {
   }
   const seconds = (performance.now() - started) / 1000;
   const after = await stats();
+  const cpu = (await Promise.all([modelPid, Deno.pid].map(cpuOf))).map((c, i) => round(c - cpu0[i]!, 1));
+  log(`plain: CPU seconds: model server ${cpu[0]}, bench ${cpu[1]}`);
   const meanReward = rewardCount > 0 ? rewardSum / rewardCount : 0;
   log(
     `plain: done in ${round(seconds)} s, ${jobs.length} episodes, ${failed} failed, reward ${round(meanReward, 3)}, ` +
@@ -409,8 +498,8 @@ log(
 let temporal: Awaited<ReturnType<typeof runTemporal>> | undefined;
 let plain: Awaited<ReturnType<typeof runPlain>> | undefined;
 try {
-  if (values.only !== "plain") temporal = await runTemporal(models.url, models.stats);
-  if (values.only !== "temporal") plain = await runPlain(models.url, models.stats);
+  if (values.only !== "plain") temporal = await runTemporal(models.url, models.stats, models.pid);
+  if (values.only !== "temporal") plain = await runPlain(models.url, models.stats, models.pid);
 } finally {
   await models.close();
 }

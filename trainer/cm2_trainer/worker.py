@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import logging
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -50,8 +52,8 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
             if store_root is not None:
                 req = replace(req, store_root=store_root)
             log.info("updatePolicy run=%s iteration=%d attempt=%d", req.run_id, req.iteration, info.attempt)
-            result = update_policy(req, heartbeat=lambda p: activity.heartbeat(p), cache=model_cache,
-                                   defaults=defaults)
+            with _Keepalive() as beat:
+                result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
         except (contract.ContractError, InvalidRef) as e:
             raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e
         except MissingArtifact as e:
@@ -67,6 +69,38 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
         return out
 
     return update_policy_activity
+
+
+class _Keepalive:
+    """Heartbeats the latest progress now and then every `interval` s from a helper thread, so that phases
+    without progress callbacks (loading a large base model, saving) do not hit the heartbeat timeout.
+    Cancellation is still delivered to the activity thread (the SDK raises it there)."""
+
+    def __init__(self, interval: float = 20.0) -> None:
+        self.interval = interval
+        self.ctx = contextvars.copy_context()  # the activity context, usable from the helper thread
+        self.progress: dict[str, Any] = {"phase": "start"}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="cm2-heartbeat", daemon=True)
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        self.progress = progress
+        activity.heartbeat(progress)
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.ctx.run(activity.heartbeat, self.progress)
+            except Exception:  # the activity may have just finished
+                return
+
+    def __enter__(self) -> "_Keepalive":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
 
 
 def build_worker(client: Client, executor: ThreadPoolExecutor, *, task_queue: str = contract.TASK_QUEUE,
