@@ -14,7 +14,7 @@ export const TrainerParamsSchema = z.object({
   klCoef: z.number().min(0),
   clipLow: z.number().min(0),
   clipHigh: z.number().min(0),
-  clipRatioC: z.number().min(1),
+  clipRatioC: z.number().gt(1),
   miniBatches: z.number().int().positive(),
   loraRank: z.number().int().positive(),
   loraAlpha: z.number().positive(),
@@ -98,3 +98,19 @@ export type Batch = z.infer<typeof BatchSchema>;
 export interface TrainerActivities {
   updatePolicy(req: UpdateRequest): Promise<UpdateResult>;
 }
+
+/** The checkpoint manifest a checkpoint ref points at (`runs/<run>/checkpoints/it-<n>` names it). */
+export const CheckpointManifestSchema = z.object({
+  schema: z.literal("cm2.checkpoint/v1"),
+  runId: z.string(),
+  iteration: z.number().int().min(0),
+  version: z.number().int().min(1),
+  base: z.object({ kind: z.enum(["hf", "gguf"]), path: z.string() }),
+  batch: RefSchema,
+  parent: RefSchema.nullable(),
+  files: z.record(z.string(), RefSchema),
+  metrics: UpdateMetricsSchema,
+  createdAt: z.string(),
+}).passthrough();
+
+export type CheckpointManifest = z.infer<typeof CheckpointManifestSchema>;

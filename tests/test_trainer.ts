@@ -10,6 +10,8 @@
 import { type ArtifactStore, getJson, putJson } from "../store/mod.ts";
 import {
   BatchSchema,
+  type CheckpointManifest,
+  CheckpointManifestSchema,
   type UpdateRequest,
   UpdateRequestSchema,
   type UpdateResult,
@@ -35,8 +37,8 @@ export function createTestTrainer(store: ArtifactStore, log: TestTrainerLog = { 
         const existing = await store.getName(name);
         if (existing) {
           log.calls.push({ runId: req.runId, iteration: req.iteration, reused: true });
-          const manifest = await getJson<{ result: UpdateResult }>(store, existing);
-          return { ...manifest.result, reused: true };
+          const m = await getJson(store, existing, CheckpointManifestSchema);
+          return { runId: m.runId, iteration: m.iteration, version: m.version, checkpoint: existing, reused: true, metrics: m.metrics };
         }
         const batch = BatchSchema.parse(await getJson(store, req.batch));
         const tokens = batch.samples.reduce((n, s) => n + s.messages.length, 0);
@@ -45,12 +47,15 @@ export function createTestTrainer(store: ArtifactStore, log: TestTrainerLog = { 
         log.applied.set(key, (log.applied.get(key) ?? 0) + 1);
         log.calls.push({ runId: req.runId, iteration: req.iteration, reused: false });
         const adapter = await putJson(store, { fake: "adapter", parent: req.parent, iteration: req.iteration });
-        const result: UpdateResult = {
+        const manifest: CheckpointManifest = {
+          schema: "cm2.checkpoint/v1",
           runId: req.runId,
           iteration: req.iteration,
           version: req.iteration + 1,
-          checkpoint: adapter,
-          reused: false,
+          base: req.base,
+          batch: req.batch,
+          parent: req.parent,
+          files: { "adapter.json": adapter },
           metrics: {
             loss: meanAdv.reduce((a, b) => a + Math.abs(b), 0) / Math.max(1, meanAdv.length),
             pgLoss: 0,
@@ -60,11 +65,19 @@ export function createTestTrainer(store: ArtifactStore, log: TestTrainerLog = { 
             tokens,
             seconds: 0,
           },
+          createdAt: new Date().toISOString(),
         };
-        const manifestRef = await putJson(store, { schema: "cm2.checkpoint/v1", result: { ...result } });
-        const winner = await store.setNameIfAbsent(name, manifestRef);
-        const stored = await getJson<{ result: UpdateResult }>(store, winner);
-        return UpdateResultSchema.parse({ ...stored.result, checkpoint: stored.result.checkpoint });
+        const mine = await putJson(store, manifest);
+        const winner = await store.setNameIfAbsent(name, mine);
+        const m = await getJson(store, winner, CheckpointManifestSchema);
+        return UpdateResultSchema.parse({
+          runId: m.runId,
+          iteration: m.iteration,
+          version: m.version,
+          checkpoint: winner,
+          reused: winner.sha256 !== mine.sha256,
+          metrics: m.metrics,
+        });
       },
     },
   };

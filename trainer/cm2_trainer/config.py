@@ -49,9 +49,10 @@ class TrainerConfig:
         ">1: later mini-batches are clipped against the old log-probs computed before the first step.",
     )
     micro_batch_size: int = _f(
-        4,
-        "Samples per forward/backward pass (gradients are accumulated over a mini-batch). Memory knob only: "
-        "the loss is a token-mean over the whole mini-batch whatever this is.",
+        1,
+        "Samples per forward/backward pass (right-padded; gradients are accumulated over a mini-batch). "
+        "Memory/speed knob only: the loss is a token-mean over the whole mini-batch whatever this is. "
+        "1 is memory-safe for long transcripts; raise it for short ones on a GPU.",
     )
     max_grad_norm: float = _f(1.0, "Gradient clipping by global L2 norm (CM2/verl: 1.0).")
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (verl default 0.01).")

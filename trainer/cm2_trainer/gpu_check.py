@@ -154,14 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=None, help="samples per update (default 32; tiny 4)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 2048; tiny 64)")
     p.add_argument("--updates", type=int, default=None, help="timed updates after one warm-up (default 3; tiny 1)")
-    p.add_argument("--micro-batch-size", type=int, default=None, help="samples per forward (default 8; tiny 2)")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="samples per forward (default 4; tiny 2)")
     a = p.parse_args(argv)
     res = run_check(
         a.tiny,
         samples=a.samples or (4 if a.tiny else 32),
         seq_len=a.seq_len or (64 if a.tiny else 2048),
         updates=a.updates or (1 if a.tiny else 3),
-        micro_batch_size=a.micro_batch_size or (2 if a.tiny else 8),
+        micro_batch_size=a.micro_batch_size or (2 if a.tiny else 4),
     )
     print(json.dumps(res), flush=True)
 

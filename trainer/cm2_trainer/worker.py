@@ -37,7 +37,7 @@ log = logging.getLogger("cm2_trainer.worker")
 
 
 def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: str | None = None,
-                         cache: Any = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+                         cache: Any = None, keepalive_s: float = 20.0) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Build the `updatePolicy` activity (a plain sync function run in the worker's thread pool)."""
     from .loss import TrainingDiverged
     from .update import ModelCache, update_policy
@@ -52,7 +52,7 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
             if store_root is not None:
                 req = replace(req, store_root=store_root)
             log.info("updatePolicy run=%s iteration=%d attempt=%d", req.run_id, req.iteration, info.attempt)
-            with _Keepalive() as beat:
+            with _Keepalive(keepalive_s) as beat:
                 result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
         except (contract.ContractError, InvalidRef) as e:
             raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e

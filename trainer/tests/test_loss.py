@@ -112,3 +112,33 @@ def test_kl_to_reference_is_zero_at_start_and_positive_after_a_step(tok):
     assert m1["kl"] == pytest.approx(0.0, abs=1e-7)  # LoRA B starts at 0: policy == reference
     m2 = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
     assert m2["kl"] > 0 and m2["loss"] == pytest.approx(m2["pg_loss"] + 0.1 * m2["kl"])
+
+
+def test_micro_batching_and_padding_do_not_change_the_update(tok):
+    """Token-mean over the mini-batch: one padded micro-batch of 2 == two micro-batches of 1."""
+    grads = []
+    for mbs in (1, 2):
+        model, opt, cfg, rendered = _setup(tok, adv=(1.0, -0.5))
+        cfg = cfg.replace(micro_batch_size=mbs, kl_coef=0.01)
+        m = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
+        grads.append((m, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (m1, w1), (m2, w2) = grads
+    assert len({len(r.input_ids) for r in rendered}) == 2  # different lengths: the batch of 2 is padded
+    assert m1["tokens"] == m2["tokens"]
+    assert m1["pg_loss"] == pytest.approx(m2["pg_loss"], rel=1e-5)
+    assert m1["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-4)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+def test_rollout_importance_weights_are_truncated_at_the_cap(tok):
+    model, opt, cfg, rendered = _setup(tok, adv=(1.0, 1.0))
+    for r in rendered:  # serving log-probs far below the trainer's: the weight exp(old - rollout) hits the cap
+        r.rollout_logprobs = [-50.0 if m else None for m in r.loss_mask]
+    m = apply_update(model, opt, rendered, cfg.replace(rollout_is_cap=2.0), seed=0, pad_id=tok.pad_token_id,
+                     device=torch.device("cpu"))
+    assert m["pg_loss"] == pytest.approx(-2.0, rel=1e-5)
+    # and unknown log-probs weigh 1
+    model, opt, cfg, rendered = _setup(tok, adv=(1.0, 1.0))
+    m = apply_update(model, opt, rendered, cfg.replace(rollout_is_cap=2.0), seed=0, pad_id=tok.pad_token_id,
+                     device=torch.device("cpu"))
+    assert m["pg_loss"] == pytest.approx(-1.0, rel=1e-5)

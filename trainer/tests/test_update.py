@@ -146,3 +146,22 @@ def test_same_inputs_give_the_same_adapter(tmp_path, base_dir, cache):
     b = update_policy(_req(Store(tmp_path / "b"), base_dir), cache=ModelCache())
     ma, mb = _manifest(Store(tmp_path / "a"), a.checkpoint), _manifest(Store(tmp_path / "b"), b.checkpoint)
     assert ma["files"]["adapter_model.safetensors"] == mb["files"]["adapter_model.safetensors"]
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf_update_with_the_contract_batch(tmp_path):
+    """Opt-in (CM2_RUN_SLOW=1, ~1-3 min on 2 CPU cores): the fixture batch on the real SmolLM2 GGUF."""
+    from conftest import CONTRACTS, gguf_path
+
+    g = gguf_path()
+    if g is None:
+        pytest.skip("SmolLM2 GGUF not found: set CM2_GGUF")
+    store = Store(tmp_path)
+    batch = json.loads((CONTRACTS / "batch.json").read_text())
+    batch["iteration"] = 0
+    req = json.loads((CONTRACTS / "update_request.json").read_text())
+    req.update(iteration=0, parent=None, batch=store.put_json(batch).to_json(), storeRoot=str(tmp_path),
+               base={"kind": "gguf", "path": str(g)})
+    res = update_policy(decode_update_request(req))
+    assert res.metrics["tokens"] > 0 and res.metrics["gradNorm"] > 0
+    assert _manifest(store, res.checkpoint)["stats"]["chatTemplate"] == "cm2-tool-chatml"

@@ -1,0 +1,276 @@
+/**
+ * `deno task start`: the main job. A real CM2 training run on the embedded default, no API key:
+ *
+ * 1. installs what is missing (`setup`);
+ * 2. starts (or reuses) the Temporal dev server: SQLite under `.cm2/`, Web UI on :8233;
+ * 3. starts the embedded model servers: judge + simulator + labeler (llama.cpp through
+ *    `serve/llama_server.ts`, JSON-schema grammars) and the policy server (base model + latest LoRA
+ *    adapter, `trainer/cm2_trainer/serve.py`);
+ * 4. starts the trainer worker (Python) and the orchestrator worker (`worker.ts`);
+ * 5. runs a small training run (default 3 iterations × 2 tasks × group 4 on the sample dataset),
+ *    printing one line per iteration;
+ * 6. prints where checkpoints and metrics are, the peak memory of the whole stack, and stops every
+ *    process it started (`--keep` leaves the stack up).
+ *
+ * Flags: `--config FILE` (default: the embedded demo), `--keep`, `--iterations N`.
+ *
+ * @module
+ */
+import { Client, Connection } from "@temporalio/client";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { configSummary, type RunConfig } from "../core/config.ts";
+import { workflowIds } from "../core/sampling.ts";
+import { loadRunConfig } from "../config.ts";
+import { FsStore } from "../store/fs_store.ts";
+import { getJson } from "../store/mod.ts";
+import { type IterationSummary, statusQuery, trainingRun } from "../workflows/training.ts";
+import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
+import { setup } from "./setup.ts";
+import { type DevServer, isListening, startDevServer } from "./temporal_server.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    config: { type: "string" },
+    keep: { type: "boolean", default: false },
+    iterations: { type: "string" },
+  },
+});
+
+const LOG_DIR = path.join(ROOT, ".cm2", "logs");
+const children: { name: string; proc: Deno.ChildProcess }[] = [];
+let devServer: DevServer | undefined;
+
+function log(line: string): void {
+  console.log(`[cm2] ${line}`);
+}
+
+async function spawn(name: string, cmd: string, args: string[], env: Record<string, string> = {}): Promise<void> {
+  await fs.mkdir(LOG_DIR, { recursive: true });
+  const file = await Deno.open(path.join(LOG_DIR, `${name}.log`), { write: true, create: true, truncate: true });
+  const proc = new Deno.Command(cmd, {
+    args,
+    cwd: ROOT,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  proc.stdout.pipeTo(file.writable, { preventClose: true }).catch(() => {});
+  proc.stderr.pipeTo(file.writable).catch(() => {});
+  children.push({ name, proc });
+}
+
+async function waitHttp(name: string, url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const child = children.find((c) => c.name === name);
+    const exited = await Promise.race([child?.proc.status.then(() => true), new Promise((r) => setTimeout(() => r(false), 10))]);
+    if (exited) throw new Error(`${name} exited during start; see .cm2/logs/${name}.log`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+      await res.body?.cancel();
+      if (res.ok) return;
+    } catch { /* not up yet */ }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  throw new Error(`${name} did not answer ${url} in ${timeoutMs / 1000} s; see .cm2/logs/${name}.log`);
+}
+
+/** Resident memory of a process and all its descendants, in bytes (Linux /proc). */
+async function treeRss(pid: number): Promise<number> {
+  let total = 0;
+  try {
+    const status = await Deno.readTextFile(`/proc/${pid}/status`);
+    const m = status.match(/VmRSS:\s+(\d+) kB/);
+    if (m) total += Number(m[1]) * 1024;
+    for await (const t of Deno.readDir(`/proc/${pid}/task`)) {
+      const kids = (await Deno.readTextFile(`/proc/${pid}/task/${t.name}/children`).catch(() => "")).trim();
+      for (const k of kids ? kids.split(/\s+/) : []) total += await treeRss(Number(k));
+    }
+  } catch { /* exited */ }
+  return total;
+}
+
+async function stopAll(): Promise<void> {
+  for (const c of [...children].reverse()) {
+    try {
+      c.proc.kill("SIGTERM");
+    } catch { /* gone */ }
+  }
+  await Promise.all(children.map(async (c) => {
+    const t = setTimeout(() => {
+      try {
+        c.proc.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 15_000);
+    await c.proc.status;
+    clearTimeout(t);
+  }));
+}
+
+function line(s: IterationSummary): string {
+  return `iteration ${s.iteration}${s.validation ? " (validation)" : ""}: reward ${s.meanReward.toFixed(3)}, ` +
+    `item pass ${(100 * s.itemPassRate).toFixed(1)}%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, ` +
+    `sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
+      s.updateLoss === null ? "-" : s.updateLoss.toFixed(4)
+    }, policy v${s.policyVersion}, ${s.seconds.toFixed(0)} s`;
+}
+
+async function main(): Promise<number> {
+  const t0 = performance.now();
+  await setup();
+  let config: RunConfig = await loadRunConfig(values.config);
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15).toLowerCase();
+  config = {
+    ...config,
+    name: values.config ? config.name : `demo-${stamp}`,
+    cm2: { ...config.cm2, ...(values.iterations ? { iterations: Number(values.iterations) } : {}) },
+    store: { ...config.store, root: path.isAbsolute(config.store.root) ? config.store.root : path.join(ROOT, config.store.root) },
+  };
+  const storeRoot = config.store.root;
+
+  const server = await startDevServer({ log: () => {} });
+  devServer = server;
+  log(`Temporal ${server.owned ? "started" : "reused"} at ${server.address}; Web UI ${server.uiUrl}`);
+  const env = { TEMPORAL_ADDRESS: server.address };
+  const deno = Deno.execPath();
+
+  const judgeUrl = new URL(config.models.judge.baseURL);
+  const policyUrl = new URL(config.models.policy.baseURL);
+  const embeddedJudge = judgeUrl.hostname === "127.0.0.1" && judgeUrl.port === "8766";
+  const embeddedPolicy = policyUrl.hostname === "127.0.0.1" && policyUrl.port === "8765";
+  if (embeddedJudge && !(await isListening("127.0.0.1", 8766))) {
+    await spawn("llama-server", deno, [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "--allow-net=127.0.0.1",
+      "--allow-ffi",
+      "--allow-sys",
+      "serve/llama_server.ts",
+      "--model",
+      GGUF_PATH,
+      "--port",
+      "8766",
+      "--alias",
+      config.models.judge.model,
+      "--ctx",
+      "8192",
+      "--threads",
+      "2",
+    ]);
+  }
+  if (embeddedPolicy && !(await isListening("127.0.0.1", 8765))) {
+    await spawn("policy-server", PYTHON, [
+      "-m",
+      "cm2_trainer.serve",
+      "--model",
+      GGUF_PATH,
+      "--port",
+      "8765",
+      "--store-root",
+      storeRoot,
+      "--served-model-name",
+      config.models.policy.model,
+    ], { PYTHONPATH: path.join(ROOT, "trainer") });
+  }
+  await spawn("trainer-worker", PYTHON, [
+    "-m",
+    "cm2_trainer.worker",
+    "--store-root",
+    storeRoot,
+    "--task-queue",
+    config.trainer.taskQueue,
+  ], { ...env, PYTHONPATH: path.join(ROOT, "trainer") });
+  await spawn("orchestrator-worker", deno, [
+    "run",
+    "--allow-env",
+    "--allow-read",
+    "--allow-write",
+    "--allow-ffi",
+    "--allow-sys",
+    "--allow-net",
+    "worker.ts",
+    "--task-queue",
+    config.temporal.taskQueue,
+    "--store",
+    storeRoot,
+  ], env);
+  if (embeddedJudge) await waitHttp("llama-server", "http://127.0.0.1:8766/health", 120_000);
+  if (embeddedPolicy) await waitHttp("policy-server", "http://127.0.0.1:8765/health", 180_000);
+  log(`model servers up; logs in .cm2/logs/ (${((performance.now() - t0) / 1000).toFixed(0)} s so far)`);
+
+  let peak = 0;
+  const sampler = setInterval(async () => {
+    // Everything we started (dev server, model servers, workers) is a descendant of this process.
+    peak = Math.max(peak, await treeRss(Deno.pid));
+  }, 1_000);
+
+  const connection = await Connection.connect({ address: server.address });
+  const client = new Client({ connection });
+  const id = workflowIds.run(config.name);
+  log(`run ${id}: ${configSummary(config)}`);
+  log(`Web UI: ${server.uiUrl ?? "http://127.0.0.1:8233"}/namespaces/default/workflows/${encodeURIComponent(id)}`);
+  const handle = await client.workflow.start(trainingRun, {
+    taskQueue: config.temporal.taskQueue,
+    workflowId: id,
+    args: [{ config }],
+    memo: { config: configSummary(config) },
+    searchAttributes: { Cm2RunName: [config.name], Cm2Iteration: [0], Cm2Status: ["running"] },
+  });
+  let printed = 0;
+  const done = handle.result();
+  let finished = false;
+  done.finally(() => (finished = true)).catch(() => {});
+  while (!finished) {
+    const s = await handle.query(statusQuery).catch(() => undefined);
+    while (s && printed < s.recent.length) log(line(s.recent[printed++]!));
+    await Promise.race([done.catch(() => {}), new Promise((r) => setTimeout(r, 2_000))]);
+  }
+  const result = await done;
+  while (printed < result.recent.length) log(line(result.recent[printed++]!));
+  clearInterval(sampler);
+  peak = Math.max(peak, await treeRss(Deno.pid));
+
+  const store = new FsStore(storeRoot);
+  const checkpoints = await store.listNames(`runs/${config.name}/checkpoints/`);
+  const served = await fetch(`${config.models.policy.baseURL.replace(/\/$/, "")}/policy_version`)
+    .then((r) => r.json() as Promise<{ version: number }>)
+    .catch(() => ({ version: NaN }));
+  log(`done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${result.iterations} iterations, ` +
+    `${checkpoints.length} checkpoints, policy v${result.policyVersion} (served: v${served.version})`);
+  if (result.checkpoint) {
+    const manifest: { files?: Record<string, unknown> } = await getJson<{ files?: Record<string, unknown> }>(
+      store,
+      result.checkpoint,
+    ).catch(() => ({}));
+    log(`last checkpoint: ${store.locate(result.checkpoint)} (${Object.keys(manifest.files ?? {}).join(", ")})`);
+  }
+  log(`checkpoints: ${path.join(storeRoot, "names", "runs", config.name, "checkpoints")}/it-<n>.json`);
+  log(`metrics:     ${path.join(storeRoot, "names", "runs", config.name, "metrics")}/it-<n>.json`);
+  log(`peak memory of the whole stack: ${(peak / 2 ** 30).toFixed(2)} GiB`);
+  await connection.close();
+  const ok = result.iterations === config.cm2.iterations && checkpoints.length === config.cm2.iterations &&
+    served.version === result.policyVersion;
+  if (!ok) log("warning: the run did not produce one checkpoint per iteration with the last one served");
+  return ok ? 0 : 1;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (err) {
+  console.error(`[cm2] error: ${(err as Error).message}`);
+} finally {
+  if (values.keep) {
+    log("--keep: leaving the stack up (Ctrl-C stops it)");
+    await Promise.all(children.map((c) => c.proc.status));
+  } else {
+    await stopAll();
+    await devServer?.stop();
+  }
+}
+Deno.exit(code);

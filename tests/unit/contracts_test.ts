@@ -1,0 +1,31 @@
+import assert from "node:assert/strict";
+import * as fs from "node:fs/promises";
+import {
+  BatchSchema,
+  CheckpointManifestSchema,
+  UpdateRequestSchema,
+  UpdateResultSchema,
+} from "../../core/trainer_contract.ts";
+
+const dir = new URL("../contracts/", import.meta.url);
+const load = async (name: string) => JSON.parse(await fs.readFile(new URL(name, dir), "utf8"));
+
+Deno.test("the trainer contract fixtures decode with the TypeScript schemas", async () => {
+  const req = UpdateRequestSchema.parse(await load("update_request.json"));
+  const batch = BatchSchema.parse(await load("batch.json"));
+  const result = UpdateResultSchema.parse(await load("update_result.json"));
+  const manifest = CheckpointManifestSchema.parse(await load("checkpoint_manifest.json"));
+  assert.equal(req.runId, batch.runId);
+  assert.equal(req.iteration, batch.iteration);
+  assert.equal(result.iteration, req.iteration);
+  assert.equal(manifest.version, result.version);
+  assert.ok(batch.samples.every((s) => s.advantages.every((a) => s.messages[a.messageIndex]?.role === "assistant")));
+});
+
+Deno.test("the TypeScript contract rejects a request with a missing field, naming it", async () => {
+  const req = await load("update_request.json");
+  delete req.batch;
+  const parsed = UpdateRequestSchema.safeParse(req);
+  assert.equal(parsed.success, false);
+  assert.ok(!parsed.success && parsed.error.issues.some((i) => i.path.join(".") === "batch"));
+});

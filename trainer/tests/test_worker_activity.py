@@ -1,0 +1,53 @@
+"""The activity function without a server (temporalio.testing.ActivityEnvironment)."""
+
+import time
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+import cm2_trainer.update as upd
+from cm2_trainer.store import Store
+from cm2_trainer.worker import make_update_activity
+from helpers import batch_obj, request_obj
+
+
+def test_keepalive_heartbeats_during_phases_without_progress(tmp_path, base_dir, monkeypatch):
+    store = Store(tmp_path)
+    req = request_obj(store.root, store.put_json(batch_obj()), base_dir)
+
+    def slow_update(r, *, heartbeat, cache, defaults):
+        time.sleep(0.5)  # e.g. loading a large base model: no progress callback for a while
+        raise upd.ContractError("stop here")
+
+    monkeypatch.setattr(upd, "update_policy", slow_update)
+    beats = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+    act = make_update_activity(keepalive_s=0.05)
+    with pytest.raises(ApplicationError) as e:
+        env.run(act, req)
+    assert e.value.type == "InvalidBatch" and e.value.non_retryable and "stop here" in e.value.message
+    assert len(beats) >= 3
+
+
+@pytest.mark.parametrize("mutate,type_,message", [
+    (lambda r: r.update(iteration="1"), "InvalidBatch", "request.iteration is '1'"),
+    (lambda r: r["batch"].update(sha256="0" * 64, uri="cm2://sha256/" + "0" * 64), "MissingArtifact", "not in the store"),
+])
+def test_errors_are_typed_and_non_retryable(tmp_path, base_dir, mutate, type_, message):
+    store = Store(tmp_path)
+    req = request_obj(store.root, store.put_json(batch_obj()), base_dir)
+    mutate(req)
+    with pytest.raises(ApplicationError) as e:
+        ActivityEnvironment().run(make_update_activity(), req)
+    assert e.value.type == type_ and e.value.non_retryable and message in e.value.message
+
+
+def test_corrupt_batch_blob_is_store_corruption(tmp_path, base_dir):
+    store = Store(tmp_path)
+    ref = store.put_json(batch_obj())
+    (tmp_path / "objects/sha256" / ref.sha256[:2] / ref.sha256).write_bytes(b"x" * ref.bytes)
+    with pytest.raises(ApplicationError) as e:
+        ActivityEnvironment().run(make_update_activity(), request_obj(store.root, ref, base_dir))
+    assert e.value.type == "StoreCorruption" and e.value.non_retryable
