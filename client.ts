@@ -17,7 +17,7 @@ import * as path from "node:path";
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from "@temporalio/client";
 import { configSummary, redactedConfig } from "./core/config.ts";
 import { FILTER_CRITERIA, type FilterCriterion, filterRecords } from "./core/filters.ts";
-import { importFiles, IMPORT_FORMATS, type ImportFormat } from "./core/importers/mod.ts";
+import { IMPORT_FORMATS, importFiles, type ImportFormat } from "./core/importers/mod.ts";
 import { inspectDataset } from "./core/inspect.ts";
 import type { TrajectoryRecord } from "./core/records.ts";
 import { workflowIds } from "./core/sampling.ts";
@@ -25,6 +25,7 @@ import { ConfigError, connectClient, loadRunConfig, resolvePath, webUiUrl } from
 import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "./store/datasets.ts";
 import { FsStore } from "./store/fs_store.ts";
 import { ORCHESTRATOR_QUEUE } from "./workflows/names.ts";
+import { registerLabelCommands } from "./cli/label.ts";
 import {
   iterationProgressQuery,
   pauseSignal,
@@ -50,7 +51,10 @@ async function readText(p: string): Promise<string> {
 }
 
 /** Loads records from a store dataset name or a dataset file. */
-async function loadRecords(store: FsStore, nameOrFile: string): Promise<{ name: string; records: TrajectoryRecord[] }> {
+async function loadRecords(
+  store: FsStore,
+  nameOrFile: string,
+): Promise<{ name: string; records: TrajectoryRecord[] }> {
   const ref = await datasetRef(store, nameOrFile).catch(() => undefined);
   if (ref) return { name: nameOrFile, records: await loadAllRecords(store, await loadManifest(store, ref)) };
   try {
@@ -63,7 +67,15 @@ async function loadRecords(store: FsStore, nameOrFile: string): Promise<{ name: 
   return { name: path.basename(nameOrFile), records: report.records };
 }
 
-function printImportError(e: { file: string; record: { index?: number; id?: string; line?: number }; path: string; message: string; value?: unknown }): void {
+function printImportError(
+  e: {
+    file: string;
+    record: { index?: number; id?: string; line?: number };
+    path: string;
+    message: string;
+    value?: unknown;
+  },
+): void {
   const rec = [
     e.record.index !== undefined ? `record ${e.record.index}` : "",
     e.record.id ? `(${e.record.id})` : "",
@@ -74,7 +86,8 @@ function printImportError(e: { file: string; record: { index?: number; id?: stri
 }
 
 const program = new Command();
-program.name("cm2").description("CM2 checklist-reward RL for tool-using agents, on Temporal").showHelpAfterError();
+program.name("cm2").description("CM2 checklist-reward RL for tool-using agents, on Temporal")
+  .showHelpAfterError();
 
 // ----- config -----
 const config = program.command("config").description("run configuration");
@@ -107,10 +120,16 @@ data.command("import")
     for (const p of paths) {
       const st = await fs.stat(p).catch(() => fail(`No such file or directory: ${p}`));
       if (st.isDirectory()) {
-        for (const e of (await fs.readdir(p)).sort()) if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
+        for (const e of (await fs.readdir(p)).sort()) {
+          if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
+        }
       } else files.push(p);
     }
-    const report = await importFiles(files, readText, opts.format ? { format: opts.format as ImportFormat } : {});
+    const report = await importFiles(
+      files,
+      readText,
+      opts.format ? { format: opts.format as ImportFormat } : {},
+    );
     const store = storeFrom(opts);
     const { ref } = await saveDataset(store, opts.name, report.records, {
       sources: report.files.map((f) => ({
@@ -122,7 +141,9 @@ data.command("import")
       derivedFrom: { step: "import", parent: null },
     });
     const byFormat = new Map<string, number>();
-    for (const f of report.files) byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
+    for (const f of report.files) {
+      byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
+    }
     if (report.errors.length > 0) {
       console.error(`${report.errors.length} record(s) not imported:`);
       for (const e of report.errors) printImportError(e);
@@ -154,7 +175,9 @@ function printSummary(obj: Record<string, unknown>, indent: string): void {
     if (v && typeof v === "object" && !Array.isArray(v)) {
       console.log(`${indent}${k}:`);
       printSummary(v as Record<string, unknown>, indent + "  ");
-    } else console.log(`${indent}${k}: ${Array.isArray(v) ? v.join(", ") : typeof v === "number" ? round(v) : v}`);
+    } else {console.log(
+        `${indent}${k}: ${Array.isArray(v) ? v.join(", ") : typeof v === "number" ? round(v) : v}`,
+      );}
   }
 }
 
@@ -185,7 +208,12 @@ data.command("filter")
     if (opts.out) {
       const parent = await datasetRef(store, name);
       const { ref } = await saveDataset(store, opts.out, result.kept, {
-        sources: [{ file: name, format: "dataset", imported: result.kept.length, errors: records.length - result.kept.length }],
+        sources: [{
+          file: name,
+          format: "dataset",
+          imported: result.kept.length,
+          errors: records.length - result.kept.length,
+        }],
         derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
       });
       console.log(`dataset ${opts.out} → ${ref.uri}`);
@@ -201,7 +229,9 @@ async function withClient<T>(fn: (c: Awaited<ReturnType<typeof connectClient>>) 
     conn = await connectClient();
   } catch (err) {
     fail(
-      `Cannot reach Temporal at ${Deno.env.get("TEMPORAL_ADDRESS") ?? "127.0.0.1:7233"}: ${(err as Error).message}. ` +
+      `Cannot reach Temporal at ${Deno.env.get("TEMPORAL_ADDRESS") ?? "127.0.0.1:7233"}: ${
+        (err as Error).message
+      }. ` +
         "Start it with `deno task dev`, or set TEMPORAL_ADDRESS",
     );
   }
@@ -258,7 +288,9 @@ run.command("list").description("list cm2 runs").action(async () => {
       const sa = wf.searchAttributes as Record<string, unknown[] | undefined>;
       console.log(
         `${wf.workflowId.padEnd(28)} ${wf.status.name.padEnd(12)} it=${sa.Cm2Iteration?.[0] ?? 0} ` +
-          `reward=${typeof sa.Cm2MeanReward?.[0] === "number" ? (sa.Cm2MeanReward[0] as number).toFixed(3) : "-"} ` +
+          `reward=${
+            typeof sa.Cm2MeanReward?.[0] === "number" ? (sa.Cm2MeanReward[0] as number).toFixed(3) : "-"
+          } ` +
           `started ${wf.startTime.toISOString()}`,
       );
       if (++n >= 50) break;
@@ -293,7 +325,9 @@ function formatSummary(s: RunStatus["recent"][number]): string {
 run.command("status").argument("<name>", "run name or id").description("show a run's state").action(
   async (name: string) => {
     const s = await status(name);
-    console.log(`${runId(name)}: ${s.phase}, iteration ${s.iteration}/${s.iterations}, policy v${s.policyVersion}`);
+    console.log(
+      `${runId(name)}: ${s.phase}, iteration ${s.iteration}/${s.iterations}, policy v${s.policyVersion}`,
+    );
     for (const r of s.recent) console.log(`  ${formatSummary(r)}`);
     console.log(`Web UI: ${runLink(runId(name))}`);
   },
@@ -305,7 +339,8 @@ run.command("watch").argument("<name>", "run name or id").option("--interval <ms
     await withClient(async ({ client }) => {
       const handle = client.workflow.getHandle(runId(name));
       const bar = new cliProgress.SingleBar({
-        format: "it {iteration} [{bar}] {value}/{total} episodes | {phase} | failed {failed} | last reward {reward}",
+        format:
+          "it {iteration} [{bar}] {value}/{total} episodes | {phase} | failed {failed} | last reward {reward}",
         hideCursor: true,
       }, cliProgress.Presets.shades_classic);
       let started = false;
@@ -342,11 +377,13 @@ run.command("watch").argument("<name>", "run name or id").option("--interval <ms
     });
   });
 
-for (const [verb, signal, text] of [
-  ["pause", pauseSignal, "pause before the next iteration"],
-  ["resume", resumeSignal, "resume a paused run"],
-  ["stop", stopSignal, "stop after the current iteration finishes"],
-] as const) {
+for (
+  const [verb, signal, text] of [
+    ["pause", pauseSignal, "pause before the next iteration"],
+    ["resume", resumeSignal, "resume a paused run"],
+    ["stop", stopSignal, "stop after the current iteration finishes"],
+  ] as const
+) {
   run.command(verb).argument("<name>", "run name or id").description(text).action(async (name: string) => {
     await withClient(async ({ client }) => {
       try {
@@ -362,7 +399,9 @@ for (const [verb, signal, text] of [
 
 function positiveNumber(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got ${v}`);
+  if (!Number.isFinite(n) || n < 0) {
+    throw new InvalidArgumentError(`expected a non-negative number, got ${v}`);
+  }
   return n;
 }
 
@@ -384,6 +423,8 @@ run.command("set").argument("<name>", "run name or id")
       console.log(`updated ${runId(name)}: ${JSON.stringify(result)}`);
     });
   });
+
+registerLabelCommands(program);
 
 if (import.meta.main) {
   await program.parseAsync(["deno", "cm2", ...Deno.args]);

@@ -20,7 +20,12 @@ import { ORCHESTRATOR_QUEUE } from "./workflows/names.ts";
 export interface WorkerOptions {
   taskQueue: string;
   storeRoot: string;
+  /** Activity slots (default 256): mostly model calls waiting on HTTP, so far more than cores. */
   maxConcurrentActivities?: number;
+  /** Workflow task slots (SDK default when unset). */
+  maxConcurrentWorkflowTasks?: number;
+  /** Threads that run workflow code (SDK default when unset). */
+  workflowThreads?: number;
 }
 
 /** Creates the orchestrator worker and runs it until SIGINT/SIGTERM. */
@@ -32,7 +37,11 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     taskQueue: opts.taskQueue,
     workflowsPath: fileURLToPath(new URL("./workflows/mod.ts", import.meta.url)),
     activities: createActivities({ store: new FsStore(opts.storeRoot), models: modelFactory, root: ROOT }),
-    maxConcurrentActivityTaskExecutions: opts.maxConcurrentActivities ?? 64,
+    maxConcurrentActivityTaskExecutions: opts.maxConcurrentActivities ?? 256,
+    ...(opts.maxConcurrentWorkflowTasks
+      ? { maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks }
+      : {}),
+    ...(opts.workflowThreads ? { workflowThreadPoolSize: opts.workflowThreads } : {}),
     shutdownGraceTime: "10 seconds",
   });
   console.log(`cm2 worker on task queue ${opts.taskQueue} (namespace ${namespace}); store ${opts.storeRoot}`);
@@ -47,8 +56,20 @@ if (import.meta.main) {
       "task-queue": { type: "string", default: ORCHESTRATOR_QUEUE },
       store: { type: "string", default: ".cm2/store" },
       "log-level": { type: "string", default: "WARN" },
+      "max-activities": { type: "string" },
+      "max-workflow-tasks": { type: "string" },
+      "workflow-threads": { type: "string" },
     },
   });
+  const int = (v: string | undefined) => (v === undefined ? undefined : Number(v));
   Runtime.install({ logger: new DefaultLogger(values["log-level"] as "WARN") });
-  await runWorker({ taskQueue: values["task-queue"], storeRoot: resolvePath(values.store) });
+  await runWorker({
+    taskQueue: values["task-queue"],
+    storeRoot: resolvePath(values.store),
+    ...(values["max-activities"] ? { maxConcurrentActivities: int(values["max-activities"])! } : {}),
+    ...(values["max-workflow-tasks"]
+      ? { maxConcurrentWorkflowTasks: int(values["max-workflow-tasks"])! }
+      : {}),
+    ...(values["workflow-threads"] ? { workflowThreads: int(values["workflow-threads"])! } : {}),
+  });
 }

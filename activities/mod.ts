@@ -6,6 +6,7 @@
  */
 import { Context } from "@temporalio/activity";
 import { createTrainingActivities, type ModelFactory } from "./training.ts";
+import { createLabelingActivities } from "./labeling.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 
 /** What activities need from the outside world. */
@@ -34,7 +35,10 @@ export function withHeartbeats<T extends Record<string, (input: never) => Promis
       } catch {
         ctx = undefined; // called outside an activity (unit tests)
       }
-      const timer = ctx ? setInterval(() => ctx!.heartbeat(), HEARTBEAT_EVERY_MS) : undefined;
+      // Local activities cannot heartbeat: a lost worker shows as a workflow task timeout instead.
+      const timer = ctx && !ctx.info.isLocal
+        ? setInterval(() => ctx!.heartbeat(), HEARTBEAT_EVERY_MS)
+        : undefined;
       try {
         return await fn(input);
       } finally {
@@ -53,6 +57,7 @@ export function createActivities(deps: ActivityDeps) {
       return Promise.resolve({ text: input.text });
     },
     ...createTrainingActivities(deps),
+    ...createLabelingActivities(deps),
   });
 }
 

@@ -23,23 +23,29 @@ import {
   type EpisodeState,
   episodeToolIndex,
   episodeVerdicts,
+  judgeRoundRequests,
   type JudgeTask,
   type JudgeVerdict,
-  judgeRoundRequests,
   type Next,
   policyRequest,
   startEpisode as startEpisodeState,
-  type ToolResult,
   toolCallsToRun,
+  type ToolResult,
   toolResultFromResolution,
   toolResultFromSimulation,
   verdictFromError,
   verdictFromResult,
 } from "../core/episode.ts";
 import { importFiles } from "../core/importers/mod.ts";
-import { LlmError, type ChatModel, type Role } from "../core/llm_types.ts";
+import { type ChatModel, LlmError, type Role } from "../core/llm_types.ts";
 import { computeAdvantages, itemPassRate, resolveRewardOptions } from "../core/rewards.ts";
-import { cacheKey, emptyCache, parseSimulation, resolveToolCall, simulationRequest } from "../core/simulator.ts";
+import {
+  cacheKey,
+  emptyCache,
+  parseSimulation,
+  resolveToolCall,
+  simulationRequest,
+} from "../core/simulator.ts";
 import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
 import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
@@ -62,6 +68,21 @@ export function sha256Hex(text: string): string {
 
 type Step = { stateRef: Ref; next: "policy" | "tools" | "judge" | "end" };
 
+/**
+ * Where an episode stands after one of its activities: the state ref, what follows, and what that
+ * needs (`tools`: the plan and the calls to simulate; `judge`: the round's tasks not answered by the
+ * verdict cache; `end`: small facts about the finished episode). Only refs and small values.
+ */
+export interface Advance {
+  stateRef: Ref;
+  next: Step["next"];
+  planRef?: Ref;
+  simulate?: number[];
+  tasksRef?: Ref;
+  tasks?: number[];
+  end?: { ok: boolean; endReason: string; steps: number; turns: number };
+}
+
 function nextOf(n: Next): Step["next"] {
   return n === "judge-turn" ? "judge" : n;
 }
@@ -74,7 +95,9 @@ export function episodeOptions(config: RunConfig): EpisodeOptions {
     maxAssistantSteps: c.limits.maxAssistantSteps,
     maxUserTurns: c.limits.maxUserTurns,
     maxContextTokens: c.limits.maxContextTokens,
-    ...(config.models.policy.sampling.max_tokens ? { maxResponseTokens: config.models.policy.sampling.max_tokens } : {}),
+    ...(config.models.policy.sampling.max_tokens
+      ? { maxResponseTokens: config.models.policy.sampling.max_tokens }
+      : {}),
     unfinishedTurn: reward.unfinishedTurn,
     judge: { mode: c.judge.mode, votes: c.judge.votes, itemsPerCall: c.judge.itemsPerCall },
     simulator: { replayScope: c.simulator.replayScope, cache: c.simulator.cache },
@@ -109,11 +132,68 @@ function toFailure(err: unknown): never {
   throw err;
 }
 
+/**
+ * JSON blobs this worker read or wrote lately, by sha256, up to `maxChars` of text (least recently
+ * used out first). Blobs are content-addressed, so an entry is never stale: the cache only saves
+ * store round trips. The next activity of an episode usually runs on the worker that wrote its
+ * state, and the judge calls of a round all read the same plan.
+ */
+export class BlobCache {
+  #entries = new Map<string, { ref: Ref; text: string }>();
+  #chars = 0;
+
+  constructor(readonly maxChars: number) {}
+
+  get(sha256: string): { ref: Ref; text: string } | undefined {
+    const e = this.#entries.get(sha256);
+    if (e) {
+      this.#entries.delete(sha256);
+      this.#entries.set(sha256, e);
+    }
+    return e;
+  }
+
+  set(ref: Ref, text: string): void {
+    if (text.length > this.maxChars / 8 || this.#entries.has(ref.sha256)) return;
+    this.#entries.set(ref.sha256, { ref, text });
+    this.#chars += text.length;
+    for (const [k, v] of this.#entries) {
+      if (this.#chars <= this.maxChars) break;
+      this.#entries.delete(k);
+      this.#chars -= v.text.length;
+    }
+  }
+}
+
+/** Text of the blobs cached per worker (JSON of episode states, plans, verdicts). */
+const BLOB_CACHE_CHARS = 32 * 2 ** 20;
+/** First-writer-wins cache entries (simulated results, judge verdicts) remembered per worker. */
+const NAME_CACHE_ENTRIES = 100_000;
+
 /** Builds the training activities over their dependencies. */
 export function createTrainingActivities(deps: TrainingDeps) {
   const { store } = deps;
-  const loadState = (ref: Ref) => getJson<EpisodeState>(store, ref);
-  const saveState = (state: EpisodeState) => putJson(store, state);
+  const blobs = new BlobCache(BLOB_CACHE_CHARS);
+  /** Reads a JSON blob, from the cache when this worker saw it lately. */
+  async function readJson<T>(ref: Ref): Promise<T> {
+    let text = blobs.get(ref.sha256)?.text;
+    if (text === undefined) {
+      text = new TextDecoder().decode(await store.get(ref));
+      blobs.set(ref, text);
+    }
+    return JSON.parse(text) as T;
+  }
+  /** Writes a JSON blob (the same bytes as `putJson`); one this worker wrote or read lately is not written again. */
+  async function writeJson(value: unknown): Promise<Ref> {
+    const text = JSON.stringify(value);
+    const hit = blobs.get(sha256Hex(text));
+    if (hit) return hit.ref;
+    const ref = await store.put(new TextEncoder().encode(text));
+    blobs.set(ref, text);
+    return ref;
+  }
+  const loadState = (ref: Ref) => readJson<EpisodeState>(ref);
+  const saveState = (state: EpisodeState) => writeJson(state);
   const simName = (groupKey: string, key: string) => `${groupKey}/sim/${sha256Hex(key)}`;
   const judgeName = (key: string) => `judge-cache/${key.slice(0, 2)}/${key}`;
 
@@ -128,9 +208,114 @@ export function createTrainingActivities(deps: TrainingDeps) {
     return c;
   }
 
+  /**
+   * First-writer-wins names (`setNameIfAbsent`) never change once set, so the ones this worker has
+   * seen are remembered: a cache hit then costs no store read. Misses always ask the store.
+   */
+  const settled = new Map<string, string>();
+  const remember = (name: string, text: string) => {
+    settled.set(name, text);
+    if (settled.size > NAME_CACHE_ENTRIES) settled.delete(settled.keys().next().value!);
+  };
   async function readCached(name: string): Promise<string | undefined> {
+    const known = settled.get(name);
+    if (known !== undefined) return known;
     const ref = await store.getName(name);
-    return ref ? new TextDecoder().decode(await store.get(ref)) : undefined;
+    if (!ref) return undefined;
+    const text = new TextDecoder().decode(await store.get(ref));
+    remember(name, text);
+    return text;
+  }
+
+  /**
+   * Runs the pure transitions that follow a model call (or the episode start) until the episode
+   * needs a model again or ends: tool calls resolved without a model (exact replay, the group's
+   * cache, error results) are applied at once, judge rounds answered wholly by the verdict cache are
+   * merged at once. Saves the state once and returns where the episode stands, with the plan of the
+   * model calls it needs next. Doing this inside the activity that made the call, instead of in
+   * activities of their own, saves two to four workflow round trips and state writes per step.
+   */
+  async function settle(
+    config: RunConfig,
+    groupKey: string,
+    state0: EpisodeState,
+    next0: Step["next"],
+  ): Promise<Advance> {
+    let state = state0;
+    let next = next0;
+    for (;;) {
+      if (next === "tools") {
+        const index = episodeToolIndex(state);
+        const results: (ToolResult | null)[] = [];
+        const simulate: number[] = [];
+        for (const call of toolCallsToRun(state)) {
+          const cache = emptyCache();
+          if (index.options.cache) {
+            const hit = await readCached(simName(groupKey, cacheKey(call.name, call.arguments)));
+            if (hit !== undefined) cache.entries[cacheKey(call.name, call.arguments)] = hit;
+          }
+          const r = resolveToolCall(index, call, cache);
+          if (r.kind === "simulate") {
+            results.push(null);
+            simulate.push(call.index);
+          } else results.push(toolResultFromResolution(call, r));
+        }
+        if (simulate.length === 0) {
+          const t = applyToolResults(state, results.filter((r): r is ToolResult => r !== null));
+          ({ state } = t);
+          next = nextOf(t.next);
+          continue;
+        }
+        const stateRef = await saveState(state);
+        const planRef = await writeJson({ stateRef, results });
+        return { stateRef, next, planRef, simulate };
+      }
+      if (next === "judge") {
+        const tasks = judgeRoundRequests(state, { model: config.models.judge.model, hash: sha256Hex });
+        const cached: (boolean[] | null)[] = [];
+        const open: number[] = [];
+        for (const [i, task] of tasks.entries()) {
+          const hit = await readCached(judgeName(task.key));
+          const answers = hit ? JSON.parse(hit) as boolean[] : null;
+          if (answers && answers.length === task.items.length) cached.push(answers);
+          else {
+            cached.push(null);
+            open.push(i);
+          }
+        }
+        if (open.length === 0) {
+          const t = applyJudgement(
+            state,
+            tasks.map((task, i) => ({
+              variant: task.variant,
+              step: task.step,
+              items: task.items,
+              vote: task.vote,
+              ok: true as const,
+              answers: cached[i]!,
+            })),
+          );
+          ({ state } = t);
+          next = nextOf(t.next);
+          continue;
+        }
+        const stateRef = await saveState(state);
+        const tasksRef = await writeJson({ stateRef, tasks, cached });
+        return { stateRef, next, tasksRef, tasks: open };
+      }
+      const stateRef = await saveState(state);
+      if (next === "policy") return { stateRef, next };
+      return {
+        stateRef,
+        next,
+        end: {
+          ok: state.end?.ok ?? false,
+          endReason: state.end?.reason ?? "unknown",
+          steps: state.assistantSteps,
+          turns: state.turns.length,
+        },
+      };
+    }
   }
 
   return {
@@ -143,7 +328,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
      * Imports the configured dataset (a file, or `datasets/<name>` in the store), keeps the records
      * that have checklists, stores it, and splits off the last `heldOut` records for validation.
      */
-    async prepareDataset(input: { config: RunConfig }): Promise<{ datasetRef: Ref; trainCount: number; valCount: number }> {
+    async prepareDataset(
+      input: { config: RunConfig },
+    ): Promise<{ datasetRef: Ref; trainCount: number; valCount: number }> {
       const spec = input.config.dataset;
       let ref = spec.path.startsWith("datasets/") ? await namedDataset(store, spec.path.slice(9)) : undefined;
       if (!ref) {
@@ -174,55 +361,31 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     /** Builds the initial episode state (system, tools, first user message). */
     async startEpisode(
-      input: { configRef: Ref; datasetRef: Ref; recordIndex: number; episodeId: string },
-    ): Promise<Step> {
+      input: { configRef: Ref; groupKey: string; datasetRef: Ref; recordIndex: number; episodeId: string },
+    ): Promise<Advance> {
       const config = await cfg(input.configRef);
       const manifest = await loadManifest(store, input.datasetRef);
       const record = await loadRecord(store, manifest, input.recordIndex);
       const state = startEpisodeState(record, episodeOptions(config));
-      return { stateRef: await saveState(state), next: "policy" };
+      return await settle(config, input.groupKey, state, state.phase === "done" ? "end" : "policy");
     },
 
-    /** One policy call (one assistant step). */
-    async policyStep(input: { configRef: Ref; groupKey: string; stateRef: Ref }): Promise<Step> {
+    /** One policy call (one assistant step), then the pure work up to the next model call. */
+    async policyStep(input: { configRef: Ref; groupKey: string; stateRef: Ref }): Promise<Advance> {
       const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
       const model = deps.models("policy", config);
       let result;
       try {
-        result = await model.complete({ ...policyRequest(state), idempotencyKey: callKey(`policy/${state.assistantSteps}`) });
+        result = await model.complete({
+          ...policyRequest(state),
+          idempotencyKey: callKey(`policy/${state.assistantSteps}`),
+        });
       } catch (err) {
         toFailure(err);
       }
       const t = applyPolicyResult(state, result);
-      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
-    },
-
-    /**
-     * Resolves the step's tool calls without a model where possible (replay, group cache, error
-     * results) and lists the calls that need an LLM simulation.
-     */
-    async planTools(
-      input: { configRef: Ref; groupKey: string; stateRef: Ref },
-    ): Promise<{ stateRef: Ref; planRef: Ref; simulate: number[] }> {
-      const state = await loadState(input.stateRef);
-      const index = episodeToolIndex(state);
-      const results: (ToolResult | null)[] = [];
-      const simulate: number[] = [];
-      for (const call of toolCallsToRun(state)) {
-        const cache = emptyCache();
-        if (index.options.cache) {
-          const hit = await readCached(simName(input.groupKey, cacheKey(call.name, call.arguments)));
-          if (hit !== undefined) cache.entries[cacheKey(call.name, call.arguments)] = hit;
-        }
-        const r = resolveToolCall(index, call, cache);
-        if (r.kind === "simulate") {
-          results.push(null);
-          simulate.push(call.index);
-        } else results.push(toolResultFromResolution(call, r));
-      }
-      const planRef = await putJson(store, { stateRef: input.stateRef, results });
-      return { stateRef: input.stateRef, planRef, simulate };
+      return await settle(config, input.groupKey, t.state, nextOf(t.next));
     },
 
     /** One simulator call for one tool call; the first result for (tool, args) wins within the group. */
@@ -233,7 +396,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
       const state = await loadState(input.stateRef);
       const index = episodeToolIndex(state);
       const call = toolCallsToRun(state).find((c) => c.index === input.callIndex);
-      if (!call) throw ApplicationFailure.nonRetryable(`No pending tool call ${input.callIndex}`, "InvalidInput");
+      if (!call) {
+        throw ApplicationFailure.nonRetryable(`No pending tool call ${input.callIndex}`, "InvalidInput");
+      }
       const name = simName(input.groupKey, cacheKey(call.name, call.arguments));
       const existing = index.options.cache ? await readCached(name) : undefined;
       let result: ToolResult;
@@ -257,51 +422,36 @@ export function createTrainingActivities(deps: TrainingDeps) {
           const mine = await store.put(new TextEncoder().encode(parsed.content));
           const winner = await store.setNameIfAbsent(name, mine);
           if (winner.sha256 !== mine.sha256) {
-            result = { index: call.index, kind: "cached", content: new TextDecoder().decode(await store.get(winner)) };
+            result = {
+              index: call.index,
+              kind: "cached",
+              content: new TextDecoder().decode(await store.get(winner)),
+            };
           }
+          remember(name, result.content);
         }
       }
-      return { callIndex: input.callIndex, resultRef: await putJson(store, result) };
+      return { callIndex: input.callIndex, resultRef: await writeJson(result) };
     },
 
-    /** Appends the tool results and decides what follows. */
+    /** Appends the tool results (planned and simulated), then the pure work up to the next model call. */
     async applyTools(
-      input: { configRef: Ref; groupKey: string; stateRef: Ref; planRef?: Ref; simulated: { callIndex: number; resultRef: Ref }[] },
-    ): Promise<Step> {
-      const state = await loadState(input.stateRef);
-      const plan = input.planRef
-        ? await getJson<{ results: (ToolResult | null)[] }>(store, input.planRef)
-        : { results: [] };
-      const results: ToolResult[] = plan.results.filter((r): r is ToolResult => r !== null);
-      for (const s of input.simulated) results.push(await getJson<ToolResult>(store, s.resultRef));
-      results.sort((a, b) => a.index - b.index);
-      const t = applyToolResults(state, results);
-      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
-    },
-
-    /** Lists the judge calls of the current round; cached verdicts are resolved here. */
-    async planJudge(
-      input: { configRef: Ref; groupKey: string; stateRef: Ref },
-    ): Promise<{ tasksRef: Ref; tasks: number[] }> {
+      input: {
+        configRef: Ref;
+        groupKey: string;
+        stateRef: Ref;
+        planRef: Ref;
+        simulated: { callIndex: number; resultRef: Ref }[];
+      },
+    ): Promise<Advance> {
       const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
-      const tasks = judgeRoundRequests(state, {
-        model: config.models.judge.model,
-        hash: sha256Hex,
-      });
-      const cached: (boolean[] | null)[] = [];
-      const open: number[] = [];
-      for (const [i, task] of tasks.entries()) {
-        const hit = await readCached(judgeName(task.key));
-        const answers = hit ? JSON.parse(hit) as boolean[] : null;
-        if (answers && answers.length === task.items.length) cached.push(answers);
-        else {
-          cached.push(null);
-          open.push(i);
-        }
-      }
-      const tasksRef = await putJson(store, { stateRef: input.stateRef, tasks, cached });
-      return { tasksRef, tasks: open };
+      const plan = await readJson<{ results: (ToolResult | null)[] }>(input.planRef);
+      const results: ToolResult[] = plan.results.filter((r): r is ToolResult => r !== null);
+      for (const s of input.simulated) results.push(await readJson<ToolResult>(s.resultRef));
+      results.sort((a, b) => a.index - b.index);
+      const t = applyToolResults(state, results);
+      return await settle(config, input.groupKey, t.state, nextOf(t.next));
     },
 
     /** One judge call; a verdict that does not parse is data (the episode ends as judge-failure). */
@@ -309,46 +459,68 @@ export function createTrainingActivities(deps: TrainingDeps) {
       input: { configRef: Ref; groupKey: string; tasksRef: Ref; task: number },
     ): Promise<JudgeVerdict & { task: number }> {
       const config = await cfg(input.configRef);
-      const plan = await getJson<{ tasks: JudgeTask[] }>(store, input.tasksRef);
+      const plan = await readJson<{ tasks: JudgeTask[] }>(input.tasksRef);
       const task = plan.tasks[input.task];
       if (!task) throw ApplicationFailure.nonRetryable(`No judge task ${input.task}`, "InvalidInput");
       let verdict: JudgeVerdict;
       try {
         verdict = verdictFromResult(
           task,
-          await deps.models("judge", config).complete({ ...task.request, idempotencyKey: callKey(`judge/${task.key}`) }),
+          await deps.models("judge", config).complete({
+            ...task.request,
+            idempotencyKey: callKey(`judge/${task.key}`),
+          }),
         );
       } catch (err) {
-        if (err instanceof LlmError && !err.retryable) verdict = verdictFromError(task, `${err.type}: ${err.message}`);
-        else toFailure(err);
+        if (err instanceof LlmError && !err.retryable) {
+          verdict = verdictFromError(task, `${err.type}: ${err.message}`);
+        } else toFailure(err);
       }
-      if (verdict.ok) {
-        const ref = await store.put(new TextEncoder().encode(JSON.stringify(verdict.answers)));
-        await store.setNameIfAbsent(judgeName(task.key), ref);
+      const name = judgeName(task.key);
+      if (verdict.ok && !settled.has(name)) {
+        const winner = await store.setNameIfAbsent(name, await writeJson(verdict.answers));
+        remember(name, blobs.get(winner.sha256)?.text ?? new TextDecoder().decode(await store.get(winner)));
       }
       return { ...verdict, task: input.task };
     },
 
-    /** Merges the round's verdicts (cached and new) into the state. */
+    /** Merges the round's verdicts (cached and new) into the state, then the pure work up to the next model call. */
     async applyJudge(
-      input: { configRef: Ref; groupKey: string; stateRef: Ref; tasksRef: Ref; verdicts: (JudgeVerdict & { task: number })[] },
-    ): Promise<Step> {
+      input: {
+        configRef: Ref;
+        groupKey: string;
+        stateRef: Ref;
+        tasksRef: Ref;
+        verdicts: (JudgeVerdict & { task: number })[];
+      },
+    ): Promise<Advance> {
+      const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
-      const plan = await getJson<{ tasks: JudgeTask[]; cached: (boolean[] | null)[] }>(store, input.tasksRef);
+      const plan = await readJson<{ tasks: JudgeTask[]; cached: (boolean[] | null)[] }>(input.tasksRef);
       const verdicts: JudgeVerdict[] = [];
       plan.tasks.forEach((task, i) => {
         const answers = plan.cached[i];
         if (answers) {
-          verdicts.push({ variant: task.variant, step: task.step, items: task.items, vote: task.vote, ok: true, answers });
+          verdicts.push({
+            variant: task.variant,
+            step: task.step,
+            items: task.items,
+            vote: task.vote,
+            ok: true,
+            answers,
+          });
         }
       });
       for (const { task: _t, ...v } of input.verdicts) verdicts.push(v);
       const t = applyJudgement(state, verdicts);
-      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
+      return await settle(config, input.groupKey, t.state, nextOf(t.next));
     },
 
     /** Ends an episode whose model calls failed for good (retries exhausted): the failure is data. */
-    async failEpisode(input: { stateRef: Ref; reason: string; message: string }): Promise<Step> {
+    async failEpisode(
+      input: { configRef: Ref; groupKey: string; stateRef: Ref; reason: string; message: string },
+    ): Promise<Advance> {
+      const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
       let t;
       if (state.phase === "policy") t = applyPolicyFailure(state, input.message);
@@ -360,21 +532,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
       } else if (state.phase === "judge") {
         const tasks = judgeRoundRequests(state, { model: "failed", hash: sha256Hex });
         t = applyJudgement(state, tasks.slice(0, 1).map((task) => verdictFromError(task, input.message)));
-      } else return { stateRef: input.stateRef, next: "end" };
-      return { stateRef: await saveState(t.state), next: nextOf(t.next) };
-    },
-
-    /** Small facts about a finished episode. */
-    async finishEpisode(input: { stateRef: Ref; episodeId: string }) {
-      const state = await loadState(input.stateRef);
-      return {
-        episodeId: input.episodeId,
-        stateRef: input.stateRef,
-        ok: state.end?.ok ?? false,
-        endReason: state.end?.reason ?? "unknown",
-        steps: state.assistantSteps,
-        turns: state.turns.length,
-      };
+      } else t = { state, next: "end" as const };
+      return await settle(config, input.groupKey, t.state, nextOf(t.next));
     },
 
     /**
@@ -471,7 +630,12 @@ export function createTrainingActivities(deps: TrainingDeps) {
       });
       let batchRef: Ref | null = null;
       if (!input.validation) {
-        const batch: Batch = { schema: "cm2.batch/v1", runId: input.runName, iteration: input.iteration, samples };
+        const batch: Batch = {
+          schema: "cm2.batch/v1",
+          runId: input.runName,
+          iteration: input.iteration,
+          samples,
+        };
         batchRef = await putJson(store, batch);
       }
       return {
@@ -490,7 +654,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
      * Makes a checkpoint live on the policy server and verifies the served version before the next
      * rollouts. `adapterApi: "none"` (an endpoint that cannot load adapters) records the version only.
      */
-    async publishPolicy(input: { configRef: Ref; checkpoint: Ref; version: number }): Promise<{ version: number }> {
+    async publishPolicy(
+      input: { configRef: Ref; checkpoint: Ref; version: number },
+    ): Promise<{ version: number }> {
       const config = await cfg(input.configRef);
       const policy = config.models.policy;
       if (policy.adapterApi === "none") return { version: input.version };
@@ -512,7 +678,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
         const type = res.status >= 500 || res.status === 429 ? "ServerError" : "BadRequest";
         throw ApplicationFailure.create({
           type,
-          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${text.slice(0, 300)}`,
+          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${
+            text.slice(0, 300)
+          }`,
           nonRetryable: type === "BadRequest",
         });
       }

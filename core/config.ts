@@ -31,12 +31,18 @@ const roleFields = {
    * load adapters (the version is recorded, not verified).
    */
   adapterApi: z.enum(["cm2", "none"]).default("none"),
+  /** Prices in US dollars per million tokens, for cost estimates and USD budgets; unset means unknown. */
+  prices: z.object({ input: z.number().min(0), output: z.number().min(0) }).strict().optional(),
 };
 
 const EMBEDDED_URL = "http://127.0.0.1:8766/v1";
 const EMBEDDED_MODEL = "smollm2-135m-instruct";
 
-function role(defaults: z.infer<typeof SamplingSchema>, url = EMBEDDED_URL, adapterApi: "cm2" | "none" = "none") {
+function role(
+  defaults: z.infer<typeof SamplingSchema>,
+  url = EMBEDDED_URL,
+  adapterApi: "cm2" | "none" = "none",
+) {
   return z.object({
     ...roleFields,
     adapterApi: roleFields.adapterApi.default(adapterApi),
@@ -96,16 +102,34 @@ export const TrainerSchema = z.object({
   klCoef: z.number().min(0).default(1e-4),
   clipLow: z.number().min(0).default(0.2),
   clipHigh: z.number().min(0).default(0.2),
-  clipRatioC: z.number().min(1).default(3),
+  clipRatioC: z.number().gt(1).default(3),
   miniBatches: z.number().int().positive().default(1),
   loraRank: z.number().int().positive().default(8),
   loraAlpha: z.number().positive().default(16),
   maxGradNorm: z.number().positive().default(1),
 }).strict().prefault({});
 
+/** Checklist labeling (`cm2 label`); command-line flags override these. */
+export const LabelingSchema = z.object({
+  /** Independent checklist variants per record (one labeler call each, more on retries). */
+  variants: z.number().int().positive().default(1),
+  /** Labeler calls in flight (sliding window). */
+  concurrency: z.number().int().positive().default(8),
+  /** Calls per (record, variant) before it is rejected; retries show the model its errors. */
+  maxAttempts: z.number().int().positive().default(3),
+  /** A turn's weights are renormalised when their sum is off 1 by at most this; beyond it, retried. */
+  weightRepairTolerance: z.number().min(0).max(0.5).default(0.05),
+  /** Pause when this run's labeler spend reaches this many US dollars (needs `models.labeler.prices`). */
+  budgetUsd: z.number().min(0).optional(),
+  /** Pause when this run's labeler calls reach this many tokens (prompt + completion). */
+  budgetTokens: z.number().int().min(0).optional(),
+}).strict().prefault({});
+
 /** The full run configuration. */
 export const RunConfigSchema = z.object({
-  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, "must be lowercase letters, digits and dashes").default("demo"),
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, "must be lowercase letters, digits and dashes").default(
+    "demo",
+  ),
   dataset: z.object({
     /** A JSONL/JSON dataset file, or a dataset name in the store (`datasets/<name>`). */
     path: z.string().default("data/sample/tooltalk_sample.jsonl"),
@@ -123,6 +147,7 @@ export const RunConfigSchema = z.object({
   store: z.object({ kind: z.literal("fs").default("fs"), root: z.string().default(".cm2/store") }).strict()
     .prefault({}),
   temporal: z.object({ taskQueue: z.string().default("cm2-orchestrator") }).strict().prefault({}),
+  labeling: LabelingSchema,
 }).strict();
 
 export type RunConfig = z.infer<typeof RunConfigSchema>;
@@ -153,7 +178,8 @@ function findInlineSecrets(value: unknown, at: string[] = [], out: ConfigIssue[]
       if (SECRET_KEY_RE.test(k) && k !== "apiKeyEnv") {
         out.push({
           path: here.join("."),
-          message: "Secrets are not allowed in the config; put the key in an environment variable and name it in apiKeyEnv",
+          message:
+            "Secrets are not allowed in the config; put the key in an environment variable and name it in apiKeyEnv",
           value: "[redacted]",
         });
       } else {
@@ -165,7 +191,9 @@ function findInlineSecrets(value: unknown, at: string[] = [], out: ConfigIssue[]
 }
 
 /** Parses a config object; returns every problem with its path and value, or the resolved config. */
-export function parseRunConfig(raw: unknown): { ok: true; config: RunConfig } | { ok: false; issues: ConfigIssue[] } {
+export function parseRunConfig(
+  raw: unknown,
+): { ok: true; config: RunConfig } | { ok: false; issues: ConfigIssue[] } {
   const secrets = findInlineSecrets(raw);
   const parsed = RunConfigSchema.safeParse(raw ?? {});
   const issues: ConfigIssue[] = [...secrets];
@@ -179,7 +207,11 @@ export function parseRunConfig(raw: unknown): { ok: true; config: RunConfig } | 
           issues.push({ path: p.map(String).join("."), message: "Unknown field", value: valueAt(raw, p) });
         }
       } else {
-        issues.push({ path: iss.path.map(String).join(".") || "(root)", message: iss.message, value: valueAt(raw, iss.path) });
+        issues.push({
+          path: iss.path.map(String).join(".") || "(root)",
+          message: iss.message,
+          value: valueAt(raw, iss.path),
+        });
       }
     }
   }

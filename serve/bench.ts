@@ -27,6 +27,8 @@ const { values } = parseArgs({
     "max-tokens": { type: "string", default: "64" },
     judge: { type: "string", default: "0" },
     "judge-max-tokens": { type: "string", default: "256" },
+    temperature: { type: "string", default: "0.7" },
+    "top-p": { type: "string", default: "0.95" },
   },
 });
 
@@ -35,7 +37,7 @@ const model = createChatModel({
   baseURL: values.url,
   model: values.model,
   timeoutMs: 600_000,
-  defaults: { temperature: 0.7, top_p: 0.95 },
+  defaults: { temperature: Number(values.temperature), top_p: Number(values["top-p"]) },
 });
 const maxTokens = Number(values["max-tokens"]);
 const prompts = [

@@ -105,7 +105,11 @@ class Scheduler {
   #active = 0;
   #waiting: { start: () => void; fail: (e: Error) => void }[] = [];
 
-  constructor(readonly ctx: LlamaContext, readonly slots: number, readonly maxQueue: number) {}
+  constructor(
+    readonly model: { ctx: LlamaContext; recover: () => Promise<void> },
+    readonly slots: number,
+    readonly maxQueue: number,
+  ) {}
 
   get active(): number {
     return this.#active;
@@ -118,16 +122,22 @@ class Scheduler {
     await this.#acquire(signal);
     try {
       if (signal.aborted) throw new AbortedError("Client disconnected");
+      const ctx = this.model.ctx;
       if (this.slots === 1) {
-        const onAbort = () => this.ctx.stopCompletion();
+        const onAbort = () => ctx.stopCompletion();
         signal.addEventListener("abort", onAbort, { once: true });
         try {
-          return await this.ctx.completion(options);
+          return await ctx.completion(options);
+        } catch (e) {
+          // @fugood/llama.node 1.7.15 never clears its "completion in progress" mark when a completion
+          // throws: every later call would fail with "Another completion is in progress". Start afresh.
+          await this.model.recover();
+          throw e;
         } finally {
           signal.removeEventListener("abort", onAbort);
         }
       }
-      const handle = await this.ctx.parallel.completion(options);
+      const handle = await ctx.parallel.completion(options);
       const onAbort = () => handle.stop();
       signal.addEventListener("abort", onAbort, { once: true });
       try {
@@ -198,21 +208,34 @@ export interface LlamaServer {
 
 /** Load the model and start serving. Resolves once the server listens. */
 export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaServer> {
-  const ctx = await loadModel({
-    model: opts.model,
-    n_ctx: opts.ctx * opts.parallel, // llama.cpp splits the context evenly over the sequences
-    n_parallel: opts.parallel,
-    n_threads: opts.threads,
-    n_gpu_layers: 0,
-    ctx_shift: false, // never drop prompt tokens silently: a too-long prompt is a 400
-  }) as unknown as LlamaContext;
-  if (opts.parallel > 1 && !(await ctx.parallel.enable({ n_parallel: opts.parallel, n_batch: 512 }))) {
-    throw new Error(`The binding refused parallel mode with ${opts.parallel} slots`);
-  }
-  const info = ctx.getModelInfo();
+  const load = async () => {
+    const c = await loadModel({
+      model: opts.model,
+      n_ctx: opts.ctx * opts.parallel, // llama.cpp splits the context evenly over the sequences
+      n_parallel: opts.parallel,
+      n_threads: opts.threads,
+      n_gpu_layers: 0,
+      ctx_shift: false, // never drop prompt tokens silently: a too-long prompt is a 400
+    }) as unknown as LlamaContext;
+    if (opts.parallel > 1 && !(await c.parallel.enable({ n_parallel: opts.parallel, n_batch: 512 }))) {
+      throw new Error(`The binding refused parallel mode with ${opts.parallel} slots`);
+    }
+    return c;
+  };
+  const model = {
+    ctx: await load(),
+    async recover() {
+      const old = model.ctx;
+      model.ctx = await load();
+      log({ event: "context reloaded after a failed completion" });
+      // Requests may still be formatting or tokenizing on the old context: free it a little later.
+      setTimeout(() => old.release().catch(() => {}), 10_000);
+    },
+  };
+  const info = model.ctx.getModelInfo();
   const jinja = info.chatTemplates.jinja;
   const nativeTools = Boolean(jinja.defaultCaps?.tools || (jinja.toolUse && jinja.toolUseCaps?.tools));
-  const scheduler = new Scheduler(ctx, opts.parallel, opts.maxQueue);
+  const scheduler = new Scheduler(model, opts.parallel, opts.maxQueue);
   const created = Math.floor(Date.now() / 1000);
   const versionHeaders: Record<string, string> = opts.policyVersion
     ? { [POLICY_VERSION_HEADER]: opts.policyVersion }
@@ -249,7 +272,7 @@ export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaS
       const { messages, ...rest } = prepared.options;
       let prompt: string;
       try {
-        prompt = ctx.getFormattedChat(messages, undefined, {
+        prompt = model.ctx.getFormattedChat(messages, undefined, {
           jinja: true,
           ...(rest.response_format ? { response_format: rest.response_format } : {}),
           ...(rest.tools ? { tools: rest.tools, tool_choice: rest.tool_choice } : {}),
@@ -257,7 +280,7 @@ export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaS
       } catch (e) {
         throw new BadRequestError(`Chat template or response format failed: ${(e as Error).message}`);
       }
-      promptTokens = (await ctx.tokenize(prompt)).tokens.length;
+      promptTokens = (await model.ctx.tokenize(prompt)).tokens.length;
       options = {
         ...prepared.options,
         n_predict: completionBudget(promptTokens, prepared.maxTokens, opts.ctx),
@@ -272,6 +295,9 @@ export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaS
     let result: BindingResult;
     try {
       result = await scheduler.run(options, req.signal);
+      // @fugood/llama.node 1.7.15: the plain (one-slot) completion leaves the first sampled token out of
+      // tokens_predicted (n_predict 8 gives 7); the parallel path counts it. Checked by llama_server_test.ts.
+      if (opts.parallel === 1) result = { ...result, tokens_predicted: result.tokens_predicted + 1 };
     } catch (e) {
       if (e instanceof QueueFullError) {
         return json(429, errorBody(e.message, "rate_limit_error"), { "retry-after": "1" });
@@ -354,7 +380,7 @@ export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaS
     port: addr.port,
     async close() {
       await server.shutdown();
-      await ctx.release();
+      await model.ctx.release();
     },
   };
 }
@@ -417,7 +443,11 @@ export function parseCli(args: string[]): LlamaServerOptions {
     host: values.host ?? "127.0.0.1",
     port: positiveInt("port", values.port, 8081, 0),
     ctx: positiveInt("ctx", values.ctx, 4096, 64),
-    threads: positiveInt("threads", values.threads, navigator.hardwareConcurrency || 2),
+    threads: positiveInt(
+      "threads",
+      values.threads,
+      Math.max(1, Math.floor((navigator.hardwareConcurrency || 2) / 2)),
+    ),
     parallel: positiveInt("parallel", values.parallel, 1),
     maxQueue: positiveInt("max-queue", values["max-queue"], 16, 0),
     alias: values.alias ?? path.basename(values.model).replace(/\.gguf$/i, ""),

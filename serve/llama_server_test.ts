@@ -48,6 +48,12 @@ Deno.test({
       assert.equal(plain.model, "smollm2");
       assert.equal(plain.policyVersion, "base");
       assert.ok(plain.usage.promptTokens > 10 && plain.usage.completionTokens > 0);
+      const cut = await model.complete({
+        messages: [{ role: "user", content: "Tell me a long story." }],
+        sampling: { max_tokens: 5, temperature: 1, seed: 1 },
+      });
+      assert.equal(cut.finishReason, "length");
+      assert.equal(cut.usage.completionTokens, 5);
 
       const schema = {
         type: "object",

@@ -3,6 +3,7 @@ import {
   BadRequestError,
   boundStrings,
   completionBudget,
+  GRAMMAR_TOP_P,
   OPENAI_SAMPLING_DEFAULTS,
   parseRequest,
   parseToolCalls,
@@ -70,7 +71,7 @@ Deno.test("prepareRequest() maps sampling, JSON schema and OpenAI defaults", () 
     content: "hi",
   }]);
   assert.deepEqual(p.options.temperature, 0);
-  assert.deepEqual([p.options.top_p, p.options.top_k, p.options.min_p], [1, 0, 0]);
+  assert.deepEqual([p.options.top_p, p.options.top_k, p.options.min_p], [1, 1, 0]); // greedy
   assert.deepEqual(p.options.response_format, { type: "json_schema", json_schema: { schema } });
   assert.deepEqual(p.options.stop, ["END"]);
   assert.ok(p.options.seed !== undefined && p.options.seed >= 0 && p.options.seed < 0xffffffff);

@@ -25,6 +25,8 @@ async function exists(p: string): Promise<boolean> {
 /** An {@linkcode ArtifactStore} on the local filesystem. */
 export class FsStore implements ArtifactStore {
   readonly root: string;
+  /** Directories known to exist (saves two mkdir calls per write). */
+  #dirs = new Set<string>();
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -40,15 +42,26 @@ export class FsStore implements ArtifactStore {
     return path.join(this.root, "names", `${name}.json`);
   }
 
-  async #writeAtomic(target: string, data: Uint8Array): Promise<void> {
+  async #mkdir(dir: string): Promise<void> {
+    if (this.#dirs.has(dir)) return;
+    await fs.mkdir(dir, { recursive: true });
+    this.#dirs.add(dir);
+  }
+
+  /**
+   * Writes to `tmp/` and renames into place, so readers never see a torn file. Pointers are
+   * fsynced (they are commit points); blobs are not, because a blob is verified against its hash
+   * on every read and rewritten by `put` when its size is wrong.
+   */
+  async #writeAtomic(target: string, data: Uint8Array, durable: boolean): Promise<void> {
     const tmpDir = path.join(this.root, "tmp");
-    await fs.mkdir(tmpDir, { recursive: true });
-    await fs.mkdir(path.dirname(target), { recursive: true });
+    await this.#mkdir(tmpDir);
+    await this.#mkdir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
     const fh = await fs.open(tmp, "w");
     try {
       await fh.writeFile(data);
-      await fh.sync();
+      if (durable) await fh.sync();
     } finally {
       await fh.close();
     }
@@ -59,7 +72,8 @@ export class FsStore implements ArtifactStore {
     const sha256 = sha256Hex(data);
     const ref: Ref = { uri: `cm2://sha256/${sha256}`, sha256, bytes: data.byteLength };
     const target = this.#objectPath(ref);
-    if (!(await exists(target))) await this.#writeAtomic(target, data);
+    const size = await fs.stat(target).then((st) => st.size, () => -1);
+    if (size !== data.byteLength) await this.#writeAtomic(target, data, false);
     return ref;
   }
 
@@ -85,7 +99,7 @@ export class FsStore implements ArtifactStore {
 
   async setName(name: string, ref: Ref): Promise<void> {
     parseRef(ref);
-    await this.#writeAtomic(this.#namePath(name), new TextEncoder().encode(JSON.stringify(ref)));
+    await this.#writeAtomic(this.#namePath(name), new TextEncoder().encode(JSON.stringify(ref)), true);
   }
 
   async setNameIfAbsent(name: string, ref: Ref): Promise<Ref> {
@@ -95,10 +109,16 @@ export class FsStore implements ArtifactStore {
     if (current) return current;
     // Create-if-absent without a race: hard-link a fully written temp file into place.
     const tmpDir = path.join(this.root, "tmp");
-    await fs.mkdir(tmpDir, { recursive: true });
-    await fs.mkdir(path.dirname(target), { recursive: true });
+    await this.#mkdir(tmpDir);
+    await this.#mkdir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
-    await fs.writeFile(tmp, JSON.stringify(ref));
+    const fh = await fs.open(tmp, "w");
+    try {
+      await fh.writeFile(JSON.stringify(ref));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
     try {
       await fs.link(tmp, target);
       return ref;

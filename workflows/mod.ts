@@ -6,3 +6,4 @@
  */
 export { smokeWorkflow } from "./smoke.ts";
 export { episodeWorkflow, iterationWorkflow, trainingRun } from "./training.ts";
+export { labelDataset } from "./labeling.ts";

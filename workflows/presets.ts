@@ -45,8 +45,19 @@ export const PUBLISH: ActivityOptions = {
   retry: { initialInterval: "2 seconds", maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE },
 };
 
-/** Pure work over stored state, run as a local activity inside the workflow task (no task queue round trip). */
+/**
+ * Pure work over stored state between model calls (start, merge simulated results or a judge round,
+ * record a failure), run as a local activity inside the workflow task: no task-queue round trip. Local
+ * activities cannot heartbeat; a lost worker shows as a workflow task timeout (10 s) instead.
+ */
 export const LOCAL_STORE: LocalActivityOptions = {
   startToCloseTimeout: "2 minutes",
   retry: { initialInterval: "500 milliseconds", maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
+};
+
+/** One pass over a whole dataset in the store (e.g. assembling a labeled dataset): long, heartbeating. */
+export const BULK: ActivityOptions = {
+  startToCloseTimeout: "1 hour",
+  heartbeatTimeout: "10 seconds",
+  retry: { initialInterval: "1 second", maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
 };

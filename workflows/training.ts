@@ -21,6 +21,7 @@ import {
 import type { RunConfig } from "../core/config.ts";
 import { sampleTasks, workflowIds } from "../core/sampling.ts";
 import type { Activities } from "../activities/mod.ts";
+import type { Advance } from "../activities/training.ts";
 import type { Ref } from "../store/mod.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
 import { LLM, LOCAL_STORE, PUBLISH, STORE, TRAIN } from "./presets.ts";
@@ -57,61 +58,66 @@ export interface EpisodeOutcome {
   turns: number;
 }
 
-/** Runs one rollout: policy steps, tool simulation and turn judging until the episode ends. */
+/**
+ * Runs one rollout: policy steps, tool simulation and turn judging until the episode ends. Every
+ * model call is a (remote) activity; the pure work between calls runs inside those activities or, where
+ * no call precedes it (start, merging simulated results or a judge round, recording a failure), in a
+ * local activity, which costs no task-queue round trip.
+ */
 export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
   const base = { configRef: input.configRef, groupKey: input.groupKey };
-  let { stateRef, next } = await local.startEpisode({
-    configRef: input.configRef,
+  let at: Advance = await local.startEpisode({
+    ...base,
     datasetRef: input.datasetRef,
     recordIndex: input.recordIndex,
     episodeId: input.episodeId,
   });
-  const fail = async (reason: string, err: unknown) => {
+  const fail = async (stateRef: Ref, reason: string, err: unknown) => {
     const message = err instanceof Error ? err.message : String(err);
-    ({ stateRef, next } = await local.failEpisode({ stateRef, reason, message }));
+    at = await local.failEpisode({ ...base, stateRef, reason, message });
   };
-  while (next !== "end") {
-    if (next === "policy") {
+  while (at.next !== "end") {
+    const { stateRef } = at;
+    if (at.next === "policy") {
       try {
-        ({ stateRef, next } = await llm.policyStep({ ...base, stateRef }));
+        at = await llm.policyStep({ ...base, stateRef });
       } catch (err) {
-        await fail("model-failure", err);
+        await fail(stateRef, "model-failure", err);
       }
-    } else if (next === "tools") {
-      const plan = await local.planTools({ ...base, stateRef });
+    } else if (at.next === "tools") {
+      const planRef = at.planRef!;
       try {
         const simulated = await Promise.all(
-          plan.simulate.map((callIndex) => llm.simulateCall({ ...base, stateRef: plan.stateRef, callIndex })),
+          (at.simulate ?? []).map((callIndex) => llm.simulateCall({ ...base, stateRef, callIndex })),
         );
-        ({ stateRef, next } = await local.applyTools({
-          ...base,
-          stateRef: plan.stateRef,
-          planRef: plan.planRef,
-          simulated,
-        }));
+        at = await local.applyTools({ ...base, stateRef, planRef, simulated });
       } catch (err) {
-        stateRef = plan.stateRef;
-        await fail("simulator-failure", err);
+        await fail(stateRef, "simulator-failure", err);
       }
     } else {
-      const plan = await local.planJudge({ ...base, stateRef });
+      const tasksRef = at.tasksRef!;
       try {
         const verdicts = await boundedMap(
-          plan.tasks,
+          at.tasks ?? [],
           input.judgeConcurrency,
-          (task) => llm.judgeCall({ ...base, tasksRef: plan.tasksRef, task }),
+          (task) => llm.judgeCall({ ...base, tasksRef, task }),
         );
-        ({ stateRef, next } = await local.applyJudge({ ...base, stateRef, tasksRef: plan.tasksRef, verdicts }));
+        at = await local.applyJudge({ ...base, stateRef, tasksRef, verdicts });
       } catch (err) {
-        await fail("judge-failure", err);
+        await fail(stateRef, "judge-failure", err);
       }
     }
   }
-  return await local.finishEpisode({ stateRef, episodeId: input.episodeId });
+  const end = at.end ?? { ok: false, endReason: "unknown", steps: 0, turns: 0 };
+  return { episodeId: input.episodeId, stateRef: at.stateRef, ...end };
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight (a sliding window), keeping order. */
-export async function boundedMap<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+export async function boundedMap<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
   const out = new Array<R>(items.length);
   let nextIndex = 0;
   const lane = async () => {
@@ -261,7 +267,11 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       },
     });
     progress.phase = "publish";
-    const published = await publish.publishPolicy({ configRef: input.configRef, checkpoint: update.checkpoint, version: update.version });
+    const published = await publish.publishPolicy({
+      configRef: input.configRef,
+      checkpoint: update.checkpoint,
+      version: update.version,
+    });
     policyVersion = published.version;
   }
   progress.phase = "done";
@@ -364,19 +374,28 @@ export function checkHyperparameters(h: SafeHyperparameters): void {
   for (const k of positiveInts) {
     const v = h[k];
     if (v !== undefined && (!Number.isInteger(v) || v <= 0)) {
-      throw ApplicationFailure.nonRetryable(`Hyperparameter ${k} must be a positive integer, got ${v}`, "InvalidInput");
+      throw ApplicationFailure.nonRetryable(
+        `Hyperparameter ${k} must be a positive integer, got ${v}`,
+        "InvalidInput",
+      );
     }
   }
   for (const k of ["lr", "klCoef"] as const) {
     const v = h[k];
     if (v !== undefined && (!Number.isFinite(v) || v < 0)) {
-      throw ApplicationFailure.nonRetryable(`Hyperparameter ${k} must be a non-negative number, got ${v}`, "InvalidInput");
+      throw ApplicationFailure.nonRetryable(
+        `Hyperparameter ${k} must be a non-negative number, got ${v}`,
+        "InvalidInput",
+      );
     }
   }
   const known = new Set(["lr", "klCoef", ...positiveInts]);
   for (const k of Object.keys(h)) {
     if (!known.has(k)) {
-      throw ApplicationFailure.nonRetryable(`Hyperparameter ${k} cannot be changed while a run is going`, "InvalidInput");
+      throw ApplicationFailure.nonRetryable(
+        `Hyperparameter ${k} cannot be changed while a run is going`,
+        "InvalidInput",
+      );
     }
   }
 }
@@ -427,7 +446,11 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
   });
   setHandler(statusQuery, () => ({
     name,
-    phase: state.stopRequested && phase === "running" ? "stopping" : state.paused && phase === "running" ? "paused" : phase,
+    phase: state.stopRequested && phase === "running"
+      ? "stopping"
+      : state.paused && phase === "running"
+      ? "paused"
+      : phase,
     iteration: state.iteration,
     iterations: state.config.cm2.iterations,
     policyVersion: state.policyVersion,

@@ -19,6 +19,7 @@
  *
  * Other options: `--group-size 8`, `--deviate-every 3` (0: the policy always follows the reference),
  * `--db FILE` (SQLite file for the dev server; default in memory), `--only temporal|plain`,
+ * `--dev-server-arg ARG` (repeatable, extra flags of `temporal server start-dev`),
  * `--worker-arg ARG` (repeatable, passed to worker.ts), `--worker-deno-arg ARG` (repeatable, passed to
  * `deno run` of the worker, e.g. `--v8-flags=--prof`), `--analyze N` (episode histories to break
  * down on stderr, default 8; 0 skips).
@@ -26,13 +27,13 @@
  * @module
  */
 import { Client, Connection } from "@temporalio/client";
-import { NativeConnection, Worker } from "@temporalio/worker";
+import { DefaultLogger, NativeConnection, Runtime, Worker } from "@temporalio/worker";
 import { tsToMs } from "@temporalio/common/lib/time.js";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { ROOT, roleModel } from "../../config.ts";
+import { roleModel, ROOT } from "../../config.ts";
 import { parseRunConfig, type RunConfig } from "../../core/config.ts";
 import { type EpisodeState, episodeVerdicts, runEpisode } from "../../core/episode.ts";
 import { importFiles } from "../../core/importers/mod.ts";
@@ -42,11 +43,11 @@ import { sampleTasks, workflowIds } from "../../core/sampling.ts";
 import { emptyCache, type SimulatorCache } from "../../core/simulator.ts";
 import { episodeOptions, sha256Hex } from "../../activities/training.ts";
 import { FsStore } from "../../store/fs_store.ts";
-import { freePort, startDevServer } from "../../scripts/temporal_server.ts";
+import { type DevServer, freePort, isListening, startDevServer } from "../../scripts/temporal_server.ts";
+import { SEARCH_ATTRIBUTES, TEMPORAL_BIN } from "../../scripts/paths.ts";
 import { iterationProgressQuery, trainingRun } from "../../workflows/training.ts";
 import { smokeWorkflow } from "../../workflows/smoke.ts";
 import { createTestTrainer } from "../test_trainer.ts";
-import { uniqueQueue } from "../harness/temporal.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -61,6 +62,7 @@ const { values } = parseArgs({
     analyze: { type: "string", default: "8" },
     "worker-arg": { type: "string", multiple: true, default: [] },
     "worker-deno-arg": { type: "string", multiple: true, default: [] },
+    "dev-server-arg": { type: "string", multiple: true, default: [] },
   },
 });
 
@@ -73,7 +75,10 @@ if (!Number.isInteger(episodes / groupSize) || episodes <= 0) {
 }
 const tasksPerIteration = episodes / groupSize;
 const t0 = performance.now();
-const log = (line: string) => console.error(`[bench ${((performance.now() - t0) / 1000).toFixed(1)}s] ${line}`);
+Runtime.install({ logger: new DefaultLogger("ERROR") });
+const uniqueQueue = (prefix: string) => `${prefix}-${crypto.randomUUID().slice(0, 8)}`;
+const log = (line: string) =>
+  console.error(`[bench ${((performance.now() - t0) / 1000).toFixed(1)}s] ${line}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
@@ -184,13 +189,50 @@ async function cpuOf(pid: number): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // (a) Temporal
 
+/**
+ * The dev server as `scripts/temporal_server.ts` starts it, or, with `--dev-server-arg`, started here
+ * with those extra flags (e.g. `--dynamic-config-value KEY=VALUE`) to try server settings.
+ */
+async function devServer(): Promise<DevServer> {
+  const port = await freePort();
+  const extra = values["dev-server-arg"];
+  if (extra.length === 0) {
+    return await startDevServer({ port, headless: true, dbFile: values.db ?? null, reuse: false });
+  }
+  const args = [
+    "server",
+    "start-dev",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--headless",
+    "--log-level",
+    "error",
+  ];
+  if (values.db) args.push("--db-filename", values.db);
+  for (const [k, v] of Object.entries(SEARCH_ATTRIBUTES)) args.push("--search-attribute", `${k}=${v}`);
+  const child = new Deno.Command(TEMPORAL_BIN, {
+    args: [...args, ...extra],
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  while (!(await isListening("127.0.0.1", port))) await sleep(200);
+  await sleep(500);
+  return {
+    address: `127.0.0.1:${port}`,
+    uiUrl: undefined,
+    owned: true,
+    child,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
 async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, modelPid: number) {
-  const server = await startDevServer({
-    port: await freePort(),
-    headless: true,
-    dbFile: values.db ?? null,
-    reuse: false,
-  });
+  const server = await devServer();
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-bench-"));
   const storeRoot = path.join(tmp, "store");
   const store = new FsStore(storeRoot);
@@ -202,7 +244,11 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
   const client = new Client({ connection });
   const nc = await NativeConnection.connect({ address: server.address });
   const trainer = createTestTrainer(store);
-  const trainerWorker = await Worker.create({ connection: nc, taskQueue: trainerQueue, activities: trainer.activities });
+  const trainerWorker = await Worker.create({
+    connection: nc,
+    taskQueue: trainerQueue,
+    activities: trainer.activities,
+  });
   const trainerRunning = trainerWorker.run();
   const worker = new Deno.Command(Deno.execPath(), {
     args: [
@@ -248,7 +294,11 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
       args: [{ name: "bench" }],
     });
     const startRss = (await sample())?.rss ?? 0;
-    log(`temporal: worker pid ${worker.pid} ready in ${round((performance.now() - warm) / 1000, 1)} s, RSS ${round(startRss, 0)} MiB`);
+    log(
+      `temporal: dev server pid ${server.child?.pid}, worker pid ${worker.pid} ready in ${
+        round((performance.now() - warm) / 1000, 1)
+      } s, RSS ${round(startRss, 0)} MiB`,
+    );
     const before = await stats();
     const cpu0 = await Promise.all([worker.pid, server.child?.pid ?? 0, modelPid, Deno.pid].map(cpuOf));
     const started = performance.now();
@@ -271,7 +321,9 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
         ]);
         log(
           `temporal: ${p ? `${p.phase} ${p.episodesDone}/${p.episodesTotal} episodes` : "preparing"}, ` +
-            `${s.calls - before.calls} model calls (${s.inFlight} in flight), worker RSS ${round(m?.rss ?? 0, 0)} MiB`,
+            `${s.calls - before.calls} model calls (${s.inFlight} in flight), worker RSS ${
+              round(m?.rss ?? 0, 0)
+            } MiB`,
         );
       }
     })();
@@ -281,12 +333,18 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
     const after = await stats();
     const cpu1 = await Promise.all([worker.pid, server.child?.pid ?? 0, modelPid, Deno.pid].map(cpuOf));
     const cpu = cpu1.map((c, i) => round(c - cpu0[i]!, 1));
-    log(`temporal: CPU seconds: worker ${cpu[0]}, dev server ${cpu[1]}, model server ${cpu[2]}, bench ${cpu[3]}`);
+    log(
+      `temporal: CPU seconds: worker ${cpu[0]}, dev server ${cpu[1]}, model server ${cpu[2]}, bench ${
+        cpu[3]
+      }`,
+    );
     await sample();
     const summary = result.recent.at(-1);
     log(
       `temporal: done in ${round(seconds)} s (iteration ${round(summary?.seconds ?? 0)} s), ` +
-        `${summary?.episodes} episodes, ${summary?.failed} failed, reward ${round(summary?.meanReward ?? 0, 3)}, ` +
+        `${summary?.episodes} episodes, ${summary?.failed} failed, reward ${
+          round(summary?.meanReward ?? 0, 3)
+        }, ` +
         `${after.calls - before.calls} model calls ${JSON.stringify(diff(after.byModel, before.byModel))}, ` +
         `${after.repeatedKeys - before.repeatedKeys} repeated keys`,
     );
@@ -375,9 +433,17 @@ async function analyze(client: Client, name: string, n: number): Promise<void> {
   const ms = (x: number, c: number) => `${Math.round(x / Math.max(1, c))} ms`;
   log(`analysis of ${n} episode histories: mean episode ${ms(total, n)}`);
   for (const [type, a] of [...acts].sort((x, y) => y[1].count - x[1].count)) {
-    log(`  ${type.padEnd(14)} ${(a.count / n).toFixed(1)}/episode  queue ${ms(a.queue, a.count)}  run ${ms(a.run, a.count)}`);
+    log(
+      `  ${type.padEnd(14)} ${(a.count / n).toFixed(1)}/episode  queue ${ms(a.queue, a.count)}  run ${
+        ms(a.run, a.count)
+      }`,
+    );
   }
-  log(`  workflow task  ${(wft.count / n).toFixed(1)}/episode  queue ${ms(wft.queue, wft.count)}  run ${ms(wft.run, wft.count)}`);
+  log(
+    `  workflow task  ${(wft.count / n).toFixed(1)}/episode  queue ${ms(wft.queue, wft.count)}  run ${
+      ms(wft.run, wft.count)
+    }`,
+  );
   log(`  activity closed -> next workflow task completed: ${ms(gapAfterActivity, gaps)}`);
 }
 
@@ -416,7 +482,9 @@ async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>, mod
   const options = episodeOptions(config);
   const judgeCache: Record<string, boolean[]> = {};
   const groupCaches = tasks.map((): SimulatorCache => emptyCache());
-  const jobs = tasks.flatMap((recordIndex, k) => Array.from({ length: groupSize }, (_, g) => ({ recordIndex, k, g })));
+  const jobs = tasks.flatMap((recordIndex, k) =>
+    Array.from({ length: groupSize }, (_, g) => ({ recordIndex, k, g }))
+  );
   const states: EpisodeState[][] = tasks.map(() => []);
   const before = await stats();
   const cpu0 = await Promise.all([modelPid, Deno.pid].map(cpuOf));
@@ -425,7 +493,11 @@ async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>, mod
   let next = 0;
   const ticker = setInterval(async () => {
     const s = await stats();
-    log(`plain: ${done}/${jobs.length} episodes, ${s.calls - before.calls} model calls (${s.inFlight} in flight)`);
+    log(
+      `plain: ${done}/${jobs.length} episodes, ${
+        s.calls - before.calls
+      } model calls (${s.inFlight} in flight)`,
+    );
   }, 5_000);
   const lane = async () => {
     while (next < jobs.length) {
@@ -480,7 +552,9 @@ async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>, mod
   log(`plain: CPU seconds: model server ${cpu[0]}, bench ${cpu[1]}`);
   const meanReward = rewardCount > 0 ? rewardSum / rewardCount : 0;
   log(
-    `plain: done in ${round(seconds)} s, ${jobs.length} episodes, ${failed} failed, reward ${round(meanReward, 3)}, ` +
+    `plain: done in ${round(seconds)} s, ${jobs.length} episodes, ${failed} failed, reward ${
+      round(meanReward, 3)
+    }, ` +
       `${after.calls - before.calls} model calls ${JSON.stringify(diff(after.byModel, before.byModel))}, ` +
       `bench process RSS ${round(Deno.memoryUsage().rss / 2 ** 20, 0)} MiB`,
   );

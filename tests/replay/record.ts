@@ -12,8 +12,10 @@ import { historyToJSON } from "@temporalio/common/lib/proto-utils.js";
 import { workflowIds } from "../../core/sampling.ts";
 import { smokeWorkflow } from "../../workflows/smoke.ts";
 import { trainingRun } from "../../workflows/training.ts";
+import { labelDataset, labelWorkflowId } from "../../workflows/labeling.ts";
+import { labelingStack } from "../harness/labeling.ts";
 import { useTemporal } from "../harness/temporal.ts";
-import { scriptedConfig, trainingStack } from "../harness/training.ts";
+import { sampleRecords, scriptedConfig, trainingStack } from "../harness/training.ts";
 
 const OUT = new URL("./histories/", import.meta.url);
 
@@ -45,6 +47,27 @@ try {
   await save("training_run.json", workflowIds.run(config.name));
   await save("iteration.json", workflowIds.iteration(config.name, 0));
   await save("episode.json", workflowIds.episode(config.name, 0, 0, 0));
+  // Labeling: two sample records, one answer rejected once (a retry with feedback in the history).
+  const records = (await sampleRecords()).slice(0, 2);
+  const labeling = await labelingStack(temporal.address, records, {
+    script: (id, blocks) =>
+      id.uuid === records[1]!.uuid && id.attempt === 1 ? { json: blocks.slice(1) } : undefined,
+  });
+  const stopLabeling = await labeling.startWorker();
+  try {
+    await labeling.saveRecords("sample", records);
+    await labeling.client.workflow.execute(labelDataset, {
+      taskQueue: labeling.taskQueue,
+      workflowId: labelWorkflowId("recorded"),
+      args: [labeling.input("sample", "recorded")],
+    });
+    const history = await labeling.client.workflow.getHandle(labelWorkflowId("recorded")).fetchHistory();
+    await fs.writeFile(new URL("label_dataset.json", OUT), historyToJSON(history) + "\n");
+    console.log("recorded tests/replay/histories/label_dataset.json");
+  } finally {
+    await stopLabeling();
+    await labeling.close();
+  }
 } finally {
   await stop();
   await stack.close();

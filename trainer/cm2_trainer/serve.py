@@ -319,6 +319,44 @@ def materialize_checkpoint(store_root: str | os.PathLike[str], ref_json: Any, de
             raise BadRequest(f"Checkpoint {ref.uri} file {name}: {e}", "checkpoint") from None
 
 
+def _gguf_cache(p: Path, kind: str, cache_dir: str | None) -> tuple[Path, str]:
+    st = p.stat()
+    return (Path(cache_dir) if cache_dir else p.parent / ".cache" / f"{p.name}.{kind}"), f"{st.st_size}-{int(st.st_mtime)}"
+
+
+def _cached(cache: Path, key: str) -> bool:
+    try:
+        return (cache / "cm2-source.txt").read_text() == key
+    except OSError:
+        return False
+
+
+def _save_cache(save: Any, cache: Path, key: str) -> None:
+    """``save(dir)`` into a staging directory, then rename it into place (a crash leaves no half cache)."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".staging-"))
+        save(str(tmp))
+        (tmp / "cm2-source.txt").write_text(key)
+        if cache.exists():
+            shutil.rmtree(cache, ignore_errors=True)
+        os.replace(tmp, cache)
+    except OSError as e:  # a read-only model directory only costs the next start the conversion again
+        log.warning("Could not cache %s: %s", cache, e)
+
+
+def _save_dequantized(model: Any, directory: str) -> None:
+    # transformers refuses save_pretrained on a model read from GGUF; its weights are plain tensors by now.
+    from safetensors.torch import save_model
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    save_model(model, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+
+
 def load_tokenizer(model_path: str, cache_dir: str | None = None) -> Any:
     """Tokenizer of an HF directory/id, or of a GGUF file. Converting a GGUF vocabulary takes about a
     minute, so the result is cached (``<gguf dir>/.cache/<file>.tokenizer/`` unless ``cache_dir``), keyed by
@@ -328,38 +366,31 @@ def load_tokenizer(model_path: str, cache_dir: str | None = None) -> Any:
     p = Path(model_path)
     if p.suffix.lower() != ".gguf":
         return AutoTokenizer.from_pretrained(model_path)
-    st = p.stat()
-    key = f"{st.st_size}-{int(st.st_mtime)}"
-    cache = Path(cache_dir) if cache_dir else p.parent / ".cache" / f"{p.name}.tokenizer"
-    stamp = cache / "cm2-source.txt"
-    try:
-        if stamp.read_text() == key:
-            return AutoTokenizer.from_pretrained(str(cache))
-    except OSError:
-        pass
+    cache, key = _gguf_cache(p, "tokenizer", cache_dir)
+    if _cached(cache, key):
+        return AutoTokenizer.from_pretrained(str(cache))
     tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tok-"))
-        tok.save_pretrained(str(tmp))
-        (tmp / "cm2-source.txt").write_text(key)
-        if cache.exists():
-            shutil.rmtree(cache, ignore_errors=True)
-        os.replace(tmp, cache)
-    except OSError as e:  # a read-only model directory only costs the next start the conversion again
-        log.warning("Could not cache the tokenizer at %s: %s", cache, e)
+    _save_cache(tok.save_pretrained, cache, key)
     return tok
 
 
-def load_base_model(model_path: str, dtype: str = "float32") -> Any:
-    """An HF causal LM from a directory/id, or dequantised from a GGUF file."""
+def load_base_model(model_path: str, dtype: str = "float32", cache_dir: str | None = None) -> Any:
+    """An HF causal LM from a directory/id, or dequantised from a GGUF file. Reading a GGUF through
+    transformers takes about a minute on 2 cores, so the dequantised float32 weights are cached as
+    safetensors (``<gguf dir>/.cache/<file>.model/``, ~540 MB for SmolLM2-135M) and loaded from there."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     p = Path(model_path)
     if p.suffix.lower() == ".gguf":
-        model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch_dtype)
+        cache, key = _gguf_cache(p, "model", cache_dir)
+        if _cached(cache, key):
+            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+            _save_cache(lambda d: _save_dequantized(model, d), cache, key)
+            model = model.to(torch_dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
     model.eval()
