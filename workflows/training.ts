@@ -333,7 +333,8 @@ export type TrainingRunInput = { config: RunConfig; state?: TrainingRunState };
 /** What `status` returns. */
 export interface RunStatus {
   name: string;
-  phase: "preparing" | "running" | "paused" | "stopping" | "completed" | "stopped";
+  /** `pausing`: a pause was asked for and the current iteration is still running. */
+  phase: "preparing" | "running" | "pausing" | "paused" | "stopping" | "completed" | "stopped";
   iteration: number;
   iterations: number;
   policyVersion: number;
@@ -435,6 +436,7 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
   };
   const name = state.config.name;
   let phase: RunStatus["phase"] = state.datasetRef ? "running" : "preparing";
+  let waitingInPause = false;
   setHandler(pauseSignal, () => {
     state.paused = true;
   });
@@ -449,7 +451,7 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
     phase: state.stopRequested && phase === "running"
       ? "stopping"
       : state.paused && phase === "running"
-      ? "paused"
+      ? (waitingInPause ? "paused" : "pausing")
       : phase,
     iteration: state.iteration,
     iterations: state.config.cm2.iterations,
@@ -475,7 +477,9 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
   while (state.iteration < state.config.cm2.iterations && !state.stopRequested) {
     if (state.paused) {
       upsertSearchAttributes({ Cm2Status: ["paused"] });
+      waitingInPause = true;
       await condition(() => !state.paused || state.stopRequested);
+      waitingInPause = false;
       upsertSearchAttributes({ Cm2Status: ["running"] });
       if (state.stopRequested) break;
     }
