@@ -5,7 +5,7 @@
  *
  * @example
  * ```sh
- * deno run --allow-net=127.0.0.1 --allow-env --allow-read serve/bench.ts --url http://127.0.0.1:8081/v1 \
+ * deno run --allow-net=127.0.0.1 --allow-env --allow-read serve/bench.ts --url http://127.0.0.1:8766/v1 \
  *   --requests 3 --concurrency 4 --judge 20
  * ```
  *
@@ -20,7 +20,7 @@ import { VERDICT_ANALYSIS_FIELDS, VERDICT_SCHEMA } from "../core/judge.ts";
 const { values } = parseArgs({
   args: Deno.args,
   options: {
-    url: { type: "string", default: "http://127.0.0.1:8081/v1" },
+    url: { type: "string", default: "http://127.0.0.1:8766/v1" },
     model: { type: "string", default: "local" },
     requests: { type: "string", default: "3" },
     concurrency: { type: "string", default: "4" },

@@ -15,7 +15,7 @@
  * @example Start it
  * ```sh
  * deno run --allow-read --allow-env --allow-net=127.0.0.1 --allow-ffi --allow-sys serve/llama_server.ts \
- *   --model .cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8081 --ctx 4096 --threads 2
+ *   --model .cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8766 --ctx 4096 --threads 1 --json-max-string 200
  * ```
  *
  * @module
@@ -405,7 +405,7 @@ function number(name: string, v: string | undefined, fallback: number): number {
   return n;
 }
 
-const USAGE = `Usage: llama_server.ts --model PATH [--port 8081] [--host 127.0.0.1] [--ctx 4096] [--threads N]
+const USAGE = `Usage: llama_server.ts --model PATH [--port 8766] [--host 127.0.0.1] [--ctx 4096] [--threads N]
   [--parallel 1] [--max-queue 16] [--alias NAME] [--policy-version V] [--json-max-string CHARS]
   [--temperature 1] [--top-p 1] [--top-k 0] [--min-p 0]   (defaults where a request sets none)`;
 
@@ -441,7 +441,7 @@ export function parseCli(args: string[]): LlamaServerOptions {
   const o: LlamaServerOptions = {
     model: values.model,
     host: values.host ?? "127.0.0.1",
-    port: positiveInt("port", values.port, 8081, 0),
+    port: positiveInt("port", values.port, 8766, 0), // core/config.ts EMBEDDED_URL
     ctx: positiveInt("ctx", values.ctx, 4096, 64),
     threads: positiveInt(
       "threads",

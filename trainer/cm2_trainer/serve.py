@@ -20,9 +20,13 @@ tools and adds Hermes-style tool descriptions and ``<tool_call>`` blocks with th
 with the same template (:func:`serving_chat_template`). Tool calls are parsed from ``<tool_call>{json}
 </tool_call>`` blocks in the output.
 
-Checkpoint refs: the ref points at a JSON manifest in the artifact store (``store.py``) with
-``"files": {"adapter_config.json": ref, "adapter_model.safetensors": ref, ...}`` at its top level or under
-``"adapter"``; each file is verified (size, sha256) while it is copied to a staging directory.
+Checkpoint refs: the ref points at the trainer's ``cm2.checkpoint/v1`` manifest in the artifact store
+(``store.py``, ``update.py``); its ``files`` map names to refs, and ``adapter_config.json`` and
+``adapter_model.*`` are verified (size, sha256) while they are copied to a staging directory.
+
+A GGUF base is read through transformers once and cached beside it (``.cache/<file>.tokenizer/``, 3 MB, and
+``.cache/<file>.model/``, dequantised float32 safetensors, ~540 MB for SmolLM2-135M): the first start takes
+about two minutes on 2 cores, later ones a few seconds.
 
 Run: ``python -m cm2_trainer.serve --model .cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8765``.
 """
@@ -313,6 +317,8 @@ def materialize_checkpoint(store_root: str | os.PathLike[str], ref_json: Any, de
     for name, fref in files.items():
         if not isinstance(name, str) or not _FILE_NAME_RE.match(name):
             raise BadRequest(f"Checkpoint {ref.uri} names file {name!r}, expected a plain file name", "checkpoint")
+        if name != "adapter_config.json" and not name.startswith("adapter_model."):
+            continue  # e.g. the optimizer state: not needed to serve
         try:
             store.copy_to(Ref.from_json(fref, where=f"files[{name!r}]"), dest / name)
         except (InvalidRef, StoreError) as e:
@@ -389,6 +395,9 @@ def load_base_model(model_path: str, dtype: str = "float32", cache_dir: str | No
             model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch_dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+            # Dequantised on load: drop the marker so peft treats it as the plain model it now is (as update.py).
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
             _save_cache(lambda d: _save_dequantized(model, d), cache, key)
             model = model.to(torch_dtype)
     else:
