@@ -170,6 +170,37 @@ const BLOB_CACHE_CHARS = 32 * 2 ** 20;
 /** First-writer-wins cache entries (simulated results, judge verdicts) remembered per worker. */
 const NAME_CACHE_ENTRIES = 100_000;
 
+/** The model name rollouts ask for at a policy version (vLLM/SGLang serve adapters by name). */
+export function policyModelName(config: RunConfig, version: number): string {
+  const api = config.models.policy.adapterApi;
+  return version > 0 && (api === "vllm" || api === "sglang")
+    ? `${config.name}-v${version}`
+    : config.models.policy.model;
+}
+
+/** Writes a checkpoint's adapter files to `<store>/adapters/<run>/v<n>/` (idempotent) and returns the directory. */
+export async function materializeAdapter(
+  store: ArtifactStore,
+  config: RunConfig,
+  checkpoint: Ref,
+  version: number,
+): Promise<string> {
+  const manifest = await getJson<{ files: Record<string, Ref> }>(store, checkpoint);
+  const dir = path.join(config.store.root, "adapters", config.name, `v${version}`);
+  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  const done = await fs.stat(path.join(dir, ".complete")).then(() => true, () => false);
+  if (done) return dir;
+  await fs.mkdir(tmp, { recursive: true });
+  for (const [name, ref] of Object.entries(manifest.files)) {
+    if (name.includes("/") || name.startsWith(".")) throw ApplicationFailure.nonRetryable(`Bad adapter file name ${name}`, "InvalidInput");
+    await fs.writeFile(path.join(tmp, name), await store.get(ref));
+  }
+  await fs.writeFile(path.join(tmp, ".complete"), checkpoint.uri);
+  await fs.rm(dir, { recursive: true, force: true });
+  await fs.rename(tmp, dir);
+  return dir;
+}
+
 /** Builds the training activities over their dependencies. */
 export function createTrainingActivities(deps: TrainingDeps) {
   const { store } = deps;
@@ -371,10 +402,16 @@ export function createTrainingActivities(deps: TrainingDeps) {
     },
 
     /** One policy call (one assistant step), then the pure work up to the next model call. */
-    async policyStep(input: { configRef: Ref; groupKey: string; stateRef: Ref }): Promise<Advance> {
+    async policyStep(
+      input: { configRef: Ref; groupKey: string; stateRef: Ref; policyVersion?: number },
+    ): Promise<Advance> {
       const config = await cfg(input.configRef);
       const state = await loadState(input.stateRef);
-      const model = deps.models("policy", config);
+      const live = policyModelName(config, input.policyVersion ?? 0);
+      const policy = config.models.policy;
+      const model = live === policy.model
+        ? deps.models("policy", config)
+        : deps.models("policy", { ...config, models: { ...config.models, policy: { ...policy, model: live } } });
       let result;
       try {
         result = await model.complete({
@@ -651,50 +688,64 @@ export function createTrainingActivities(deps: TrainingDeps) {
     },
 
     /**
-     * Makes a checkpoint live on the policy server and verifies the served version before the next
-     * rollouts. `adapterApi: "none"` (an endpoint that cannot load adapters) records the version only.
+     * Makes a checkpoint live on the policy server and verifies it before the next rollouts (see
+     * `adapterApi` in core/config.ts). Returns the version and the model name rollouts must ask for.
      */
     async publishPolicy(
       input: { configRef: Ref; checkpoint: Ref; version: number },
-    ): Promise<{ version: number }> {
+    ): Promise<{ version: number; model: string }> {
       const config = await cfg(input.configRef);
       const policy = config.models.policy;
-      if (policy.adapterApi === "none") return { version: input.version };
+      if (policy.adapterApi === "none") return { version: input.version, model: policy.model };
       const base = policy.baseURL.replace(/\/$/, "");
-      const body = {
-        lora_name: `${config.name}-v${input.version}`,
-        checkpoint: input.checkpoint,
-        store_root: config.store.root,
-        version: input.version,
-      };
-      const res = await fetch(`${base}/load_lora_adapter`, {
+      const loraName = policyModelName(config, input.version);
+      let url: string;
+      let body: Record<string, unknown>;
+      if (policy.adapterApi === "cm2") {
+        url = `${base}/load_lora_adapter`;
+        body = { lora_name: loraName, checkpoint: input.checkpoint, store_root: config.store.root, version: input.version };
+      } else {
+        const dir = await materializeAdapter(store, config, input.checkpoint, input.version);
+        url = policy.adapterApi === "vllm" ? `${base}/load_lora_adapter` : `${base.replace(/\/v1$/, "")}/load_lora_adapter`;
+        body = { lora_name: loraName, lora_path: dir };
+      }
+      const res = await fetch(url, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify(body),
         signal: AbortSignal.timeout(120_000),
       });
-      if (!res.ok) {
-        const text = await res.text();
+      const text = await res.text();
+      // vLLM answers 400 when the name is already loaded: a retry after a crash, which is fine.
+      const already = res.status === 400 && /already/i.test(text);
+      if (!res.ok && !already) {
         const type = res.status >= 500 || res.status === 429 ? "ServerError" : "BadRequest";
         throw ApplicationFailure.create({
           type,
-          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${
-            text.slice(0, 300)
-          }`,
+          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${text.slice(0, 300)}`,
           nonRetryable: type === "BadRequest",
         });
       }
-      await res.body?.cancel();
-      const check = await fetch(`${base}/policy_version`, { signal: AbortSignal.timeout(30_000) });
-      const served = await check.json() as { version?: number | string };
-      if (Number(served.version) !== input.version) {
+      if (policy.adapterApi === "cm2") {
+        const check = await fetch(`${base}/policy_version`, { signal: AbortSignal.timeout(30_000) });
+        const served = await check.json() as { version?: number | string };
+        if (Number(served.version) !== input.version) {
+          throw ApplicationFailure.create({
+            type: "ServerError",
+            message: `Policy server serves version ${served.version} after loading ${input.version}`,
+          });
+        }
+        return { version: input.version, model: policy.model };
+      }
+      const models = await fetch(`${base}/models`, { signal: AbortSignal.timeout(30_000) });
+      const listed = await models.json() as { data?: { id?: string }[] };
+      if (!(listed.data ?? []).some((m) => m.id === loraName)) {
         throw ApplicationFailure.create({
           type: "ServerError",
-          message: `Policy server serves version ${served.version} after loading ${input.version}`,
+          message: `Policy server does not list adapter ${loraName} after loading it`,
         });
       }
-      Context.current().log.info(`policy v${input.version} is live`);
-      return { version: input.version };
+      return { version: input.version, model: loraName };
     },
 
     /** Stores the iteration's metrics and points `runs/<name>/metrics/it-<n>` at them. */

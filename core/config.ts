@@ -27,10 +27,13 @@ const roleFields = {
   concurrency: z.number().int().positive().default(8),
   /**
    * How a new policy adapter is made live on this endpoint (policy role): `cm2` = the embedded
-   * policy server's `/v1/load_lora_adapter` + `/v1/policy_version`; `none` = the endpoint cannot
-   * load adapters (the version is recorded, not verified).
+   * policy server (`/v1/load_lora_adapter` with a checkpoint ref, verified by `/v1/policy_version`);
+   * `vllm` = vLLM's `/v1/load_lora_adapter` and `sglang` = SGLang's `/load_lora_adapter`, both with
+   * `{lora_name, lora_path}` (the adapter is written to `<store>/adapters/<run>/v<n>/`, which the
+   * server must see) and verified in `/v1/models`; later rollouts then ask for model `<run>-v<n>`;
+   * `none` = the endpoint cannot load adapters (the version is recorded, not verified).
    */
-  adapterApi: z.enum(["cm2", "none"]).default("none"),
+  adapterApi: z.enum(["cm2", "vllm", "sglang", "none"]).default("none"),
   /** Prices in US dollars per million tokens, for cost estimates and USD budgets; unset means unknown. */
   prices: z.object({ input: z.number().min(0), output: z.number().min(0) }).strict().optional(),
 };

@@ -58,7 +58,7 @@ await setup();
 const server = await startDevServer({ port: await freePort(), headless: true, dbFile: null, reuse: false });
 try {
   const env = { CM2_TEST_TEMPORAL: server.address, CM2_GGUF: GGUF_PATH };
-  const deno = await runTee(Deno.execPath(), ["test", "-A", ...(Deno.args.length ? Deno.args : ["tests/"])], env);
+  const deno = await runTee(Deno.execPath(), ["test", "-A", ...(Deno.args.length ? Deno.args : ["tests/", "serve/"])], env);
   const dc = denoCounts(deno.text);
   if (!dc) {
     console.error("Could not read the Deno test summary; counting the Deno suite as one failure");

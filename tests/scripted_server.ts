@@ -119,6 +119,8 @@ export interface ScriptedServerOptions {
    * Loads are recorded in {@linkcode ScriptedServer.adapterLoads}.
    */
   adapters?: boolean;
+  /** Requests for a model loaded as a LoRA adapter are answered by this model's handler. */
+  loraBase?: string;
 }
 
 /** A running scripted server. */
@@ -129,6 +131,8 @@ export interface ScriptedServer {
   calls: RecordedCall[];
   /** Adapter versions loaded through `/v1/load_lora_adapter`, in order (with `adapters: true`). */
   adapterLoads: number[];
+  /** vLLM/SGLang-shaped loads `{lora_name, lora_path}`, in order, with the route used. */
+  loraLoads: { name: string; path: string; route: string }[];
   /** Count the calls by a key (default: the model). */
   countBy(key?: (call: RecordedCall) => string): Record<string, number>;
   /** Stop accepting connections, cut scripted delays short and wait for in-flight calls to end. */
@@ -141,6 +145,8 @@ const DEFAULT_MAX_DELAY_MS = 10_000;
 export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer {
   const calls: RecordedCall[] = [];
   const adapterLoads: number[] = [];
+  const loras = new Map<string, string>();
+  const loraLoads: { name: string; path: string; route: string }[] = [];
   const perHandler = new Map<ScriptHandler, number>();
   const maxDelay = opts.maxDelayMs ?? DEFAULT_MAX_DELAY_MS;
   let sequence = 0;
@@ -176,7 +182,8 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
       call.endedAt = Date.now();
       return res;
     };
-    const handler = opts.roles?.[req.model] ?? opts.handler;
+    const base = loras.has(req.model) ? opts.loraBase : undefined;
+    const handler = opts.roles?.[base ?? req.model] ?? opts.handler;
     if (!handler) {
       return finish(
         errorResponse(404, `Model ${req.model} is not scripted`, "invalid_request_error"),
@@ -239,7 +246,7 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
   }
 
   function models(): Response {
-    const ids = Object.keys(opts.roles ?? {});
+    const ids = [...Object.keys(opts.roles ?? {}), ...loras.keys()];
     const data = ids.map((id) => ({ id, object: "model", created: 0, owned_by: "scripted" }));
     return Response.json({ object: "list", data });
   }
@@ -250,8 +257,17 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
       const { pathname } = new URL(request.url);
       if (request.method === "POST" && pathname === "/v1/chat/completions") return await chat(request);
       if (request.method === "GET" && pathname === "/v1/models") return models();
-      if (opts.adapters && request.method === "POST" && pathname === "/v1/load_lora_adapter") {
-        const body = await request.json() as { version?: unknown };
+      if (
+        opts.adapters && request.method === "POST" &&
+        (pathname === "/v1/load_lora_adapter" || pathname === "/load_lora_adapter")
+      ) {
+        const body = await request.json() as { version?: unknown; lora_name?: unknown; lora_path?: unknown };
+        if (typeof body.lora_name === "string" && typeof body.lora_path === "string" && body.version === undefined) {
+          // vLLM / SGLang shape: the adapter is then served under its name.
+          loras.set(body.lora_name, body.lora_path);
+          loraLoads.push({ name: body.lora_name, path: body.lora_path, route: pathname });
+          return new Response(`Success: LoRA adapter '${body.lora_name}' added successfully.`);
+        }
         if (typeof body.version !== "number") return errorResponse(400, "version must be a number", "invalid_request_error");
         adapterLoads.push(body.version);
         return Response.json({ version: body.version });
@@ -268,6 +284,7 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
     url,
     calls,
     adapterLoads,
+    loraLoads,
     countBy(key = (c) => c.model) {
       const out: Record<string, number> = {};
       for (const c of calls) {

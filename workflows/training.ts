@@ -41,6 +41,8 @@ export interface EpisodeInput {
   configRef: Ref;
   /** Judge calls in flight per episode. */
   judgeConcurrency: number;
+  /** The policy version the rollouts must be served by (0 = base model). */
+  policyVersion?: number;
   datasetRef: Ref;
   recordIndex: number;
   episodeId: string;
@@ -80,7 +82,7 @@ export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutco
     const { stateRef } = at;
     if (at.next === "policy") {
       try {
-        at = await llm.policyStep({ ...base, stateRef });
+        at = await llm.policyStep({ ...base, stateRef, policyVersion: input.policyVersion ?? 0 });
       } catch (err) {
         await fail(stateRef, "model-failure", err);
       }
@@ -215,6 +217,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
         runName,
         configRef: input.configRef,
         judgeConcurrency: config.models.judge.concurrency,
+        policyVersion: input.policyVersion,
         datasetRef: input.datasetRef,
         recordIndex: job.recordIndex,
         episodeId: job.id,

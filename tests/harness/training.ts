@@ -75,6 +75,7 @@ export async function trainingStack(address: string, opts: { latencyMs?: number;
       "sim-model": echoSimulator(),
     },
     adapters: true,
+    loraBase: "policy-model",
     ...(opts.latencyMs ? { latencyMs: opts.latencyMs } : {}),
   });
   const storeRoot = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-run-"));

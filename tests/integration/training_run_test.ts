@@ -73,3 +73,44 @@ Deno.test({
     }
   },
 });
+
+for (const api of ["vllm", "sglang"] as const) {
+  Deno.test({
+    name: `publishPolicy() loads each adapter into a ${api} server by name and rollouts use it`,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      const temporal = await useTemporal();
+      const stack = await trainingStack(temporal.address);
+      const stop = await stack.startWorkers();
+      try {
+        const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
+          iterations: 2,
+          tasksPerIteration: 1,
+          groupSize: 2,
+        }, `${api}-${crypto.randomUUID().slice(0, 6)}`);
+        config.models.policy.adapterApi = api;
+        const result = await stack.client.workflow.execute(trainingRun, {
+          taskQueue: stack.taskQueue,
+          workflowId: workflowIds.run(config.name),
+          args: [{ config }],
+        });
+        assert.equal(result.policyVersion, 2);
+        const names = stack.server.loraLoads.map((l) => l.name);
+        assert.deepEqual(names, [`${config.name}-v1`, `${config.name}-v2`]);
+        assert.ok(stack.server.loraLoads.every((l) => l.route === (api === "vllm" ? "/v1/load_lora_adapter" : "/load_lora_adapter")));
+        for (const l of stack.server.loraLoads) {
+          const files = [...Deno.readDirSync(l.path)].map((e) => e.name).sort();
+          assert.deepEqual(files, [".complete", "adapter.json"], `adapter files in ${l.path}`);
+        }
+        const byModel = stack.server.countBy();
+        assert.ok((byModel[`${config.name}-v1`] ?? 0) > 0, `iteration 1 rollouts ask for the v1 adapter: ${JSON.stringify(byModel)}`);
+        assert.equal(byModel[`${config.name}-v2`] ?? 0, 0, "no rollout after the last update");
+      } finally {
+        await stop();
+        await stack.close();
+        await temporal.release();
+      }
+    },
+  });
+}
