@@ -30,6 +30,7 @@ async function runTee(cmd: string, args: string[], env: Record<string, string>):
   };
   await Promise.all([pump(child.stdout, Deno.stdout), pump(child.stderr, Deno.stderr)]);
   const status = await child.status;
+  if (!status.success) console.error(`${cmd} exited with code ${status.code}${status.signal ? ` (signal ${status.signal})` : ""}`);
   return { code: status.code, text };
 }
 
