@@ -27,6 +27,7 @@ import { FsStore } from "../store/fs_store.ts";
 import { getJson } from "../store/mod.ts";
 import { type IterationSummary, statusQuery, trainingRun } from "../workflows/training.ts";
 import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
+import { ensureLlamaServer } from "./llama_server_build.ts";
 import { setup } from "./setup.ts";
 import { type DevServer, isListening, startDevServer } from "./temporal_server.ts";
 
@@ -119,11 +120,36 @@ function line(s: IterationSummary): string {
     }, policy v${s.policyVersion}, ${s.seconds.toFixed(0)} s`;
 }
 
+/**
+ * The embedded demo on 2 CPU cores: the tiny local models generate ~10 tokens/s, so the demo keeps
+ * episodes short (2 user turns, 6 assistant steps, 160-token policy steps) and judges up to 4 items
+ * per call. A config file passed with `--config` is used as it is.
+ */
+function demoScale(config: RunConfig): RunConfig {
+  const m = config.models;
+  return {
+    ...config,
+    models: {
+      ...m,
+      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 } },
+      judge: { ...m.judge, sampling: { ...m.judge.sampling, max_tokens: 400 }, concurrency: 2 },
+      simulator: { ...m.simulator, sampling: { ...m.simulator.sampling, max_tokens: 200 }, concurrency: 2 },
+    },
+    cm2: {
+      ...config.cm2,
+      limits: { ...config.cm2.limits, maxAssistantSteps: 6, maxUserTurns: 2, maxContextTokens: 6000 },
+      judge: { ...config.cm2.judge, itemsPerCall: 4 },
+      episodeConcurrency: 4,
+    },
+  };
+}
+
 async function main(): Promise<number> {
   const t0 = performance.now();
   await setup();
   let config: RunConfig = await loadRunConfig(values.config);
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15).toLowerCase();
+  if (!values.config) config = demoScale(config);
   config = {
     ...config,
     name: values.config ? config.name : `demo-${stamp}`,
@@ -143,25 +169,47 @@ async function main(): Promise<number> {
   const embeddedJudge = judgeUrl.hostname === "127.0.0.1" && judgeUrl.port === "8766";
   const embeddedPolicy = policyUrl.hostname === "127.0.0.1" && policyUrl.port === "8765";
   if (embeddedJudge && !(await isListening("127.0.0.1", 8766))) {
-    await spawn("llama-server", deno, [
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-net=127.0.0.1",
-      "--allow-ffi",
-      "--allow-sys",
-      "serve/llama_server.ts",
-      "--model",
-      GGUF_PATH,
-      "--port",
-      "8766",
-      "--alias",
-      config.models.judge.model,
-      "--ctx",
-      "8192",
-      "--threads",
-      "2",
-    ]);
+    const llamaServer = await ensureLlamaServer(log);
+    if (llamaServer) {
+      await spawn("llama-server", llamaServer, [
+        "-m",
+        GGUF_PATH,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8766",
+        "--alias",
+        config.models.judge.model,
+        "-c",
+        "16384",
+        "-np",
+        "2",
+        "-t",
+        "2",
+      ]);
+    } else {
+      await spawn("llama-server", deno, [
+        "run",
+        "--allow-read",
+        "--allow-env",
+        "--allow-net=127.0.0.1",
+        "--allow-ffi",
+        "--allow-sys",
+        "serve/llama_server.ts",
+        "--model",
+        GGUF_PATH,
+        "--port",
+        "8766",
+        "--alias",
+        config.models.judge.model,
+        "--ctx",
+        "8192",
+        "--threads",
+        "1",
+        "--json-max-string",
+        "200",
+      ]);
+    }
   }
   if (embeddedPolicy && !(await isListening("127.0.0.1", 8765))) {
     await spawn("policy-server", PYTHON, [
