@@ -42,12 +42,20 @@ export async function loadRunConfig(file?: string): Promise<RunConfig> {
     try {
       text = await Deno.readTextFile(file);
     } catch (err) {
-      throw new ConfigError(file, [{ path: "(file)", message: `Cannot read: ${(err as Error).message}`, value: file }]);
+      throw new ConfigError(file, [{
+        path: "(file)",
+        message: `Cannot read: ${(err as Error).message}`,
+        value: file,
+      }]);
     }
     try {
       raw = JSON.parse(text);
     } catch (err) {
-      throw new ConfigError(file, [{ path: "(file)", message: `Not valid JSON: ${(err as Error).message}`, value: file }]);
+      throw new ConfigError(file, [{
+        path: "(file)",
+        message: `Not valid JSON: ${(err as Error).message}`,
+        value: file,
+      }]);
     }
   }
   const parsed = parseRunConfig(raw);

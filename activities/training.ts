@@ -192,7 +192,9 @@ export async function materializeAdapter(
   if (done) return dir;
   await fs.mkdir(tmp, { recursive: true });
   for (const [name, ref] of Object.entries(manifest.files)) {
-    if (name.includes("/") || name.startsWith(".")) throw ApplicationFailure.nonRetryable(`Bad adapter file name ${name}`, "InvalidInput");
+    if (name.includes("/") || name.startsWith(".")) {
+      throw ApplicationFailure.nonRetryable(`Bad adapter file name ${name}`, "InvalidInput");
+    }
     await fs.writeFile(path.join(tmp, name), await store.get(ref));
   }
   await fs.writeFile(path.join(tmp, ".complete"), checkpoint.uri);
@@ -409,9 +411,10 @@ export function createTrainingActivities(deps: TrainingDeps) {
       const state = await loadState(input.stateRef);
       const live = policyModelName(config, input.policyVersion ?? 0);
       const policy = config.models.policy;
-      const model = live === policy.model
-        ? deps.models("policy", config)
-        : deps.models("policy", { ...config, models: { ...config.models, policy: { ...policy, model: live } } });
+      const model = live === policy.model ? deps.models("policy", config) : deps.models("policy", {
+        ...config,
+        models: { ...config.models, policy: { ...policy, model: live } },
+      });
       let result;
       try {
         result = await model.complete({
@@ -703,10 +706,17 @@ export function createTrainingActivities(deps: TrainingDeps) {
       let body: Record<string, unknown>;
       if (policy.adapterApi === "cm2") {
         url = `${base}/load_lora_adapter`;
-        body = { lora_name: loraName, checkpoint: input.checkpoint, store_root: config.store.root, version: input.version };
+        body = {
+          lora_name: loraName,
+          checkpoint: input.checkpoint,
+          store_root: config.store.root,
+          version: input.version,
+        };
       } else {
         const dir = await materializeAdapter(store, config, input.checkpoint, input.version);
-        url = policy.adapterApi === "vllm" ? `${base}/load_lora_adapter` : `${base.replace(/\/v1$/, "")}/load_lora_adapter`;
+        url = policy.adapterApi === "vllm"
+          ? `${base}/load_lora_adapter`
+          : `${base.replace(/\/v1$/, "")}/load_lora_adapter`;
         body = { lora_name: loraName, lora_path: dir };
       }
       const res = await fetch(url, {
@@ -722,7 +732,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
         const type = res.status >= 500 || res.status === 429 ? "ServerError" : "BadRequest";
         throw ApplicationFailure.create({
           type,
-          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${text.slice(0, 300)}`,
+          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${
+            text.slice(0, 300)
+          }`,
           nonRetryable: type === "BadRequest",
         });
       }

@@ -6,6 +6,7 @@
  * @module
  */
 import { z } from "zod";
+import { valueAt } from "./records.ts";
 
 /** Sampling defaults of one role. */
 export const SamplingSchema = z.object({
@@ -161,15 +162,6 @@ export interface ConfigIssue {
   path: string;
   message: string;
   value: unknown;
-}
-
-function valueAt(root: unknown, parts: readonly PropertyKey[]): unknown {
-  let cur: unknown = root;
-  for (const p of parts) {
-    if (cur === null || typeof cur !== "object") return undefined;
-    cur = (cur as Record<PropertyKey, unknown>)[p];
-  }
-  return cur;
 }
 
 const SECRET_KEY_RE = /(api[_-]?key|secret|token|password)$/i;

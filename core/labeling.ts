@@ -29,6 +29,7 @@ import {
   type TurnBlock,
   TurnBlockSchema,
   turnRanges,
+  valueAt,
   variantFromTurnBlocks,
   WEIGHT_TOLERANCE,
 } from "./records.ts";
@@ -368,15 +369,6 @@ function pathOf(parts: readonly PropertyKey[]): string {
     else out += `[${JSON.stringify(String(p))}]`;
   }
   return out;
-}
-
-function valueAt(root: unknown, parts: readonly PropertyKey[]): unknown {
-  let cur: unknown = root;
-  for (const p of parts) {
-    if (cur === null || typeof cur !== "object") return undefined;
-    cur = (cur as Record<PropertyKey, unknown>)[p];
-  }
-  return cur;
 }
 
 /** Turn or step numbers in item text: "turn 2", "step #3", "the 2nd step". */

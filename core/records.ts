@@ -138,7 +138,8 @@ function pathOf(parts: readonly PropertyKey[]): string {
   return out;
 }
 
-function valueAt(root: unknown, parts: readonly PropertyKey[]): unknown {
+/** The value at a zod issue path inside a raw input (undefined where the path leads nowhere). */
+export function valueAt(root: unknown, parts: readonly PropertyKey[]): unknown {
   let cur: unknown = root;
   for (const p of parts) {
     if (cur === null || typeof cur !== "object") return undefined;

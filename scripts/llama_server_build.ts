@@ -31,7 +31,9 @@ async function run(cmd: string, args: string[], cwd: string, logFile: string): P
   ]);
   const status = await child.status;
   log.close();
-  if (!status.success) throw new Error(`${cmd} ${args.join(" ")} failed (exit ${status.code}); see ${logFile}`);
+  if (!status.success) {
+    throw new Error(`${cmd} ${args.join(" ")} failed (exit ${status.code}); see ${logFile}`);
+  }
 }
 
 async function have(cmd: string): Promise<boolean> {
@@ -69,24 +71,39 @@ export async function ensureLlamaServer(log: (s: string) => void): Promise<strin
       if (!tgz) throw new Error("npm pack produced no tarball");
       await run("tar", ["xzf", tgz, "package/llama/gitRelease.bundle"], dl, logFile);
       await fs.rm(src, { recursive: true, force: true });
-      await run("git", ["clone", "--quiet", path.join(dl, "package/llama/gitRelease.bundle"), src], dl, logFile);
+      await run(
+        "git",
+        ["clone", "--quiet", path.join(dl, "package/llama/gitRelease.bundle"), src],
+        dl,
+        logFile,
+      );
     }
     log(`building llama-server for this CPU (once; a few minutes on 2 cores; log: ${logFile})`);
     const build = path.join(LLAMA_DIR, "build");
-    await run("cmake", [
-      "-S",
-      src,
-      "-B",
-      build,
-      "-DCMAKE_BUILD_TYPE=Release",
-      "-DGGML_NATIVE=ON",
-      "-DLLAMA_CURL=OFF",
-      "-DLLAMA_BUILD_TESTS=OFF",
-      "-DLLAMA_BUILD_EXAMPLES=OFF",
-      "-DLLAMA_BUILD_SERVER=ON",
-      "-DBUILD_SHARED_LIBS=OFF",
-    ], LLAMA_DIR, logFile);
-    await run("cmake", ["--build", build, "--target", "llama-server", "-j", String(navigator.hardwareConcurrency || 2)], LLAMA_DIR, logFile);
+    await run(
+      "cmake",
+      [
+        "-S",
+        src,
+        "-B",
+        build,
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_NATIVE=ON",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=ON",
+        "-DBUILD_SHARED_LIBS=OFF",
+      ],
+      LLAMA_DIR,
+      logFile,
+    );
+    await run(
+      "cmake",
+      ["--build", build, "--target", "llama-server", "-j", String(navigator.hardwareConcurrency || 2)],
+      LLAMA_DIR,
+      logFile,
+    );
     await fs.rm(dl, { recursive: true, force: true });
     return (await exists(LLAMA_SERVER_BIN)) ? LLAMA_SERVER_BIN : undefined;
   } catch (err) {

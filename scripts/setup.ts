@@ -14,7 +14,17 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { CM2_DIR, GGUF_NAME, GGUF_PATH, MODELS_DIR, PINS, PYTHON, ROOT, TEMPORAL_BIN, VENV } from "./paths.ts";
+import {
+  CM2_DIR,
+  GGUF_NAME,
+  GGUF_PATH,
+  MODELS_DIR,
+  PINS,
+  PYTHON,
+  ROOT,
+  TEMPORAL_BIN,
+  VENV,
+} from "./paths.ts";
 
 const STAMP = path.join(CM2_DIR, "setup.stamp");
 const PYPROJECT = path.join(ROOT, "trainer", "pyproject.toml");
@@ -90,7 +100,8 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
   await fs.mkdir(CM2_DIR, { recursive: true });
   const want = await stampValue();
   const have = await fs.readFile(STAMP, "utf8").catch(() => "");
-  const ready = have.trim() === want && await exists(PYTHON) && await exists(TEMPORAL_BIN) && await exists(GGUF_PATH);
+  const ready = have.trim() === want && await exists(PYTHON) && await exists(TEMPORAL_BIN) &&
+    await exists(GGUF_PATH);
   if (ready && !opts.force) {
     log("up to date (.cm2/venv, Temporal CLI, trainer deps, embedded model)");
     return (performance.now() - t0) / 1000;
@@ -104,7 +115,9 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
     log(`installing ${PINS.uv}`);
     await run(PYTHON, ["-m", "pip", "install", "-q", PINS.uv]);
   }
-  log(`installing ${PINS.temporalBin} and the trainer's pinned dependencies (torch, transformers, peft, temporalio)`);
+  log(
+    `installing ${PINS.temporalBin} and the trainer's pinned dependencies (torch, transformers, peft, temporalio)`,
+  );
   const reqs = (await exists(PYPROJECT)) ? ["-r", PYPROJECT, "--extra", "test"] : [];
   await run(uv, ["pip", "install", "--quiet", "--python", PYTHON, PINS.temporalBin, ...reqs]);
   await installModel(log);

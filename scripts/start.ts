@@ -29,6 +29,7 @@ import { type IterationSummary, statusQuery, trainingRun } from "../workflows/tr
 import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { setup } from "./setup.ts";
+import { workerArgs } from "./worker_process.ts";
 import { type DevServer, isListening, startDevServer } from "./temporal_server.ts";
 
 const { values } = parseArgs({
@@ -48,9 +49,18 @@ function log(line: string): void {
   console.log(`[cm2] ${line}`);
 }
 
-async function spawn(name: string, cmd: string, args: string[], env: Record<string, string> = {}): Promise<void> {
+async function spawn(
+  name: string,
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<void> {
   await fs.mkdir(LOG_DIR, { recursive: true });
-  const file = await Deno.open(path.join(LOG_DIR, `${name}.log`), { write: true, create: true, truncate: true });
+  const file = await Deno.open(path.join(LOG_DIR, `${name}.log`), {
+    write: true,
+    create: true,
+    truncate: true,
+  });
   const proc = new Deno.Command(cmd, {
     args,
     cwd: ROOT,
@@ -68,7 +78,10 @@ async function waitHttp(name: string, url: string, timeoutMs: number): Promise<v
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const child = children.find((c) => c.name === name);
-    const exited = await Promise.race([child?.proc.status.then(() => true), new Promise((r) => setTimeout(() => r(false), 10))]);
+    const exited = await Promise.race([
+      child?.proc.status.then(() => true),
+      new Promise((r) => setTimeout(() => r(false), 10)),
+    ]);
     if (exited) throw new Error(`${name} exited during start; see .cm2/logs/${name}.log`);
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
@@ -113,8 +126,12 @@ async function stopAll(): Promise<void> {
 }
 
 function line(s: IterationSummary): string {
-  return `iteration ${s.iteration}${s.validation ? " (validation)" : ""}: reward ${s.meanReward.toFixed(3)}, ` +
-    `item pass ${(100 * s.itemPassRate).toFixed(1)}%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, ` +
+  return `iteration ${s.iteration}${s.validation ? " (validation)" : ""}: reward ${
+    s.meanReward.toFixed(3)
+  }, ` +
+    `item pass ${
+      (100 * s.itemPassRate).toFixed(1)
+    }%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, ` +
     `sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
       s.updateLoss === null ? "-" : s.updateLoss.toFixed(4)
     }, policy v${s.policyVersion}, ${s.seconds.toFixed(0)} s`;
@@ -154,7 +171,10 @@ async function main(): Promise<number> {
     ...config,
     name: values.config ? config.name : `demo-${stamp}`,
     cm2: { ...config.cm2, ...(values.iterations ? { iterations: Number(values.iterations) } : {}) },
-    store: { ...config.store, root: path.isAbsolute(config.store.root) ? config.store.root : path.join(ROOT, config.store.root) },
+    store: {
+      ...config.store,
+      root: path.isAbsolute(config.store.root) ? config.store.root : path.join(ROOT, config.store.root),
+    },
   };
   const storeRoot = config.store.root;
 
@@ -233,20 +253,7 @@ async function main(): Promise<number> {
     "--task-queue",
     config.trainer.taskQueue,
   ], { ...env, PYTHONPATH: path.join(ROOT, "trainer") });
-  await spawn("orchestrator-worker", deno, [
-    "run",
-    "--allow-env",
-    "--allow-read",
-    "--allow-write",
-    "--allow-ffi",
-    "--allow-sys",
-    "--allow-net",
-    "worker.ts",
-    "--task-queue",
-    config.temporal.taskQueue,
-    "--store",
-    storeRoot,
-  ], env);
+  await spawn("orchestrator-worker", deno, workerArgs(config.temporal.taskQueue, storeRoot), env);
   if (embeddedJudge) await waitHttp("llama-server", "http://127.0.0.1:8766/health", 120_000);
   if (embeddedPolicy) await waitHttp("policy-server", "http://127.0.0.1:8765/health", 180_000);
   log(`model servers up; logs in .cm2/logs/ (${((performance.now() - t0) / 1000).toFixed(0)} s so far)`);
@@ -261,7 +268,11 @@ async function main(): Promise<number> {
   const client = new Client({ connection });
   const id = workflowIds.run(config.name);
   log(`run ${id}: ${configSummary(config)}`);
-  log(`Web UI: ${server.uiUrl ?? "http://127.0.0.1:8233"}/namespaces/default/workflows/${encodeURIComponent(id)}`);
+  log(
+    `Web UI: ${server.uiUrl ?? "http://127.0.0.1:8233"}/namespaces/default/workflows/${
+      encodeURIComponent(id)
+    }`,
+  );
   const handle = await client.workflow.start(trainingRun, {
     taskQueue: config.temporal.taskQueue,
     workflowId: id,
@@ -288,14 +299,18 @@ async function main(): Promise<number> {
   const served = await fetch(`${config.models.policy.baseURL.replace(/\/$/, "")}/policy_version`)
     .then((r) => r.json() as Promise<{ version: number }>)
     .catch(() => ({ version: NaN }));
-  log(`done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${result.iterations} iterations, ` +
-    `${checkpoints.length} checkpoints, policy v${result.policyVersion} (served: v${served.version})`);
+  log(
+    `done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${result.iterations} iterations, ` +
+      `${checkpoints.length} checkpoints, policy v${result.policyVersion} (served: v${served.version})`,
+  );
   if (result.checkpoint) {
     const manifest: { files?: Record<string, unknown> } = await getJson<{ files?: Record<string, unknown> }>(
       store,
       result.checkpoint,
     ).catch(() => ({}));
-    log(`last checkpoint: ${store.locate(result.checkpoint)} (${Object.keys(manifest.files ?? {}).join(", ")})`);
+    log(
+      `last checkpoint: ${store.locate(result.checkpoint)} (${Object.keys(manifest.files ?? {}).join(", ")})`,
+    );
   }
   log(`checkpoints: ${path.join(storeRoot, "names", "runs", config.name, "checkpoints")}/it-<n>.json`);
   log(`metrics:     ${path.join(storeRoot, "names", "runs", config.name, "metrics")}/it-<n>.json`);

@@ -64,7 +64,13 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   const address = `127.0.0.1:${port}`;
   const headless = opts.headless ?? false;
   if ((opts.reuse ?? true) && await isListening("127.0.0.1", port)) {
-    return { address, uiUrl: headless ? undefined : `http://127.0.0.1:${uiPort}`, owned: false, stop: async () => {}, child: undefined };
+    return {
+      address,
+      uiUrl: headless ? undefined : `http://127.0.0.1:${uiPort}`,
+      owned: false,
+      stop: async () => {},
+      child: undefined,
+    };
   }
   try {
     await Deno.stat(TEMPORAL_BIN);
@@ -77,7 +83,8 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   const db = opts.dbFile === undefined ? TEMPORAL_DB : opts.dbFile;
   if (db !== null) args.push("--db-filename", db);
   for (const [k, v] of Object.entries(SEARCH_ATTRIBUTES)) args.push("--search-attribute", `${k}=${v}`);
-  const child = new Deno.Command(TEMPORAL_BIN, { args, stdout: "null", stderr: "piped", stdin: "null" }).spawn();
+  const child = new Deno.Command(TEMPORAL_BIN, { args, stdout: "null", stderr: "piped", stdin: "null" })
+    .spawn();
   const stderr: string[] = [];
   (async () => {
     const dec = new TextDecoder();

@@ -9,7 +9,7 @@
  * @module
  */
 import * as path from "node:path";
-import { PYTHON, ROOT, GGUF_PATH } from "./paths.ts";
+import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { setup } from "./setup.ts";
 import { freePort, startDevServer } from "./temporal_server.ts";
 
@@ -18,7 +18,11 @@ interface Counts {
   failed: number;
 }
 
-async function runTee(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; text: string }> {
+async function runTee(
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; text: string }> {
   const child = new Deno.Command(cmd, { args, cwd: ROOT, env, stdout: "piped", stderr: "piped" }).spawn();
   let text = "";
   const dec = new TextDecoder();
@@ -30,7 +34,11 @@ async function runTee(cmd: string, args: string[], env: Record<string, string>):
   };
   await Promise.all([pump(child.stdout, Deno.stdout), pump(child.stderr, Deno.stderr)]);
   const status = await child.status;
-  if (!status.success) console.error(`${cmd} exited with code ${status.code}${status.signal ? ` (signal ${status.signal})` : ""}`);
+  if (!status.success) {
+    console.error(
+      `${cmd} exited with code ${status.code}${status.signal ? ` (signal ${status.signal})` : ""}`,
+    );
+  }
   return { code: status.code, text };
 }
 
@@ -40,7 +48,9 @@ function stripAnsi(s: string): string {
 }
 
 function denoCounts(text: string): Counts | undefined {
-  const m = [...stripAnsi(text).matchAll(/(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
+  const m = [
+    ...stripAnsi(text).matchAll(/(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g),
+  ].at(-1);
   return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
 }
 
@@ -52,6 +62,14 @@ function pytestCounts(text: string): Counts | undefined {
   return { passed: n(/(\d+) passed/), failed: n(/(\d+) failed/) + n(/(\d+) errors?/) };
 }
 
+/** The integration test files, one `deno test` process each. */
+async function integrationFiles(): Promise<string[][]> {
+  const dir = path.join(ROOT, "tests", "integration");
+  const files: string[] = [];
+  for await (const e of Deno.readDir(dir)) if (e.name.endsWith("_test.ts")) files.push(e.name);
+  return files.sort().map((f) => [path.join("tests", "integration", f)]);
+}
+
 const totals: Counts = { passed: 0, failed: 0 };
 let exitCode = 0;
 
@@ -59,22 +77,36 @@ await setup();
 const server = await startDevServer({ port: await freePort(), headless: true, dbFile: null, reuse: false });
 try {
   const env = { CM2_TEST_TEMPORAL: server.address, CM2_GGUF: GGUF_PATH };
-  const deno = await runTee(Deno.execPath(), ["test", "-A", ...(Deno.args.length ? Deno.args : ["tests/", "serve/"])], env);
-  const dc = denoCounts(deno.text);
-  if (!dc) {
-    console.error("Could not read the Deno test summary; counting the Deno suite as one failure");
-    totals.failed += 1;
-  } else {
-    totals.passed += dc.passed;
-    totals.failed += dc.failed;
+  // Pure tests share one process; each integration file gets its own, so native state (the Temporal
+  // core bridge, llama.cpp) of one file cannot take another down, and a crash names its file.
+  const groups = Deno.args.length
+    ? [Deno.args]
+    : [["tests/unit/", "tests/replay/", "serve/"], ...await integrationFiles()];
+  for (const group of groups) {
+    const deno = await runTee(Deno.execPath(), ["test", "-A", ...group], env);
+    const dc = denoCounts(deno.text);
+    if (!dc) {
+      console.error(`Could not read the Deno test summary of ${group.join(" ")}; counting it as one failure`);
+      totals.failed += 1;
+    } else {
+      totals.passed += dc.passed;
+      totals.failed += dc.failed;
+    }
+    if (deno.code !== 0) exitCode = 1;
   }
-  if (deno.code !== 0) exitCode = 1;
 } finally {
   await server.stop();
 }
 
 if (Deno.args.length === 0) {
-  const py = await runTee(PYTHON, ["-m", "pytest", "-q", "-p", "no:cacheprovider", path.join(ROOT, "trainer", "tests")], {
+  const py = await runTee(PYTHON, [
+    "-m",
+    "pytest",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    path.join(ROOT, "trainer", "tests"),
+  ], {
     CM2_GGUF: GGUF_PATH,
     PYTHONPATH: path.join(ROOT, "trainer"),
     TEMPORAL_CLI: path.join(path.dirname(PYTHON), "temporal"),

@@ -3,7 +3,6 @@ import {
   BadRequestError,
   boundStrings,
   completionBudget,
-  GRAMMAR_TOP_P,
   OPENAI_SAMPLING_DEFAULTS,
   parseRequest,
   parseToolCalls,

@@ -63,14 +63,25 @@ export function datasetRef(store: ArtifactStore, name: string): Promise<Ref | un
 }
 
 /** Loads record `index` of a dataset. */
-export async function loadRecord(store: ArtifactStore, manifest: DatasetManifest, index: number): Promise<TrajectoryRecord> {
+export function loadRecord(
+  store: ArtifactStore,
+  manifest: DatasetManifest,
+  index: number,
+): Promise<TrajectoryRecord> {
   const ref = manifest.records[index];
-  if (!ref) throw new Error(`Dataset ${manifest.name} has no record ${index} (it has ${manifest.count})`);
+  if (!ref) {
+    return Promise.reject(
+      new Error(`Dataset ${manifest.name} has no record ${index} (it has ${manifest.count})`),
+    );
+  }
   return getJson(store, ref, TrajectoryRecordSchema);
 }
 
 /** Loads every record of a dataset. */
-export async function loadAllRecords(store: ArtifactStore, manifest: DatasetManifest): Promise<TrajectoryRecord[]> {
+export async function loadAllRecords(
+  store: ArtifactStore,
+  manifest: DatasetManifest,
+): Promise<TrajectoryRecord[]> {
   const out: TrajectoryRecord[] = [];
   for (let i = 0; i < manifest.count; i++) out.push(await loadRecord(store, manifest, i));
   return out;

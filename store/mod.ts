@@ -75,7 +75,11 @@ export function putJson(store: ArtifactStore, value: unknown): Promise<Ref> {
 }
 
 /** Reads a JSON blob and validates it with a zod schema (or returns `unknown` without one). */
-export async function getJson<T = unknown>(store: ArtifactStore, ref: Ref, schema?: z.ZodType<T>): Promise<T> {
+export async function getJson<T = unknown>(
+  store: ArtifactStore,
+  ref: Ref,
+  schema?: z.ZodType<T>,
+): Promise<T> {
   const text = decoder.decode(await store.get(ref));
   const value: unknown = JSON.parse(text);
   return schema ? schema.parse(value) : value as T;

@@ -30,7 +30,10 @@ import { createHash } from "node:crypto";
 
 /** A short digest of a request's model and messages (stable across runs). */
 function requestDigest(req: ParsedChatRequest): string {
-  return createHash("sha256").update(req.model).update(JSON.stringify(req.messages)).digest("hex").slice(0, 12);
+  return createHash("sha256").update(req.model).update(JSON.stringify(req.messages)).digest("hex").slice(
+    0,
+    12,
+  );
 }
 
 /** A chat-completions request as the server received it. */
@@ -262,13 +265,18 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
         (pathname === "/v1/load_lora_adapter" || pathname === "/load_lora_adapter")
       ) {
         const body = await request.json() as { version?: unknown; lora_name?: unknown; lora_path?: unknown };
-        if (typeof body.lora_name === "string" && typeof body.lora_path === "string" && body.version === undefined) {
+        if (
+          typeof body.lora_name === "string" && typeof body.lora_path === "string" &&
+          body.version === undefined
+        ) {
           // vLLM / SGLang shape: the adapter is then served under its name.
           loras.set(body.lora_name, body.lora_path);
           loraLoads.push({ name: body.lora_name, path: body.lora_path, route: pathname });
           return new Response(`Success: LoRA adapter '${body.lora_name}' added successfully.`);
         }
-        if (typeof body.version !== "number") return errorResponse(400, "version must be a number", "invalid_request_error");
+        if (typeof body.version !== "number") {
+          return errorResponse(400, "version must be a number", "invalid_request_error");
+        }
         adapterLoads.push(body.version);
         return Response.json({ version: body.version });
       }

@@ -27,7 +27,10 @@ export interface TestTrainerLog {
 }
 
 /** Creates the test trainer's activities over a store (the same store the orchestrator uses). */
-export function createTestTrainer(store: ArtifactStore, log: TestTrainerLog = { calls: [], applied: new Map() }) {
+export function createTestTrainer(
+  store: ArtifactStore,
+  log: TestTrainerLog = { calls: [], applied: new Map() },
+) {
   return {
     log,
     activities: {
@@ -38,7 +41,14 @@ export function createTestTrainer(store: ArtifactStore, log: TestTrainerLog = { 
         if (existing) {
           log.calls.push({ runId: req.runId, iteration: req.iteration, reused: true });
           const m = await getJson(store, existing, CheckpointManifestSchema);
-          return { runId: m.runId, iteration: m.iteration, version: m.version, checkpoint: existing, reused: true, metrics: m.metrics };
+          return {
+            runId: m.runId,
+            iteration: m.iteration,
+            version: m.version,
+            checkpoint: existing,
+            reused: true,
+            metrics: m.metrics,
+          };
         }
         const batch = BatchSchema.parse(await getJson(store, req.batch));
         const tokens = batch.samples.reduce((n, s) => n + s.messages.length, 0);
@@ -46,7 +56,11 @@ export function createTestTrainer(store: ArtifactStore, log: TestTrainerLog = { 
         const key = `${req.runId}/${req.iteration}`;
         log.applied.set(key, (log.applied.get(key) ?? 0) + 1);
         log.calls.push({ runId: req.runId, iteration: req.iteration, reused: false });
-        const adapter = await putJson(store, { fake: "adapter", parent: req.parent, iteration: req.iteration });
+        const adapter = await putJson(store, {
+          fake: "adapter",
+          parent: req.parent,
+          iteration: req.iteration,
+        });
         const manifest: CheckpointManifest = {
           schema: "cm2.checkpoint/v1",
           runId: req.runId,

@@ -48,6 +48,7 @@ import { SEARCH_ATTRIBUTES, TEMPORAL_BIN } from "../../scripts/paths.ts";
 import { iterationProgressQuery, trainingRun } from "../../workflows/training.ts";
 import { smokeWorkflow } from "../../workflows/smoke.ts";
 import { createTestTrainer } from "../test_trainer.ts";
+import { spawnWorker } from "../../scripts/worker_process.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -250,30 +251,10 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
     activities: trainer.activities,
   });
   const trainerRunning = trainerWorker.run();
-  const worker = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-env",
-      "--allow-read",
-      "--allow-write",
-      "--allow-ffi",
-      "--allow-sys",
-      "--allow-net",
-      ...values["worker-deno-arg"],
-      path.join(ROOT, "worker.ts"),
-      "--task-queue",
-      taskQueue,
-      "--store",
-      storeRoot,
-      "--log-level",
-      "ERROR",
-      ...values["worker-arg"],
-    ],
-    env: { TEMPORAL_ADDRESS: server.address },
-    stdout: "null",
-    stderr: "inherit",
-    stdin: "null",
-  }).spawn();
+  const worker = spawnWorker(server.address, taskQueue, storeRoot, {
+    denoArgs: values["worker-deno-arg"],
+    workerArgs: values["worker-arg"],
+  });
   let peakRss = 0;
   let hwm = 0;
   const sample = async () => {

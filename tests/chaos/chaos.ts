@@ -23,12 +23,13 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { ROOT } from "../../config.ts";
+
 import { prng, workflowIds } from "../../core/sampling.ts";
 import { FsStore } from "../../store/fs_store.ts";
 import { getJson } from "../../store/mod.ts";
 import { trainingRun } from "../../workflows/training.ts";
 import { freePort, startDevServer } from "../../scripts/temporal_server.ts";
+import { spawnWorker } from "../../scripts/worker_process.ts";
 import { type RecordedCall, startScriptedServer } from "../scripted_server.ts";
 import { createTestTrainer } from "../test_trainer.ts";
 import { echoSimulator, hashJudge, referencePolicy } from "../harness/scripted_models.ts";
@@ -59,32 +60,11 @@ export interface ChaosOptions {
 /** A call counts as in flight at a kill if it was open within this window before the kill. */
 const IN_FLIGHT_WINDOW_MS = 200;
 
-function spawnWorker(address: string, taskQueue: string, storeRoot: string): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-env",
-      "--allow-read",
-      "--allow-write",
-      "--allow-ffi",
-      "--allow-sys",
-      "--allow-net",
-      path.join(ROOT, "worker.ts"),
-      "--task-queue",
-      taskQueue,
-      "--store",
-      storeRoot,
-      "--log-level",
-      "ERROR",
-    ],
-    env: { TEMPORAL_ADDRESS: address },
-    stdout: "null",
-    stderr: "inherit",
-    stdin: "null",
-  }).spawn();
-}
-
-async function episodeRewards(store: FsStore, runName: string, iterations: number): Promise<Map<string, number>> {
+async function episodeRewards(
+  store: FsStore,
+  runName: string,
+  iterations: number,
+): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   for (let it = 0; it < iterations; it++) {
     const ref = await store.getName(`runs/${runName}/metrics/it-${it}`);
@@ -139,7 +119,11 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     const taskQueue = uniqueQueue(`chaos-${label}`);
     const trainerQueue = uniqueQueue(`chaos-trainer-${label}`);
     const trainer = createTestTrainer(store);
-    const trainerWorker = await Worker.create({ connection: nc, taskQueue: trainerQueue, activities: trainer.activities });
+    const trainerWorker = await Worker.create({
+      connection: nc,
+      taskQueue: trainerQueue,
+      activities: trainer.activities,
+    });
     const trainerRunning = trainerWorker.run();
     const name = `${label}-${crypto.randomUUID().slice(0, 6)}`;
     const config = scriptedConfig(models.url, storeRoot, trainerQueue, cm2, name);
@@ -174,7 +158,9 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         c.startedAt <= t && (c.endedAt === undefined || c.endedAt >= t - IN_FLIGHT_WINDOW_MS)
       ).length;
       inFlight += open;
-      log(`kill ${k + 1}/${killAt.length} after ${models.calls.length - firstCall} calls (${open} in flight)`);
+      log(
+        `kill ${k + 1}/${killAt.length} after ${models.calls.length - firstCall} calls (${open} in flight)`,
+      );
       worker = spawnWorker(address, taskQueue, storeRoot);
       workers.push(worker);
     }
@@ -190,7 +176,10 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       if (key) seen.set(key, (seen.get(key) ?? 0) + 1);
     }
     const repeated = [...seen.values()].reduce((n, v) => n + (v - 1), 0);
-    const updates = Array.from({ length: iterations }, (_, it) => trainer.log.applied.get(`${name}/${it}`) ?? 0);
+    const updates = Array.from(
+      { length: iterations },
+      (_, it) => trainer.log.applied.get(`${name}/${it}`) ?? 0,
+    );
     return {
       name,
       completed,
@@ -214,7 +203,11 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       [...base.rewards].every(([k, v]) => chaos.rewards.get(k) === v);
     if (!rewardsMatch) {
       const diffs = [...base.rewards].filter(([k, v]) => chaos.rewards.get(k) !== v).slice(0, 5);
-      log(`rewards differ (${base.rewards.size} vs ${chaos.rewards.size} episodes): ${JSON.stringify(diffs.map(([k, v]) => [k, v, chaos.rewards.get(k)]))}`);
+      log(
+        `rewards differ (${base.rewards.size} vs ${chaos.rewards.size} episodes): ${
+          JSON.stringify(diffs.map(([k, v]) => [k, v, chaos.rewards.get(k)]))
+        }`,
+      );
     }
     const perIteration = [...new Set(chaos.updates)];
     return {

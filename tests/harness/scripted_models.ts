@@ -8,7 +8,12 @@
  */
 import { createHash } from "node:crypto";
 import type { TrajectoryRecord } from "../../core/records.ts";
-import { judgeVerdict, type ParsedChatRequest, type ScriptedReply, type ScriptHandler } from "../scripted_server.ts";
+import {
+  judgeVerdict,
+  type ParsedChatRequest,
+  type ScriptedReply,
+  type ScriptHandler,
+} from "../scripted_server.ts";
 
 /** The part of an Idempotency-Key that names the call within its run (`run/<name>/` stripped). */
 function callIdentity(req: ParsedChatRequest): string {
@@ -25,7 +30,10 @@ function unitHash(text: string): number {
  * function of its identity within the run (episode, step), so siblings differ from each other but
  * a rerun of the same run, or a retried call, gets the same answer.
  */
-export function referencePolicy(records: readonly TrajectoryRecord[], opts: { deviateEvery?: number } = {}): ScriptHandler {
+export function referencePolicy(
+  records: readonly TrajectoryRecord[],
+  opts: { deviateEvery?: number } = {},
+): ScriptHandler {
   const byFirstUser = new Map<string, TrajectoryRecord>();
   for (const r of records) {
     const first = r.messages.find((m) => m.role === "user");

@@ -66,7 +66,10 @@ export interface TrainingStack {
 }
 
 /** Builds the stack against a Temporal address. */
-export async function trainingStack(address: string, opts: { latencyMs?: number; pTrue?: number } = {}): Promise<TrainingStack> {
+export async function trainingStack(
+  address: string,
+  opts: { latencyMs?: number; pTrue?: number } = {},
+): Promise<TrainingStack> {
   const records = await sampleRecords();
   const server = startScriptedServer({
     roles: {

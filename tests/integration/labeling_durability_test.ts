@@ -10,39 +10,10 @@ import {
   TEST_PRICES,
   toolTalkRecords,
 } from "../harness/labeling.ts";
+import { spawnWorker, WORKER_PERMISSIONS } from "../../scripts/worker_process.ts";
 
 /** A call counts as in flight at the kill if it was still open this long before it (slack for a loaded machine). */
 const IN_FLIGHT_WINDOW_MS = 1_000;
-
-const RUN_FLAGS = [
-  "run",
-  "--allow-env",
-  "--allow-read",
-  "--allow-write",
-  "--allow-ffi",
-  "--allow-sys",
-  "--allow-net",
-  "--allow-run",
-];
-
-function spawnWorker(address: string, taskQueue: string, storeRoot: string): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      ...RUN_FLAGS,
-      path.join(ROOT, "worker.ts"),
-      "--task-queue",
-      taskQueue,
-      "--store",
-      storeRoot,
-      "--log-level",
-      "ERROR",
-    ],
-    env: { TEMPORAL_ADDRESS: address },
-    stdout: "null",
-    stderr: "inherit",
-    stdin: "null",
-  }).spawn();
-}
 
 /** Runs `cm2 label …` (client.ts) and returns its exit code and stdout. */
 async function cli(
@@ -50,7 +21,7 @@ async function cli(
   args: string[],
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: [...RUN_FLAGS, path.join(ROOT, "client.ts"), "label", ...args],
+    args: ["run", ...WORKER_PERMISSIONS, "--allow-run", path.join(ROOT, "client.ts"), "label", ...args],
     env: { TEMPORAL_ADDRESS: address },
     stdout: "piped",
     stderr: "piped",

@@ -81,7 +81,10 @@ Deno.test({
         }
         return undefined;
       });
-      assert.equal((found.searchAttributes as Record<string, unknown[]>).Cm2Iteration?.[0], result.iterations);
+      assert.equal(
+        (found.searchAttributes as Record<string, unknown[]>).Cm2Iteration?.[0],
+        result.iterations,
+      );
       const list = await cli(temporal.address, "run", "list");
       assert.match(list.out, new RegExp(config.name));
     } finally {

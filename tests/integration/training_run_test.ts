@@ -7,7 +7,8 @@ import { scriptedConfig, trainingStack } from "../harness/training.ts";
 const MAX_PAYLOAD = 64 * 1024;
 
 Deno.test({
-  name: "trainingRun() completes iterations end to end with one update and one verified publish per iteration",
+  name:
+    "trainingRun() completes iterations end to end with one update and one verified publish per iteration",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -58,7 +59,9 @@ Deno.test({
         const walk = (v: unknown): void => {
           if (v && typeof v === "object") {
             const o = v as Record<string, unknown>;
-            if (o.data instanceof Uint8Array && "metadata" in o) biggest = Math.max(biggest, o.data.byteLength);
+            if (o.data instanceof Uint8Array && "metadata" in o) {
+              biggest = Math.max(biggest, o.data.byteLength);
+            }
             for (const x of Object.values(o)) walk(x);
           }
         };
@@ -98,13 +101,20 @@ for (const api of ["vllm", "sglang"] as const) {
         assert.equal(result.policyVersion, 2);
         const names = stack.server.loraLoads.map((l) => l.name);
         assert.deepEqual(names, [`${config.name}-v1`, `${config.name}-v2`]);
-        assert.ok(stack.server.loraLoads.every((l) => l.route === (api === "vllm" ? "/v1/load_lora_adapter" : "/load_lora_adapter")));
+        assert.ok(
+          stack.server.loraLoads.every((l) =>
+            l.route === (api === "vllm" ? "/v1/load_lora_adapter" : "/load_lora_adapter")
+          ),
+        );
         for (const l of stack.server.loraLoads) {
           const files = [...Deno.readDirSync(l.path)].map((e) => e.name).sort();
           assert.deepEqual(files, [".complete", "adapter.json"], `adapter files in ${l.path}`);
         }
         const byModel = stack.server.countBy();
-        assert.ok((byModel[`${config.name}-v1`] ?? 0) > 0, `iteration 1 rollouts ask for the v1 adapter: ${JSON.stringify(byModel)}`);
+        assert.ok(
+          (byModel[`${config.name}-v1`] ?? 0) > 0,
+          `iteration 1 rollouts ask for the v1 adapter: ${JSON.stringify(byModel)}`,
+        );
         assert.equal(byModel[`${config.name}-v2`] ?? 0, 0, "no rollout after the last update");
       } finally {
         await stop();

@@ -19,7 +19,9 @@ Deno.test("the trainer contract fixtures decode with the TypeScript schemas", as
   assert.equal(req.iteration, batch.iteration);
   assert.equal(result.iteration, req.iteration);
   assert.equal(manifest.version, result.version);
-  assert.ok(batch.samples.every((s) => s.advantages.every((a) => s.messages[a.messageIndex]?.role === "assistant")));
+  assert.ok(
+    batch.samples.every((s) => s.advantages.every((a) => s.messages[a.messageIndex]?.role === "assistant")),
+  );
 });
 
 Deno.test("the TypeScript contract rejects a request with a missing field, naming it", async () => {

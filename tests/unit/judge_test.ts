@@ -25,6 +25,7 @@ import {
   type RewardPreset,
   turnPassed,
 } from "../../core/rewards.ts";
+import { prng } from "../../core/sampling.ts";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 
@@ -170,17 +171,6 @@ Deno.test("fillSkipped() skips items completed at an earlier step, waiting for d
 
 // ---- exhaustive vs incremental equivalence on random verdict matrices ----
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function randomChecklist(r: () => number): RewardItem[][] {
   const turns = 1 + Math.floor(r() * 3);
   return Array.from({ length: turns }, () => {
@@ -214,7 +204,7 @@ function judgeIncrementally(
 }
 
 Deno.test("incremental judging gives the same gates, rewards and advantages as exhaustive judging", () => {
-  const r = rng(20260126);
+  const r = prng(20260126);
   const presets: RewardPreset[] = ["reference", "paper", "fixed"];
   const levels: RewardLevel[] = ["trajectory", "turn", "step"];
   let asked = 0;

@@ -10,6 +10,7 @@ import {
   turnPassed,
   type TurnVerdicts,
 } from "../../core/rewards.ts";
+import { prng } from "../../core/sampling.ts";
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
@@ -400,17 +401,6 @@ Deno.test("itemPassRate() counts credited items over ok episodes that reached th
 // ---------------------------------------------------------------------------------------------------------
 // Property tests over random groups
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface RandomGroup {
   checklist: RewardChecklist;
   episodes: EpisodeVerdicts[];
@@ -442,7 +432,7 @@ const PRESETS = ["reference", "paper", "fixed"] as const;
 const LEVELS = ["trajectory", "turn", "step"] as const;
 
 Deno.test("computeAdvantages() keeps every trajectory reward in [0, 1] (200 random groups)", () => {
-  const random = mulberry32(1);
+  const random = prng(1);
   for (let k = 0; k < 200; k++) {
     const group = randomGroup(random);
     for (const preset of PRESETS) {
@@ -459,7 +449,7 @@ Deno.test("computeAdvantages() keeps every trajectory reward in [0, 1] (200 rand
 });
 
 Deno.test("computeAdvantages() trajectory advantages sum to 0 within a group of ok episodes with Fnorm 1", () => {
-  const random = mulberry32(2);
+  const random = prng(2);
   for (let k = 0; k < 200; k++) {
     const group = randomGroup(random, { allOk: true });
     for (const preset of PRESETS) {
@@ -478,7 +468,7 @@ Deno.test("computeAdvantages() trajectory advantages sum to 0 within a group of 
 });
 
 Deno.test("computeAdvantages() turn advantages sum to 0 over each turn's holders with Fnorm 1", () => {
-  const random = mulberry32(3);
+  const random = prng(3);
   for (let k = 0; k < 200; k++) {
     const group = randomGroup(random, { allOk: true });
     const result = computeAdvantages(group, { preset: "fixed", level: "turn", minGroupSupport: 1 });
@@ -496,7 +486,7 @@ Deno.test("computeAdvantages() turn advantages sum to 0 over each turn's holders
 });
 
 Deno.test("computeAdvantages() never credits an item judged true before its dependencies hold (paper, fixed)", () => {
-  const random = mulberry32(4);
+  const random = prng(4);
   let referenceChanged = 0;
   for (let k = 0; k < 200; k++) {
     const group = randomGroup(random);
@@ -543,7 +533,7 @@ Deno.test("computeAdvantages() never credits an item judged true before its depe
 });
 
 Deno.test("computeAdvantages() gives 0 turn and step advantages without enough group support", () => {
-  const random = mulberry32(5);
+  const random = prng(5);
   for (let k = 0; k < 200; k++) {
     const group = randomGroup(random, { size: 1 + (k % 5) }); // 1..5 episodes
     for (const preset of PRESETS) {
@@ -573,7 +563,7 @@ Deno.test("computeAdvantages() gives 0 turn and step advantages without enough g
 });
 
 Deno.test("computeAdvantages() gives excluded failed episodes 0 at every level", () => {
-  const random = mulberry32(6);
+  const random = prng(6);
   for (let k = 0; k < 100; k++) {
     const group = randomGroup(random);
     for (const level of LEVELS) {
