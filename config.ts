@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
 import { loadClientConnectConfig } from "@temporalio/envconfig";
 import { NativeConnection } from "@temporalio/worker";
 import * as path from "node:path";
@@ -72,10 +72,16 @@ function temporalConnectConfig() {
   };
 }
 
-/** A Temporal client from the standard environment configuration. */
-export async function connectClient(): Promise<{ client: Client; connection: Connection; address: string }> {
+/**
+ * A Temporal client from the standard environment configuration. It runs over the SDK's native
+ * (Rust) connection, not grpc-js: under Deno, grpc-js over `node:http2` aborts the process when the
+ * server goes away (an nghttp2 assertion on GOAWAY), which a server restart must not do.
+ */
+export async function connectClient(): Promise<
+  { client: Client; connection: NativeConnection; address: string }
+> {
   const { connectionOptions, namespace } = temporalConnectConfig();
-  const connection = await Connection.connect(connectionOptions as Parameters<typeof Connection.connect>[0]);
+  const connection = await NativeConnection.connect(connectionOptions);
   return { client: new Client({ connection, namespace }), connection, address: connectionOptions.address };
 }
 

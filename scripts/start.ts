@@ -16,7 +16,8 @@
  *
  * @module
  */
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
+import { NativeConnection } from "@temporalio/worker";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
@@ -264,7 +265,7 @@ async function main(): Promise<number> {
     peak = Math.max(peak, await treeRss(Deno.pid));
   }, 1_000);
 
-  const connection = await Connection.connect({ address: server.address });
+  const connection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection });
   const id = workflowIds.run(config.name);
   log(`run ${id}: ${configSummary(config)}`);

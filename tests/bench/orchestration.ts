@@ -26,7 +26,7 @@
  *
  * @module
  */
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
 import { DefaultLogger, NativeConnection, Runtime, Worker } from "@temporalio/worker";
 import { tsToMs } from "@temporalio/common/lib/time.js";
 import * as fs from "node:fs/promises";
@@ -241,7 +241,7 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
   const trainerQueue = uniqueQueue("bench-trainer");
   const name = `bench-${crypto.randomUUID().slice(0, 6)}`;
   const config = benchConfig(modelUrl, storeRoot, trainerQueue, name);
-  const connection = await Connection.connect({ address: server.address });
+  const connection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection });
   const nc = await NativeConnection.connect({ address: server.address });
   const trainer = createTestTrainer(store);

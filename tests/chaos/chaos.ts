@@ -17,7 +17,7 @@
  *
  * @module
  */
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
 import { NativeConnection, Worker } from "@temporalio/worker";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
@@ -106,7 +106,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     latencyMs: 30,
   });
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-chaos-"));
-  const connection = await Connection.connect({ address });
+  const connection = await NativeConnection.connect({ address });
   const client = new Client({ connection });
   const nc = await NativeConnection.connect({ address });
   const cm2 = { iterations, tasksPerIteration: 2, groupSize: 3, episodeConcurrency: 6 };

@@ -10,7 +10,7 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
 import { NativeConnection, Worker } from "@temporalio/worker";
 import { createActivities } from "../../activities/mod.ts";
 import {
@@ -101,7 +101,7 @@ export async function labelingStack(
   const storeRoot = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-label-"));
   const store = new FsStore(storeRoot);
   const taskQueue = uniqueQueue("label");
-  const connection = await Connection.connect({ address });
+  const connection = await NativeConnection.connect({ address });
   const client = new Client({ connection });
   const config = labelingConfig(server.url, storeRoot);
   return {

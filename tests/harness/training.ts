@@ -7,7 +7,7 @@
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
 import { NativeConnection, Worker } from "@temporalio/worker";
 import { createActivities } from "../../activities/mod.ts";
 import { modelFactory, ROOT } from "../../config.ts";
@@ -86,7 +86,7 @@ export async function trainingStack(
   const taskQueue = uniqueQueue("orch");
   const trainerQueue = uniqueQueue("trainer");
   const trainer = createTestTrainer(store);
-  const connection = await Connection.connect({ address });
+  const connection = await NativeConnection.connect({ address });
   const client = new Client({ connection });
   const bundle = await workflowBundle();
   return {

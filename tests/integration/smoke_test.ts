@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Client, Connection } from "@temporalio/client";
+import { Client } from "@temporalio/client";
 import { NativeConnection, Worker } from "@temporalio/worker";
 import { createActivities } from "../../activities/mod.ts";
 import { FsStore } from "../../store/fs_store.ts";
@@ -25,7 +25,7 @@ Deno.test({
       workflowBundle: await workflowBundle(),
       activities: createActivities({ store: new FsStore(storeRoot), models: modelFactory, root: ROOT }),
     });
-    const connection = await Connection.connect({ address: temporal.address });
+    const connection = await NativeConnection.connect({ address: temporal.address });
     try {
       const result = await worker.runUntil(async () => {
         const client = new Client({ connection });

@@ -1,0 +1,29 @@
+/**
+ * Runs the test-only trainer (TEST DOUBLE, `tests/test_trainer.ts`) as its own worker process:
+ * `deno run -A tests/harness/test_trainer_worker.ts --task-queue Q --store DIR` with
+ * `TEMPORAL_ADDRESS` set. Tests that restart or kill things keep native Temporal workers out of the
+ * test process this way.
+ *
+ * @module
+ */
+import { NativeConnection, Worker } from "@temporalio/worker";
+import { parseArgs } from "node:util";
+import { FsStore } from "../../store/fs_store.ts";
+import { createTestTrainer } from "../test_trainer.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { "task-queue": { type: "string" }, store: { type: "string" } },
+});
+if (!values["task-queue"] || !values.store) throw new Error("--task-queue and --store are required");
+const connection = await NativeConnection.connect({
+  address: Deno.env.get("TEMPORAL_ADDRESS") ?? "127.0.0.1:7233",
+});
+const worker = await Worker.create({
+  connection,
+  taskQueue: values["task-queue"],
+  activities: createTestTrainer(new FsStore(values.store)).activities,
+});
+for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => worker.shutdown());
+await worker.run();
+await connection.close();
