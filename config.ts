@@ -125,6 +125,7 @@ export function roleModel(role: Role, cfg: RoleConfig): ChatModel {
     model: cfg.model,
     ...(apiKey ? { apiKey } : {}),
     timeoutMs: cfg.timeoutMs,
+    ...(cfg.jsonMaxString ? { jsonMaxString: cfg.jsonMaxString } : {}),
     defaults: Object.fromEntries(Object.entries(cfg.sampling).filter(([, v]) => v !== undefined)) as Sampling,
   });
 }

@@ -24,6 +24,8 @@ const roleFields = {
   timeoutMs: z.number().int().positive().default(120_000),
   /** How the endpoint does structured output: JSON-schema response format, JSON object mode, or prompt only. */
   jsonMode: z.enum(["schema", "object", "none"]).default("schema"),
+  /** Give JSON-schema strings this `maxLength` (small local models under a grammar); unset: schemas as given. */
+  jsonMaxString: z.number().int().positive().optional(),
   /** Most calls in flight to this endpoint at once, across a worker. */
   concurrency: z.number().int().positive().default(8),
   /**

@@ -36,6 +36,7 @@ import {
   type Role,
   type Sampling,
 } from "../core/llm_types.ts";
+import { boundStrings } from "../core/json_schema.ts";
 
 /** Response header through which a serving stack names the policy (adapter) version it answered with. */
 export const POLICY_VERSION_HEADER = "x-cm2-policy-version";
@@ -63,6 +64,11 @@ export interface ChatModelOptions {
    * strict servers (OpenAI) reject unknown request fields.
    */
   returnTokenIds?: boolean;
+  /**
+   * Give every JSON-schema string without `maxLength` this one (for small local models under a
+   * grammar, which otherwise fill a string until the token limit cuts the JSON). Unset: schemas as given.
+   */
+  jsonMaxString?: number;
 }
 
 /** Placeholder key for endpoints that need none; the SDK requires some key. */
@@ -86,7 +92,13 @@ export function createChatModel(opts: ChatModelOptions): ChatModel {
   const { role, model } = opts;
 
   async function complete(req: ChatRequest): Promise<ChatResult> {
-    const body = buildRequestBody(model, opts.defaults, req, opts.returnTokenIds ?? false);
+    const body = buildRequestBody(
+      model,
+      opts.defaults,
+      req,
+      opts.returnTokenIds ?? false,
+      opts.jsonMaxString,
+    );
     const started = performance.now();
     let completion: ChatCompletion;
     let headers: Headers;
@@ -114,6 +126,7 @@ export function buildRequestBody(
   defaults: Sampling,
   req: ChatRequest,
   returnTokenIds = false,
+  jsonMaxString?: number,
 ): ChatCompletionCreateParamsNonStreaming {
   const sampling: Sampling = { ...defaults, ...req.sampling };
   const body: ChatCompletionCreateParamsNonStreaming & Record<string, unknown> = {
@@ -128,7 +141,13 @@ export function buildRequestBody(
   if (req.jsonSchema) {
     body.response_format = {
       type: "json_schema",
-      json_schema: { name: req.jsonSchema.name, schema: req.jsonSchema.schema, strict: true },
+      json_schema: {
+        name: req.jsonSchema.name,
+        schema: jsonMaxString
+          ? boundStrings(req.jsonSchema.schema, jsonMaxString) as Record<string, unknown>
+          : req.jsonSchema.schema,
+        strict: true,
+      },
     };
   } else if (req.jsonObject) {
     body.response_format = { type: "json_object" };

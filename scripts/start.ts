@@ -150,8 +150,18 @@ function demoScale(config: RunConfig): RunConfig {
     models: {
       ...m,
       policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 } },
-      judge: { ...m.judge, sampling: { ...m.judge.sampling, max_tokens: 400 }, concurrency: 2 },
-      simulator: { ...m.simulator, sampling: { ...m.simulator.sampling, max_tokens: 200 }, concurrency: 2 },
+      judge: {
+        ...m.judge,
+        sampling: { ...m.judge.sampling, max_tokens: 400 },
+        concurrency: 2,
+        jsonMaxString: 120,
+      },
+      simulator: {
+        ...m.simulator,
+        sampling: { ...m.simulator.sampling, max_tokens: 300 },
+        concurrency: 2,
+        jsonMaxString: 120,
+      },
     },
     cm2: {
       ...config.cm2,

@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { z } from "zod";
 import { type ChatModel, type ChatRequest, LlmError } from "../../core/llm_types.ts";
-import { type ChatModelOptions, createChatModel, parseRetryAfter } from "../../llm/client.ts";
+import {
+  buildRequestBody,
+  type ChatModelOptions,
+  createChatModel,
+  parseRetryAfter,
+} from "../../llm/client.ts";
 import { completeJson, jsonCandidates, parseStructured } from "../../llm/structured.ts";
 import { mergeUsage, meterModel, type UsageLedger } from "../../llm/usage.ts";
 import {
@@ -379,4 +384,18 @@ Deno.test("meterModel() accounts calls, failures, tokens, latency and cost per r
       assert.equal(ledger.policy?.calls, 2, "inputs are unchanged");
     },
   );
+});
+
+Deno.test("buildRequestBody() bounds JSON-schema strings only when jsonMaxString is set", () => {
+  const schema = { type: "object", properties: { a: { type: "string" }, b: { type: "boolean" } } };
+  const req = { messages: [{ role: "user" as const, content: "x" }], jsonSchema: { name: "v", schema } };
+  const plain = buildRequestBody("m", {}, req, false) as {
+    response_format: { json_schema: { schema: unknown } };
+  };
+  assert.deepEqual(plain.response_format.json_schema.schema, schema);
+  const bounded = buildRequestBody("m", {}, req, false, 50) as {
+    response_format: { json_schema: { schema: { properties: Record<string, Record<string, unknown>> } } };
+  };
+  assert.equal(bounded.response_format.json_schema.schema.properties.a!.maxLength, 50);
+  assert.equal(bounded.response_format.json_schema.schema.properties.b!.maxLength, undefined);
 });
