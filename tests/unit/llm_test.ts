@@ -389,11 +389,11 @@ Deno.test("meterModel() accounts calls, failures, tokens, latency and cost per r
 Deno.test("buildRequestBody() bounds JSON-schema strings only when jsonMaxString is set", () => {
   const schema = { type: "object", properties: { a: { type: "string" }, b: { type: "boolean" } } };
   const req = { messages: [{ role: "user" as const, content: "x" }], jsonSchema: { name: "v", schema } };
-  const plain = buildRequestBody("m", {}, req, false) as {
+  const plain = buildRequestBody("m", {}, req, false) as unknown as {
     response_format: { json_schema: { schema: unknown } };
   };
   assert.deepEqual(plain.response_format.json_schema.schema, schema);
-  const bounded = buildRequestBody("m", {}, req, false, 50) as {
+  const bounded = buildRequestBody("m", {}, req, false, 50) as unknown as {
     response_format: { json_schema: { schema: { properties: Record<string, Record<string, unknown>> } } };
   };
   assert.equal(bounded.response_format.json_schema.schema.properties.a!.maxLength, 50);
