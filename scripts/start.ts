@@ -57,11 +57,8 @@ async function spawn(
   env: Record<string, string> = {},
 ): Promise<void> {
   await fs.mkdir(LOG_DIR, { recursive: true });
-  const file = await Deno.open(path.join(LOG_DIR, `${name}.log`), {
-    write: true,
-    create: true,
-    truncate: true,
-  });
+  const logFile = path.join(LOG_DIR, `${name}.log`);
+  await Deno.writeTextFile(logFile, "");
   const proc = new Deno.Command(cmd, {
     args,
     cwd: ROOT,
@@ -70,8 +67,11 @@ async function spawn(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  proc.stdout.pipeTo(file.writable, { preventClose: true }).catch(() => {});
-  proc.stderr.pipeTo(file.writable).catch(() => {});
+  // Drain both pipes into the log (a full pipe would block the child); one file handle per stream.
+  for (const stream of [proc.stdout, proc.stderr]) {
+    const file = await Deno.open(logFile, { write: true, append: true });
+    stream.pipeTo(file.writable).catch(() => {});
+  }
   children.push({ name, proc });
 }
 
@@ -331,6 +331,20 @@ async function main(): Promise<number> {
     served.version === result.policyVersion;
   if (!ok) log("warning: the run did not produce one checkpoint per iteration with the last one served");
   return ok ? 0 : 1;
+}
+
+// Ctrl-C or SIGTERM: stop everything this process started, then exit (the run itself stays in
+// Temporal and resumes when the stack is started again).
+let interrupted = false;
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(sig, async () => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`${sig}: stopping the stack`);
+    await stopAll();
+    await devServer?.stop();
+    Deno.exit(130);
+  });
 }
 
 let code = 1;

@@ -41,7 +41,13 @@ function supervise(name: string, start: () => Deno.ChildProcess) {
       try {
         child.kill("SIGTERM");
       } catch { /* gone */ }
+      const timer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
+      }, 15_000);
       await loop;
+      clearTimeout(timer);
     },
   };
 }
