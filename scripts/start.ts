@@ -58,20 +58,16 @@ async function spawn(
 ): Promise<void> {
   await fs.mkdir(LOG_DIR, { recursive: true });
   const logFile = path.join(LOG_DIR, `${name}.log`);
-  await Deno.writeTextFile(logFile, "");
-  const proc = new Deno.Command(cmd, {
-    args,
+  // The shell redirects straight into the log and then becomes the program (`exec`), so signals
+  // reach it and no pipe between us can fill up and block it.
+  const proc = new Deno.Command("sh", {
+    args: ["-c", 'exec "$@" >"$0" 2>&1', logFile, cmd, ...args],
     cwd: ROOT,
     env,
     stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
+    stdout: "null",
+    stderr: "null",
   }).spawn();
-  // Drain both pipes into the log (a full pipe would block the child); one file handle per stream.
-  for (const stream of [proc.stdout, proc.stderr]) {
-    const file = await Deno.open(logFile, { write: true, append: true });
-    stream.pipeTo(file.writable).catch(() => {});
-  }
   children.push({ name, proc });
 }
 
