@@ -145,7 +145,8 @@ function demoScale(config: RunConfig): RunConfig {
     ...config,
     models: {
       ...m,
-      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 } },
+      // The embedded policy server generates one request at a time: queued requests must not time out.
+      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 }, timeoutMs: 1_800_000 },
       judge: {
         ...m.judge,
         sampling: { ...m.judge.sampling, max_tokens: 400 },
@@ -163,7 +164,7 @@ function demoScale(config: RunConfig): RunConfig {
       ...config.cm2,
       limits: { ...config.cm2.limits, maxAssistantSteps: 6, maxUserTurns: 2, maxContextTokens: 6000 },
       judge: { ...config.cm2.judge, itemsPerCall: 4 },
-      episodeConcurrency: 4,
+      episodeConcurrency: 2,
     },
   };
 }
