@@ -90,12 +90,17 @@ async function waitHttp(name: string, url: string, timeoutMs: number): Promise<v
   throw new Error(`${name} did not answer ${url} in ${timeoutMs / 1000} s; see .cm2/logs/${name}.log`);
 }
 
-/** Resident memory of a process and all its descendants, in bytes (Linux /proc). */
+/**
+ * Memory of a process and all its descendants, in bytes (Linux /proc): the proportional set size
+ * (shared pages split between the processes that map them), so torch's libraries in two Python
+ * processes are not counted twice; RSS where PSS is unavailable.
+ */
 async function treeRss(pid: number): Promise<number> {
   let total = 0;
   try {
-    const status = await Deno.readTextFile(`/proc/${pid}/status`);
-    const m = status.match(/VmRSS:\s+(\d+) kB/);
+    const rollup = await Deno.readTextFile(`/proc/${pid}/smaps_rollup`).catch(() => "");
+    const pss = rollup.match(/^Pss:\s+(\d+) kB/m);
+    const m = pss ?? (await Deno.readTextFile(`/proc/${pid}/status`)).match(/VmRSS:\s+(\d+) kB/);
     if (m) total += Number(m[1]) * 1024;
     for await (const t of Deno.readDir(`/proc/${pid}/task`)) {
       const kids = (await Deno.readTextFile(`/proc/${pid}/task/${t.name}/children`).catch(() => "")).trim();
