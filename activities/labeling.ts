@@ -37,6 +37,7 @@ import {
 } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
 import type { ModelFactory } from "./training.ts";
+import { toFailure } from "./training.ts";
 
 /** What the labeling activities need. */
 export interface LabelingDeps {
@@ -215,20 +216,6 @@ export const labelNames = {
 /** The semantic idempotency key of one labeler call (the same in every run). */
 export function labelCallKey(promptVersion: string, uuid: string, variant: number, attempt: number): string {
   return `label/${promptVersion}/${uuid}/v${variant}/attempt-${attempt}`;
-}
-
-function failure(err: unknown): never {
-  if (err instanceof LlmError) {
-    if (err.retryable) {
-      throw ApplicationFailure.create({
-        type: err.type,
-        message: err.message,
-        ...(err.retryAfterMs !== undefined ? { nextRetryDelay: err.retryAfterMs } : {}),
-      });
-    }
-    throw ApplicationFailure.nonRetryable(err.message, err.type);
-  }
-  throw err;
 }
 
 const ZERO: LabelUsage = { promptTokens: 0, completionTokens: 0 };
@@ -555,7 +542,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
           costUsd: pricesOf(config) ? 0 : null,
         };
       }
-      failure(err);
+      toFailure(err);
     }
     const usage = {
       promptTokens: result.usage.promptTokens,

@@ -118,7 +118,7 @@ function callKey(what: string): string {
 }
 
 /** Turns a model failure into an activity failure: retryable ones carry Retry-After as the next delay. */
-function toFailure(err: unknown): never {
+export function toFailure(err: unknown): never {
   if (err instanceof LlmError) {
     if (err.retryable) {
       throw ApplicationFailure.create({

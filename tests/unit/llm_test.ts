@@ -127,7 +127,7 @@ Deno.test("createChatModel() omits tools when the list is empty and maps plain c
 
 Deno.test("createChatModel() sends the API key as a bearer token and never falls back to OPENAI_API_KEY", async () => {
   const previous = Deno.env.get("OPENAI_API_KEY");
-  Deno.env.set("OPENAI_API_KEY", "sk-from-env-must-not-leak");
+  Deno.env.set("OPENAI_API_KEY", "env-key-must-not-leak");
   try {
     await withServer(replying({ content: "a" }, { content: "b" }), async (server) => {
       await modelFor(server, { apiKey: "sk-given" }).complete(ask);
