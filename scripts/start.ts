@@ -27,7 +27,7 @@ import { loadRunConfig } from "../config.ts";
 import { FsStore } from "../store/fs_store.ts";
 import { getJson } from "../store/mod.ts";
 import { type IterationSummary, statusQuery, trainingRun } from "../workflows/training.ts";
-import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
+import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { setup } from "./setup.ts";
 import { workerArgs } from "./worker_process.ts";
@@ -140,9 +140,10 @@ function line(s: IterationSummary): string {
 }
 
 /**
- * The embedded demo on 2 CPU cores: the tiny local models generate ~10 tokens/s, so the demo keeps
- * episodes short (2 user turns, 6 assistant steps, 160-token policy steps) and judges up to 4 items
- * per call. A config file passed with `--config` is used as it is.
+ * The embedded demo on 2 CPU cores. The policy (llama-server, one slot per rollout of a group) writes ~40
+ * tokens/s per stream and the judge/simulator share another llama-server, so the demo keeps episodes short
+ * (2 user turns, 6 assistant steps, 200-token policy steps), runs a group's 4 rollouts at once, and judges up
+ * to 4 items per call. A config file passed with `--config` is used as it is.
  */
 function demoScale(config: RunConfig): RunConfig {
   const m = config.models;
@@ -150,8 +151,8 @@ function demoScale(config: RunConfig): RunConfig {
     ...config,
     models: {
       ...m,
-      // The embedded policy server generates one request at a time: queued requests must not time out.
-      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 }, timeoutMs: 1_800_000 },
+      // Policy requests can queue behind other rollouts' steps on 2 cores: they must not time out.
+      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 200 }, timeoutMs: 1_800_000 },
       judge: {
         ...m.judge,
         sampling: { ...m.judge.sampling, max_tokens: 400 },
@@ -169,7 +170,7 @@ function demoScale(config: RunConfig): RunConfig {
       ...config.cm2,
       limits: { ...config.cm2.limits, maxAssistantSteps: 6, maxUserTurns: 2, maxContextTokens: 6000 },
       judge: { ...config.cm2.judge, itemsPerCall: 4 },
-      episodeConcurrency: 2,
+      episodeConcurrency: config.cm2.groupSize,
     },
   };
 }
@@ -201,8 +202,8 @@ async function main(): Promise<number> {
   const policyUrl = new URL(config.models.policy.baseURL);
   const embeddedJudge = judgeUrl.hostname === "127.0.0.1" && judgeUrl.port === "8766";
   const embeddedPolicy = policyUrl.hostname === "127.0.0.1" && policyUrl.port === "8765";
+  const llamaServer = (embeddedJudge || embeddedPolicy) ? await ensureLlamaServer(log) : undefined;
   if (embeddedJudge && !(await isListening("127.0.0.1", 8766))) {
-    const llamaServer = await ensureLlamaServer(log);
     if (llamaServer) {
       await spawn("llama-server", llamaServer, [
         "-m",
@@ -219,6 +220,9 @@ async function main(): Promise<number> {
         "2",
         "-t",
         "2",
+        "--cache-ram",
+        "256",
+        "--no-webui",
       ]);
     } else {
       await spawn("llama-server", deno, [
@@ -256,7 +260,16 @@ async function main(): Promise<number> {
       storeRoot,
       "--served-model-name",
       config.models.policy.model,
-    ], { PYTHONPATH: path.join(ROOT, "trainer") });
+      // llama.cpp engine (when built): one slot per rollout of a group, batched decode
+      "--parallel",
+      String(config.cm2.episodeConcurrency),
+      "--max-context",
+      String(Math.min(8192, config.cm2.limits.maxContextTokens + (config.models.policy.sampling.max_tokens ?? 512))),
+    ], {
+      PYTHONPATH: path.join(ROOT, "trainer"),
+      CM2_LOG_DIR: path.join(CM2_DIR, "logs"),
+      ...(llamaServer ? { CM2_LLAMA_SERVER: llamaServer } : {}),
+    });
   }
   await spawn("trainer-worker", PYTHON, [
     "-m",

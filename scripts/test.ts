@@ -10,6 +10,7 @@
  */
 import * as path from "node:path";
 import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
+import { LLAMA_SERVER_BIN } from "./llama_server_build.ts";
 import { setup } from "./setup.ts";
 import { freePort, startDevServer } from "./temporal_server.ts";
 
@@ -108,6 +109,8 @@ if (Deno.args.length === 0) {
     path.join(ROOT, "trainer", "tests"),
   ], {
     CM2_GGUF: GGUF_PATH,
+    // setup built it; naming it makes a missing binary a failure rather than a skip
+    CM2_LLAMA_SERVER: LLAMA_SERVER_BIN,
     PYTHONPATH: path.join(ROOT, "trainer"),
     TEMPORAL_CLI: path.join(path.dirname(PYTHON), "temporal"),
   });

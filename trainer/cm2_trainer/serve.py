@@ -9,10 +9,16 @@ and generation is serialised anyway, so an async framework would buy nothing her
     GET  /v1/policy_version       {"version", "lora_name", "loaded_at"}
     GET  /v1/models, GET /health
 
+Two engines generate (``--engine``): **llama.cpp** (default for a GGUF base when ``llama-server`` is built:
+a child ``llama-server`` fed token ids, adapters converted to GGUF LoRA by ``lora_gguf.py``, several requests
+batched at once; ~40 tokens/s per stream on 2 cores) and **transformers** (any HF model, in this process, one
+request at a time; ~5-10 tokens/s on 2 cores, the fallback). Either way this process renders the prompt, parses
+tool calls and owns the version.
+
 Every completion carries the version of the adapter that produced it, in the ``x-cm2-policy-version`` header
-and as ``system_fingerprint``. Generation holds one lock; an adapter is staged (files fetched and verified)
-outside it and swapped in under it, so a completion runs wholly on one version and a new version is live for
-every request that starts after ``load_lora_adapter`` returns.
+and as ``system_fingerprint``. Generations share a lock that an adapter swap takes alone; the adapter is
+staged (files fetched and verified) before, so a completion runs wholly on one version and a new version is
+live for every request that starts after ``load_lora_adapter`` returns.
 
 Prompts are rendered with the tokenizer's chat template, passing ``tools``. A template that ignores tools
 (SmolLM2's ChatML) is replaced by :data:`TOOL_CHAT_TEMPLATE`, which renders exactly like SmolLM2's without
@@ -34,6 +40,7 @@ Run: ``python -m cm2_trainer.serve --model .cm2/models/SmolLM2-135M-Instruct.Q4_
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import json
 import logging
@@ -46,6 +53,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -410,15 +419,335 @@ class QueueFull(Exception):
     pass
 
 
-class PolicyModel:
-    """The base model, the live adapter and its version; all generation goes through :meth:`generate`."""
+class EngineError(RuntimeError):
+    """The generation engine failed (maps to HTTP 500 with the reason)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, version: Any = 0, name: str = "policy",
-                 max_context: int | None = None, max_queue: int = 16, chat_template: str | None = None) -> None:
-        from .render import end_of_turn_ids
 
+class _SwapLock:
+    """Many generations at once, or one adapter swap alone; a waiting swap holds back new generations, so a
+    publish is never starved by a steady stream of rollouts."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    logprobs: list[float] | None
+    seconds: float
+
+
+class TorchEngine:
+    """transformers + peft in this process: any HF causal LM, one generation at a time. The path for a GPU host
+    without vLLM/SGLang, and the fallback when llama.cpp's server is not built."""
+
+    name = "transformers"
+    concurrency = 1
+
+    def __init__(self, model: Any, tokenizer: Any, eot_ids: list[int], pad_id: int) -> None:
         self.base = model
         self.peft: Any = None  # PeftModel once an adapter was loaded
+        self.tokenizer = tokenizer
+        self.eot_ids = eot_ids
+        self.pad_id = pad_id
+        self._adapter: str | None = None  # internal peft adapter name of the newest adapter
+        self._live = False  # whether generation uses it (False: the base model)
+        self._counter = 0
+        self._lock = threading.Lock()
+        cfg = getattr(model, "config", None)
+        self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 4096)
+
+    def activate(self, staging: Path, lora_name: str) -> None:
+        from peft import PeftModel
+
+        self._counter += 1
+        internal = f"a{self._counter}"
+        old = self._adapter
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base, str(staging), adapter_name=internal,
+                                                      is_trainable=False)
+            else:
+                self.peft.load_adapter(str(staging), adapter_name=internal, is_trainable=False)
+            self.peft.set_adapter(internal)
+        except Exception as e:
+            if self.peft is not None and internal in getattr(self.peft, "peft_config", {}):
+                self.peft.delete_adapter(internal)
+                if old is not None:
+                    self.peft.set_adapter(old)
+            raise BadRequest(f"Adapter {lora_name!r} does not fit the base model: {type(e).__name__}: {e}") from None
+        if old is not None:
+            self.peft.delete_adapter(old)
+        self.peft.eval()
+        self._adapter = internal
+        self._live = True
+
+    def deactivate(self) -> None:
+        self._live = False  # the adapter stays loaded, disabled, until the next one replaces it
+
+    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool) -> Generation:
+        import torch
+
+        with self._lock:
+            if s.seed is not None:
+                torch.manual_seed(s.seed)
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+            kw: dict[str, Any] = dict(
+                max_new_tokens=max_new, eos_token_id=self.eot_ids, pad_token_id=self.pad_id,
+                attention_mask=torch.ones_like(input_ids), return_dict_in_generate=True,
+                output_logits=want_logprobs,
+            )
+            if s.temperature > 0:
+                kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+            else:
+                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if s.stop:
+                kw.update(stop_strings=s.stop, tokenizer=self.tokenizer)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                if self.peft is None:
+                    out = self.base.generate(input_ids, **kw)
+                elif self._live:
+                    out = self.peft.generate(input_ids=input_ids, **kw)
+                else:  # the base model's layers are wrapped by peft: disable the adapter
+                    with self.peft.disable_adapter():
+                        out = self.peft.generate(input_ids=input_ids, **kw)
+            seconds = time.perf_counter() - started
+        new = [int(t) for t in out.sequences[0, len(prompt_ids):].tolist()]
+        logprobs = None
+        if want_logprobs:
+            logprobs = [torch.log_softmax(step[0].float(), dim=-1)[tok].item() for step, tok in zip(out.logits, new)]
+        return Generation(new, logprobs, seconds)
+
+    def close(self) -> None:
+        pass
+
+
+def _default_llama_server() -> str | None:
+    env = os.environ.get("CM2_LLAMA_SERVER")
+    if env:
+        return env
+    p = Path(__file__).resolve().parents[2] / ".cm2" / "llama.cpp" / "build" / "bin" / "llama-server"
+    return str(p) if p.is_file() else None
+
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, and HTTP requests run on short-lived
+# threads: children are therefore forked from this one long-lived thread.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm2-spawner")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux): SIGTERM when we die
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort; close() and atexit stop it otherwise
+        pass
+
+
+class LlamaCppEngine:
+    """llama.cpp's ``llama-server`` as the generation engine for a GGUF base: this process keeps the OpenAI
+    front end (rendering with the HF tokenizer, tool-call parsing, versions) and sends **token ids** to the
+    child's ``/completion`` (so the prompt is exactly the trainer's rendering and the completion comes back as
+    the ids the policy sampled). A new adapter is converted to a GGUF LoRA (``lora_gguf.py``) and a fresh child
+    is started with ``--lora`` before the old one stops (a 135M model loads in about a second), so no request
+    ever runs on a half-swapped model. Several requests run at once (``--parallel`` slots, continuous
+    batching): the G rollouts of a group share the decode steps.
+
+    Sampling is made plain: llama.cpp's default ``min_p`` 0.05 and other extra samplers are turned off, so the
+    policy samples from softmax(logits / T) under top-p/top-k exactly as the trainer's loss assumes.
+    """
+
+    name = "llama.cpp"
+
+    def __init__(self, binary: str, gguf_path: str, *, threads: int = 2, parallel: int = 4,
+                 ctx_per_slot: int = 4096, work_dir: str | None = None, log_path: str | None = None,
+                 start_timeout_s: float = 120.0) -> None:
+        from .lora_gguf import BaseInfo
+
+        self.binary = binary
+        self.gguf = str(gguf_path)
+        self.threads = threads
+        self.concurrency = parallel
+        self.max_context = ctx_per_slot
+        self.start_timeout_s = start_timeout_s
+        self.base_info = BaseInfo(gguf_path)
+        self._own_dir = work_dir is None
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="cm2-llama-policy-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = Path(log_path) if log_path else self.work_dir / "llama-server.log"
+        self.eot_ids: list[int] = []  # set by PolicyModel from the tokenizer
+        self._counter = 0
+        self._proc: Any = None
+        self._port = 0
+        self._lora: Path | None = None
+        self._start(None)
+
+    # -- child process ----------------------------------------------------------------------------------------
+    def _spawn(self, lora: Path | None) -> tuple[Any, int]:
+        import subprocess
+
+        port = _free_port()
+        args = [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", str(port),
+                "-c", str(self.max_context * self.concurrency), "-np", str(self.concurrency), "--kv-unified",
+                "-t", str(self.threads), "--cache-ram", "0", "--no-webui", "--log-verbosity", "2"]
+        if lora is not None:
+            args += ["--lora", str(lora)]
+        logf = open(self.log_path, "ab")
+        try:
+            proc = _SPAWNER.submit(subprocess.Popen, args, stdin=subprocess.DEVNULL, stdout=logf,
+                                   stderr=subprocess.STDOUT,
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None).result()
+        finally:
+            logf.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise EngineError(f"llama-server exited with {proc.returncode} while starting; "
+                                  f"last log lines:\n{_tail(self.log_path)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return proc, port
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        _stop(proc)
+        raise EngineError(f"llama-server did not answer /health within {self.start_timeout_s:.0f} s; "
+                          f"last log lines:\n{_tail(self.log_path)}")
+
+    def _start(self, lora: Path | None) -> None:
+        proc, port = self._spawn(lora)
+        old, old_lora = self._proc, self._lora
+        self._proc, self._port, self._lora = proc, port, lora
+        if old is not None:
+            _stop(old)
+        if old_lora is not None and old_lora != lora:
+            old_lora.unlink(missing_ok=True)
+
+    # -- engine interface -------------------------------------------------------------------------------------
+    def activate(self, staging: Path, lora_name: str) -> None:
+        from .lora_gguf import LoraConversionError, convert_adapter
+
+        self._counter += 1
+        out = self.work_dir / f"adapter-{self._counter}.gguf"
+        try:
+            convert_adapter(staging, self.gguf, out, base=self.base_info)
+        except LoraConversionError as e:
+            raise BadRequest(f"Adapter {lora_name!r} does not fit the base model: {e}") from None
+        try:
+            self._start(out)
+        except EngineError:
+            out.unlink(missing_ok=True)
+            raise
+
+    def deactivate(self) -> None:
+        self._start(None)
+
+    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool) -> Generation:
+        body: dict[str, Any] = {
+            "prompt": prompt_ids, "n_predict": max_new, "temperature": s.temperature, "top_p": s.top_p,
+            "top_k": s.top_k, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+            "frequency_penalty": 0.0, "dry_multiplier": 0.0, "xtc_probability": 0.0, "top_n_sigma": -1.0,
+            "seed": s.seed if s.seed is not None else -1, "stop": s.stop, "return_tokens": True,
+            "cache_prompt": True, "n_probs": 1 if want_logprobs else 0, "stream": False,
+        }
+        req = urllib.request.Request(f"http://127.0.0.1:{self._port}/completion", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=3600) as r:
+                out = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise EngineError(f"llama-server answered {e.code}: {e.read()[:500]!r}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise EngineError(f"llama-server is unreachable ({e}); last log lines:\n{_tail(self.log_path)}") from None
+        seconds = time.perf_counter() - started
+        ids = [int(t) for t in out.get("tokens") or []]
+        probs = out.get("completion_probabilities") or []
+        logprobs = [float(p["logprob"]) for p in probs] if want_logprobs else None
+        if out.get("stop_type") == "eos" and (not ids or ids[-1] not in self.eot_ids):
+            # llama-server leaves the end-of-generation token out of `tokens`; the policy did sample it, and
+            # the trainer scores it (it is what teaches the policy to stop), so it goes back on.
+            eog = probs[len(ids)]["id"] if want_logprobs and len(probs) > len(ids) else self.eot_ids[0]
+            ids.append(int(eog))
+            if logprobs is not None and len(logprobs) < len(ids):
+                logprobs.append(0.0)
+        return Generation(ids, logprobs, seconds)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: Any) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class PolicyModel:
+    """The live policy: an engine (the base model), the adapter version it serves, and the OpenAI front end.
+    All generation goes through :meth:`generate`."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, version: Any = 0, name: str = "policy",
+                 max_context: int | None = None, max_queue: int = 16, chat_template: str | None = None,
+                 engine: Any = None) -> None:
+        from .render import end_of_turn_ids
+
         self.tokenizer = tokenizer
         self.name = name
         self.chat_template = chat_template if chat_template is not None else serving_chat_template(tokenizer)
@@ -426,22 +755,25 @@ class PolicyModel:
         self.version: Any = version
         self.lora_name: str | None = None
         self.loaded_at = time.time()
-        self._adapter: str | None = None  # internal peft adapter name of the newest adapter
-        self._live = False  # whether generation uses it (False: the base model)
-        self._counter = 0
-        self._lock = threading.Lock()  # generation and swaps
-        self._admin = threading.Lock()  # one adapter load at a time
-        self._slots = threading.BoundedSemaphore(1 + max_queue)
         self.eot_ids = sorted(end_of_turn_ids(tokenizer))
-        cfg = getattr(model, "config", None)
-        self.max_context = max_context or int(getattr(cfg, "max_position_embeddings", 0) or 4096)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_ids[0]
+        self.engine = engine if engine is not None else TorchEngine(model, tokenizer, self.eot_ids, self.pad_id)
+        self.engine.eot_ids = self.eot_ids
+        self.max_context = max_context or self.engine.max_context
+        self._swap = _SwapLock()  # generations (shared) and adapter swaps (exclusive)
+        self._admin = threading.Lock()  # one adapter load at a time
+        self._slots = threading.BoundedSemaphore(self.engine.concurrency + max_queue)
+
+    @property
+    def base(self) -> Any:
+        """The in-process base model (TorchEngine only)."""
+        return self.engine.base
 
     # -- adapters ---------------------------------------------------------------------------------------------
     def load_adapter(self, lora_name: str, version: Any, *, lora_path: str | None = None,
                      checkpoint: Any = None, store_root: str | None = None) -> dict[str, Any]:
-        """Stage an adapter (outside the generation lock), then make it live atomically."""
-        from peft import PeftConfig, PeftModel
+        """Stage an adapter (outside the swap lock), then make it live atomically."""
+        from peft import PeftConfig
 
         with self._admin:
             staging = Path(tempfile.mkdtemp(prefix="cm2-adapter-"))
@@ -462,44 +794,30 @@ class PolicyModel:
                     PeftConfig.from_pretrained(str(staging))
                 except Exception as e:
                     raise BadRequest(f"Adapter {lora_name!r} has an unreadable adapter_config.json: {e}") from None
-                self._counter += 1
-                internal = f"a{self._counter}"
-                with self._lock:
-                    old = self._adapter
-                    try:
-                        if self.peft is None:
-                            self.peft = PeftModel.from_pretrained(self.base, str(staging), adapter_name=internal,
-                                                                  is_trainable=False)
-                        else:
-                            self.peft.load_adapter(str(staging), adapter_name=internal, is_trainable=False)
-                        self.peft.set_adapter(internal)
-                    except Exception as e:
-                        if self.peft is not None and internal in getattr(self.peft, "peft_config", {}):
-                            self.peft.delete_adapter(internal)
-                            if old is not None:
-                                self.peft.set_adapter(old)
-                        raise BadRequest(f"Adapter {lora_name!r} does not fit the base model: "
-                                         f"{type(e).__name__}: {e}") from None
-                    if old is not None:
-                        self.peft.delete_adapter(old)
-                    self.peft.eval()
-                    self._adapter = internal
-                    self._live = True
+                self._swap.acquire_exclusive()
+                try:
+                    self.engine.activate(staging, lora_name)
                     self.lora_name = lora_name
                     self.version = version
                     self.loaded_at = time.time()
                     return self.status()
+                finally:
+                    self._swap.release_exclusive()
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def unload_adapter(self, version: Any = None) -> dict[str, Any]:
-        """Serve the base model again (the adapter stays loaded, disabled, until the next load replaces it)."""
-        with self._admin, self._lock:
-            self._live = False
-            self.lora_name = None
-            self.version = self.base_version if version is None else version
-            self.loaded_at = time.time()
-            return self.status()
+        """Serve the base model again."""
+        with self._admin:
+            self._swap.acquire_exclusive()
+            try:
+                self.engine.deactivate()
+                self.lora_name = None
+                self.version = self.base_version if version is None else version
+                self.loaded_at = time.time()
+                return self.status()
+            finally:
+                self._swap.release_exclusive()
 
     def status(self) -> dict[str, Any]:
         return {"version": self.version, "lora_name": self.lora_name, "loaded_at": self.loaded_at}
@@ -516,8 +834,6 @@ class PolicyModel:
         return [int(t) for t in out]
 
     def generate(self, prompt_ids: list[int], s: Sampling, want_logprobs: bool = False) -> dict[str, Any]:
-        import torch
-
         room = self.max_context - len(prompt_ids)
         if room < 1:
             raise BadRequest(f"Prompt has {len(prompt_ids)} tokens, the context is {self.max_context} tokens",
@@ -526,41 +842,16 @@ class PolicyModel:
         if not self._slots.acquire(blocking=False):
             raise QueueFull("The generation queue is full")
         try:
-            with self._lock:
+            self._swap.acquire_shared()
+            try:
                 version = self.version
-                if s.seed is not None:
-                    torch.manual_seed(s.seed)
-                input_ids = torch.tensor([prompt_ids], dtype=torch.long)
-                kw: dict[str, Any] = dict(
-                    max_new_tokens=max_new, eos_token_id=self.eot_ids, pad_token_id=self.pad_id,
-                    attention_mask=torch.ones_like(input_ids), return_dict_in_generate=True,
-                    output_logits=want_logprobs,
-                )
-                if s.temperature > 0:
-                    kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-                else:
-                    kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                if s.stop:
-                    kw.update(stop_strings=s.stop, tokenizer=self.tokenizer)
-                started = time.perf_counter()
-                with torch.inference_mode():
-                    if self.peft is None:
-                        out = self.base.generate(input_ids, **kw)
-                    elif self._live:
-                        out = self.peft.generate(input_ids=input_ids, **kw)
-                    else:  # the base model's layers are wrapped by peft: disable the adapter
-                        with self.peft.disable_adapter():
-                            out = self.peft.generate(input_ids=input_ids, **kw)
-                seconds = time.perf_counter() - started
+                g = self.engine.generate(prompt_ids, s, max_new, want_logprobs)
+            finally:
+                self._swap.release_shared()
         finally:
             self._slots.release()
-        new = out.sequences[0, len(prompt_ids):].tolist()
-        logprobs = None
-        if want_logprobs:
-            lp = [torch.log_softmax(step[0].float(), dim=-1)[tok].item() for step, tok in zip(out.logits, new)]
-            logprobs = lp
-        return {"token_ids": [int(t) for t in new], "logprobs": logprobs, "version": version,
-                "max_new": max_new, "seconds": seconds}
+        return {"token_ids": g.token_ids, "logprobs": g.logprobs, "version": version,
+                "max_new": max_new, "seconds": g.seconds}
 
     def complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """One chat completion; returns the response object and the version that produced it."""
@@ -747,39 +1038,69 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--version", default="0", help="policy version of the base model (before any adapter)")
     ap.add_argument("--lora-path", help="adapter directory to make live at start")
     ap.add_argument("--store-root", default=None, help="artifact store root for checkpoint refs")
-    ap.add_argument("--max-context", type=int, default=None, help="prompt + completion tokens (default: model's)")
+    ap.add_argument("--engine", default="auto", choices=["auto", "llama.cpp", "transformers"],
+                    help="generation engine: llama.cpp's llama-server for a GGUF base (auto when it is built), "
+                         "else transformers in this process")
+    ap.add_argument("--llama-server", default=None,
+                    help="llama-server binary (default: $CM2_LLAMA_SERVER, else .cm2/llama.cpp/build/bin/)")
+    ap.add_argument("--parallel", type=int, default=4, help="llama.cpp: requests generated at once (slots)")
+    ap.add_argument("--max-context", type=int, default=None,
+                    help="prompt + completion tokens per request (default: the model's; llama.cpp 4096)")
     ap.add_argument("--max-queue", type=int, default=16, help="requests waiting for the model before 429")
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 4),
-                    help="torch intra-op threads (default: a quarter of the cores; on 2 shared cores 2 threads "
-                         "ran 5x slower than 1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads: llama.cpp default all cores; torch default a quarter of the cores (on 2 "
+                         "shared cores 2 torch threads ran 5x slower than 1)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--chat-template", help="Jinja chat template file (default: see serving_chat_template)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import torch
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
+    is_gguf = Path(a.model).suffix.lower() == ".gguf"
+    binary = a.llama_server or _default_llama_server()
+    engine_name = a.engine
+    if engine_name == "auto":
+        engine_name = "llama.cpp" if is_gguf and binary else "transformers"
+        if is_gguf and not binary:
+            log.warning("llama-server is not built (deno task setup builds it): generating with transformers, "
+                        "~10x slower on CPU")
+    if engine_name == "llama.cpp" and (not is_gguf or not binary):
+        raise SystemExit("--engine llama.cpp needs a GGUF --model and a llama-server binary (--llama-server)")
     tok = load_tokenizer(a.tokenizer or a.model)
-    model = load_base_model(a.model, a.dtype)
     template = Path(a.chat_template).read_text() if a.chat_template else None
     name = a.served_model_name or Path(a.model).name.removesuffix(".gguf")
+    engine: Any = None
+    model: Any = None
+    if engine_name == "llama.cpp":
+        log_dir = Path(os.environ.get("CM2_LOG_DIR") or tempfile.gettempdir())
+        engine = LlamaCppEngine(binary, a.model, threads=a.threads or (os.cpu_count() or 2),
+                                parallel=a.parallel, ctx_per_slot=a.max_context or 4096,
+                                log_path=str(log_dir / "policy-llama-server.log"))
+    else:
+        import torch
+
+        torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 2) // 4))
+        model = load_base_model(a.model, a.dtype)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     pm = PolicyModel(model, tok, version=_parse_version(a.version), name=name, max_context=a.max_context,
-                     max_queue=a.max_queue, chat_template=template)
-    if a.lora_path:
-        pm.load_adapter(Path(a.lora_path).name, _parse_version(a.version), lora_path=a.lora_path)
-    srv = PolicyHTTPServer((a.host, a.port), pm, a.store_root)
-    log.info("policy server on http://%s:%d/v1 (model %s, version %s, loaded in %.1f s, template %s)",
-             a.host, srv.server_address[1], name, pm.version, time.perf_counter() - t0,
-             "cm2 tool ChatML" if pm.chat_template == TOOL_CHAT_TEMPLATE else "tokenizer's")
+                     max_queue=a.max_queue, chat_template=template, engine=engine)
     try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        if a.lora_path:
+            pm.load_adapter(Path(a.lora_path).name, _parse_version(a.version), lora_path=a.lora_path)
+        srv = PolicyHTTPServer((a.host, a.port), pm, a.store_root)
+        log.info("policy server on http://%s:%d/v1 (model %s, engine %s, version %s, loaded in %.1f s, template %s)",
+                 a.host, srv.server_address[1], name, pm.engine.name, pm.version, time.perf_counter() - t0,
+                 "cm2 tool ChatML" if pm.chat_template == TOOL_CHAT_TEMPLATE else "tokenizer's")
+        try:
+            srv.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            srv.server_close()
     finally:
-        srv.server_close()
+        pm.engine.close()
 
 
 if __name__ == "__main__":
