@@ -514,7 +514,8 @@ class TorchEngine:
     def deactivate(self) -> None:
         self._live = False  # the adapter stays loaded, disabled, until the next one replaces it
 
-    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool) -> Generation:
+    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool,
+                 coalesce: bool = False) -> Generation:
         import torch
 
         with self._lock:
@@ -575,6 +576,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec (Linu
         pass
 
 
+class _Batch:
+    """Identical first-step requests sent to llama-server as one ``n_cmpl`` request."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.closed = False
+        self.done = threading.Event()
+        self.results: list[Generation] = []
+        self.error: BaseException | None = None
+
+
 class LlamaCppEngine:
     """llama.cpp's ``llama-server`` as the generation engine for a GGUF base: this process keeps the OpenAI
     front end (rendering with the HF tokenizer, tool-call parsing, versions) and sends **token ids** to the
@@ -592,7 +604,7 @@ class LlamaCppEngine:
 
     def __init__(self, binary: str, gguf_path: str, *, threads: int = 2, parallel: int = 4,
                  ctx_per_slot: int = 4096, work_dir: str | None = None, log_path: str | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, coalesce_window_s: float = 1.5) -> None:
         from .lora_gguf import BaseInfo
 
         self.binary = binary
@@ -607,6 +619,9 @@ class LlamaCppEngine:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = Path(log_path) if log_path else self.work_dir / "llama-server.log"
         self.eot_ids: list[int] = []  # set by PolicyModel from the tokenizer
+        self.coalesce_window_s = coalesce_window_s
+        self._batch_lock = threading.Lock()
+        self._batches: dict[Any, _Batch] = {}
         self._counter = 0
         self._proc: Any = None
         self._port = 0
@@ -620,7 +635,7 @@ class LlamaCppEngine:
         port = _free_port()
         args = [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", str(port),
                 "-c", str(self.max_context * self.concurrency), "-np", str(self.concurrency), "--kv-unified",
-                "-t", str(self.threads), "--cache-ram", "0", "--no-webui", "--log-verbosity", "2"]
+                "-t", str(self.threads), "--cache-ram", "0", "--no-webui", "--metrics", "--log-verbosity", "2"]
         if lora is not None:
             args += ["--lora", str(lora)]
         logf = open(self.log_path, "ab")
@@ -674,31 +689,73 @@ class LlamaCppEngine:
     def deactivate(self) -> None:
         self._start(None)
 
-    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool) -> Generation:
+    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool,
+                 coalesce: bool = False) -> Generation:
+        """One completion. With ``coalesce`` (the first step of an episode), identical requests arriving within
+        ``coalesce_window_s`` (the G rollouts of a group) become one ``n_cmpl`` request: llama-server reads the
+        shared prompt once and copies its KV cache to the other slots, instead of reading it G times."""
+        if not coalesce or self.coalesce_window_s <= 0 or self.concurrency < 2:
+            return self._request(prompt_ids, s, max_new, want_logprobs, 1)[0]
+        key = (tuple(prompt_ids), s.temperature, s.top_p, s.top_k, tuple(s.stop), max_new, want_logprobs)
+        with self._batch_lock:
+            batch = self._batches.get(key)
+            leader = batch is None or batch.closed or batch.size >= self.concurrency
+            if leader:
+                batch = _Batch()
+                self._batches[key] = batch
+            assert batch is not None
+            index = batch.size
+            batch.size += 1
+        if leader:
+            time.sleep(self.coalesce_window_s)
+            with self._batch_lock:
+                batch.closed = True
+                if self._batches.get(key) is batch:
+                    del self._batches[key]
+            try:
+                batch.results = self._request(prompt_ids, s, max_new, want_logprobs, batch.size)
+            except BaseException as e:  # every member gets the error
+                batch.error = e
+            finally:
+                batch.done.set()
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.results[index]
+
+    def _request(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool,
+                 n: int) -> list[Generation]:
         body: dict[str, Any] = {
             "prompt": prompt_ids, "n_predict": max_new, "temperature": s.temperature, "top_p": s.top_p,
             "top_k": s.top_k, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
             "frequency_penalty": 0.0, "dry_multiplier": 0.0, "xtc_probability": 0.0, "top_n_sigma": -1.0,
             "seed": s.seed if s.seed is not None else -1, "stop": s.stop, "return_tokens": True,
-            "cache_prompt": True, "n_probs": 1 if want_logprobs else 0, "stream": False,
+            "cache_prompt": True, "n_probs": 1 if want_logprobs else 0, "stream": False, "n_cmpl": n,
         }
         req = urllib.request.Request(f"http://127.0.0.1:{self._port}/completion", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"}, method="POST")
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=3600) as r:
-                out = json.loads(r.read())
+                raw = json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise EngineError(f"llama-server answered {e.code}: {e.read()[:500]!r}") from None
         except (urllib.error.URLError, OSError) as e:
             raise EngineError(f"llama-server is unreachable ({e}); last log lines:\n{_tail(self.log_path)}") from None
         seconds = time.perf_counter() - started
+        outs = sorted(raw, key=lambda o: int(o.get("index", 0))) if isinstance(raw, list) else [raw]
+        if len(outs) != n:
+            raise EngineError(f"llama-server returned {len(outs)} completions for n_cmpl={n}")
+        return [self._generation(o, want_logprobs, seconds) for o in outs]
+
+    def _generation(self, out: dict[str, Any], want_logprobs: bool, seconds: float) -> Generation:
         ids = [int(t) for t in out.get("tokens") or []]
         probs = out.get("completion_probabilities") or []
         logprobs = [float(p["logprob"]) for p in probs] if want_logprobs else None
         if out.get("stop_type") == "eos" and (not ids or ids[-1] not in self.eot_ids):
-            # llama-server leaves the end-of-generation token out of `tokens`; the policy did sample it, and
-            # the trainer scores it (it is what teaches the policy to stop), so it goes back on.
+            # Should llama-server leave the end-of-generation token out of `tokens`: the policy did sample it,
+            # and the trainer scores it (it is what teaches the policy to stop), so it goes back on.
             eog = probs[len(ids)]["id"] if want_logprobs and len(probs) > len(ids) else self.eot_ids[0]
             ids.append(int(eog))
             if logprobs is not None and len(logprobs) < len(ids):
@@ -833,7 +890,8 @@ class PolicyModel:
             out = out["input_ids"]
         return [int(t) for t in out]
 
-    def generate(self, prompt_ids: list[int], s: Sampling, want_logprobs: bool = False) -> dict[str, Any]:
+    def generate(self, prompt_ids: list[int], s: Sampling, want_logprobs: bool = False,
+                 coalesce: bool = False) -> dict[str, Any]:
         room = self.max_context - len(prompt_ids)
         if room < 1:
             raise BadRequest(f"Prompt has {len(prompt_ids)} tokens, the context is {self.max_context} tokens",
@@ -845,7 +903,7 @@ class PolicyModel:
             self._swap.acquire_shared()
             try:
                 version = self.version
-                g = self.engine.generate(prompt_ids, s, max_new, want_logprobs)
+                g = self.engine.generate(prompt_ids, s, max_new, want_logprobs, coalesce)
             finally:
                 self._swap.release_shared()
         finally:
@@ -862,7 +920,10 @@ class PolicyModel:
         s = parse_sampling(body)
         prompt_ids = self.render(messages, tools)
         want_lp = bool(body.get("logprobs"))
-        g = self.generate(prompt_ids, s, want_logprobs=want_lp)
+        # The first step of an episode (no assistant message yet) is the same request for every rollout of a
+        # group: the engine may serve them together.
+        first_step = not any(m["role"] == "assistant" for m in messages)
+        g = self.generate(prompt_ids, s, want_logprobs=want_lp, coalesce=first_step)
         ids: list[int] = g["token_ids"]
         ended = bool(ids) and ids[-1] in self.eot_ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -1044,6 +1105,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--llama-server", default=None,
                     help="llama-server binary (default: $CM2_LLAMA_SERVER, else .cm2/llama.cpp/build/bin/)")
     ap.add_argument("--parallel", type=int, default=4, help="llama.cpp: requests generated at once (slots)")
+    ap.add_argument("--coalesce-window", type=float, default=1.5,
+                    help="llama.cpp: seconds an episode's first request waits for the identical requests of the "
+                         "rest of its group, which then share one prompt pass (0 turns it off)")
     ap.add_argument("--max-context", type=int, default=None,
                     help="prompt + completion tokens per request (default: the model's; llama.cpp 4096)")
     ap.add_argument("--max-queue", type=int, default=16, help="requests waiting for the model before 429")
@@ -1075,7 +1139,8 @@ def main(argv: list[str] | None = None) -> None:
         log_dir = Path(os.environ.get("CM2_LOG_DIR") or tempfile.gettempdir())
         engine = LlamaCppEngine(binary, a.model, threads=a.threads or (os.cpu_count() or 2),
                                 parallel=a.parallel, ctx_per_slot=a.max_context or 4096,
-                                log_path=str(log_dir / "policy-llama-server.log"))
+                                log_path=str(log_dir / "policy-llama-server.log"),
+                                coalesce_window_s=a.coalesce_window)
     else:
         import torch
 

@@ -274,3 +274,47 @@ def test_concurrent_requests_and_a_publish_never_mix_versions(smollm2: Any, llam
     assert status == 400 and "another base model" in err["error"]["message"]
     assert chat(port)[2] == "7"
     post(port, "/unload_lora_adapter", {})
+
+
+def prompt_tokens_read(pm: PolicyModel) -> float:
+    """llama-server's own count of prompt tokens it has processed (its Prometheus endpoint)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{pm.engine._port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith("llamacpp:prompt_tokens_total")))
+
+
+@needs_gguf
+def test_a_groups_first_requests_share_one_prompt_pass(llama_served: Any) -> None:
+    pm, port = llama_served
+    # A prompt no earlier test used (nothing cached), long enough that reading it 4 times would show.
+    system = "You are a travel agent. " + " ".join(f"Rule {i}: answer politely about trip {i}." for i in range(60))
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Find me a flight to Oslo."}]
+    n_prompt = len(pm.render(messages, None))
+    before = prompt_tokens_read(pm)
+    outs: list[tuple[list[int], str]] = []
+    lock = threading.Lock()
+
+    def rollout(seed: int) -> None:
+        status, headers, r = post(port, "/chat/completions", {
+            "model": "policy", "messages": messages, "temperature": 1.0, "max_tokens": 16, "seed": seed,
+            "return_token_ids": True})
+        assert status == 200, r
+        with lock:
+            outs.append((r["choices"][0]["token_ids"], headers[POLICY_VERSION_HEADER]))
+
+    threads = [threading.Thread(target=rollout, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    read = prompt_tokens_read(pm) - before
+    assert len(outs) == 4
+    assert n_prompt * 0.9 <= read < n_prompt * 1.5, f"read {read} prompt tokens for 4 rollouts of {n_prompt}"
+    assert len({tuple(ids) for ids, _ in outs}) > 1  # still G different samples
+    # A later step of one rollout (an assistant message in it) is not held back for coalescing.
+    follow = messages + [{"role": "assistant", "content": pm.tokenizer.decode(outs[0][0], skip_special_tokens=True)},
+                         {"role": "user", "content": "And back?"}]
+    status, _, r = post(port, "/chat/completions", {"model": "policy", "messages": follow, "temperature": 0,
+                                                    "max_tokens": 4})
+    assert status == 200, r

@@ -202,7 +202,7 @@ def test_tool_calls_in_the_output_become_openai_tool_calls(served: Any, monkeypa
     ids = pm.tokenizer.encode(text, add_special_tokens=False) + [pm.eot_ids[0]]
     seen: dict[str, Any] = {}
 
-    def fake_generate(prompt_ids: list[int], s: Any, want_logprobs: bool = False) -> dict[str, Any]:
+    def fake_generate(prompt_ids: list[int], s: Any, want_logprobs: bool = False, **_: Any) -> dict[str, Any]:
         seen["prompt"] = pm.tokenizer.decode(prompt_ids)
         return {"token_ids": ids, "logprobs": None, "version": pm.version, "max_new": 64, "seconds": 0.1}
 
