@@ -145,6 +145,14 @@ function line(s: IterationSummary): string {
  * (2 user turns, 6 assistant steps, 200-token policy steps), runs a group's 4 rollouts at once, and judges up
  * to 4 items per call. A config file passed with `--config` is used as it is.
  */
+/**
+ * Threads per llama-server. The judge/simulator server and the policy server decode at the same time; with
+ * more threads than cores between them ggml's spinning threads starve each other. Measured on 2 cores, two
+ * servers each generating two streams: `-t 1` each ~7.5-20 tokens/s per stream; `-t 2` each took over 100 s
+ * for the same work; `-t 2 --poll 0` 3.7-6.4 tokens/s.
+ */
+const LLAMA_THREADS = Math.max(1, Math.floor((navigator.hardwareConcurrency || 2) / 2));
+
 function demoScale(config: RunConfig): RunConfig {
   const m = config.models;
   return {
@@ -156,12 +164,14 @@ function demoScale(config: RunConfig): RunConfig {
       judge: {
         ...m.judge,
         sampling: { ...m.judge.sampling, max_tokens: 400 },
+        timeoutMs: 600_000,
         concurrency: 2,
         jsonMaxString: 120,
       },
       simulator: {
         ...m.simulator,
         sampling: { ...m.simulator.sampling, max_tokens: 300 },
+        timeoutMs: 600_000,
         concurrency: 2,
         jsonMaxString: 120,
       },
@@ -219,7 +229,7 @@ async function main(): Promise<number> {
         "-np",
         "2",
         "-t",
-        "2",
+        String(LLAMA_THREADS),
         "--cache-ram",
         "256",
         "--no-webui",
@@ -263,6 +273,8 @@ async function main(): Promise<number> {
       // llama.cpp engine (when built): one slot per rollout of a group, batched decode
       "--parallel",
       String(config.cm2.episodeConcurrency),
+      "--threads",
+      String(LLAMA_THREADS),
       "--max-context",
       String(Math.min(8192, config.cm2.limits.maxContextTokens + (config.models.policy.sampling.max_tokens ?? 512))),
     ], {
