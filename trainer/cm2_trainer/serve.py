@@ -634,8 +634,10 @@ class LlamaCppEngine:
 
         port = _free_port()
         args = [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", str(port),
-                "-c", str(self.max_context * self.concurrency), "-np", str(self.concurrency), "--kv-unified",
-                "-t", str(self.threads), "--cache-ram", "0", "--no-webui", "--metrics", "--log-verbosity", "2"]
+                "-c", str(self.max_context * self.concurrency), "-np", str(self.concurrency),
+                # One KV stream per slot: with a unified cache every decode step of every rollout attends over
+                # the cells of all rollouts (4x the attention work once a group's rollouts diverge).
+                "--no-kv-unified", "-t", str(self.threads), "--cache-ram", "0", "--no-webui", "--metrics"]
         if lora is not None:
             args += ["--lora", str(lora)]
         logf = open(self.log_path, "ab")
