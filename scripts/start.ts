@@ -140,10 +140,11 @@ function line(s: IterationSummary): string {
 }
 
 /**
- * The embedded demo on 2 CPU cores. The policy (llama-server, one slot per rollout of a group) writes ~40
- * tokens/s per stream and the judge/simulator share another llama-server, so the demo keeps episodes short
- * (2 user turns, 6 assistant steps, 200-token policy steps), runs a group's 4 rollouts at once, and judges up
- * to 4 items per call. A config file passed with `--config` is used as it is.
+ * The embedded demo on 2 CPU cores. The policy (llama-server, one thread, one slot per rollout of a group)
+ * reads ~75-100 prompt tokens/s and writes ~3 tokens/s per stream at the sample's ~3k-token tool prompts, and
+ * the judge/simulator share another one-thread llama-server, so the demo keeps episodes short (1 user turn,
+ * 4 assistant steps, 160-token policy steps), runs a group's 4 rollouts at once, and judges up to 4 items per
+ * call. A config file passed with `--config` is used as it is.
  */
 /**
  * Threads per llama-server. The judge/simulator server and the policy server decode at the same time; with
@@ -160,7 +161,7 @@ function demoScale(config: RunConfig): RunConfig {
     models: {
       ...m,
       // Policy requests can queue behind other rollouts' steps on 2 cores: they must not time out.
-      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 200 }, timeoutMs: 1_800_000 },
+      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 }, timeoutMs: 1_800_000 },
       judge: {
         ...m.judge,
         sampling: { ...m.judge.sampling, max_tokens: 400 },
@@ -178,7 +179,7 @@ function demoScale(config: RunConfig): RunConfig {
     },
     cm2: {
       ...config.cm2,
-      limits: { ...config.cm2.limits, maxAssistantSteps: 6, maxUserTurns: 2, maxContextTokens: 6000 },
+      limits: { ...config.cm2.limits, maxAssistantSteps: 4, maxUserTurns: 1, maxContextTokens: 6000 },
       judge: { ...config.cm2.judge, itemsPerCall: 4 },
       episodeConcurrency: config.cm2.groupSize,
     },
