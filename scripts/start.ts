@@ -312,6 +312,20 @@ async function main(): Promise<number> {
       encodeURIComponent(id)
     }`,
   );
+  if (!values.config) {
+    // Demo runs left running by an interrupted `task start` would resume on these workers and compete with
+    // this run for the CPU: stop them (their checkpoints stay in the store).
+    const stale: string[] = [];
+    for await (
+      const w of client.workflow.list({ query: `WorkflowType="trainingRun" AND ExecutionStatus="Running"` })
+    ) {
+      if (w.workflowId.startsWith(workflowIds.run("demo-"))) stale.push(w.workflowId);
+    }
+    for (const wid of stale) {
+      await client.workflow.getHandle(wid).terminate("superseded by a new `task start` demo run");
+    }
+    if (stale.length) log(`stopped ${stale.length} earlier demo run(s) left running: ${stale.join(", ")}`);
+  }
   const handle = await client.workflow.start(trainingRun, {
     taskQueue: config.temporal.taskQueue,
     workflowId: id,
@@ -319,6 +333,7 @@ async function main(): Promise<number> {
     memo: { config: configSummary(config) },
     searchAttributes: { Cm2RunName: [config.name], Cm2Iteration: [0], Cm2Status: ["running"] },
   });
+  demoRun = values.config ? undefined : handle;
   let printed = 0;
   const done = handle.result();
   let finished = false;
@@ -361,14 +376,19 @@ async function main(): Promise<number> {
   return ok ? 0 : 1;
 }
 
-// Ctrl-C or SIGTERM: stop everything this process started, then exit (the run itself stays in
-// Temporal and resumes when the stack is started again).
+// Ctrl-C or SIGTERM: stop everything this process started, then exit. A run from `--config` stays in
+// Temporal and resumes when workers run again (`deno task worker`, `cm2 run status`); the demo run is
+// terminated with the stack (a later `task start` starts a new one).
 let interrupted = false;
+let demoRun: { terminate(reason?: string): Promise<unknown> } | undefined;
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(sig, async () => {
     if (interrupted) return;
     interrupted = true;
     log(`${sig}: stopping the stack`);
+    if (demoRun && !values.keep) {
+      await demoRun.terminate(`task start got ${sig}`).catch(() => {});
+    }
     await stopAll();
     await devServer?.stop();
     Deno.exit(130);
