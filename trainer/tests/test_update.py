@@ -165,3 +165,20 @@ def test_real_smollm2_gguf_update_with_the_contract_batch(tmp_path):
     res = update_policy(decode_update_request(req))
     assert res.metrics["tokens"] > 0 and res.metrics["gradNorm"] > 0
     assert _manifest(store, res.checkpoint)["stats"]["chatTemplate"] == "cm2-tool-chatml"
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path, base_dir):
+    """`task start` runs the CPU trainer with --gradient-checkpointing (memory): it must not change the result."""
+    from cm2_trainer.config import TrainerConfig
+
+    adapters = []
+    for ckpt in (False, True):
+        store = Store(tmp_path / str(ckpt))
+        res = update_policy(_req(store, base_dir), cache=ModelCache(),
+                            defaults=TrainerConfig(gradient_checkpointing=ckpt))
+        assert res.metrics["gradNorm"] > 0
+        adapters.append(_adapter(store, res.checkpoint))
+    plain, ckpt = adapters
+    assert plain.keys() == ckpt.keys()
+    for k in plain:
+        torch.testing.assert_close(plain[k], ckpt[k], rtol=1e-4, atol=1e-6)
