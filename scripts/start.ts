@@ -144,7 +144,7 @@ function line(s: IterationSummary): string {
  * reads ~75-100 prompt tokens/s and writes ~3 tokens/s per stream at the sample's ~3k-token tool prompts, and
  * the judge/simulator share another one-thread llama-server, so the demo keeps episodes short (1 user turn,
  * 4 assistant steps, 160-token policy steps), runs a group's 4 rollouts at once, and judges up to 4 items per
- * call. A config file passed with `--config` is used as it is.
+ * call; one task per iteration (see below). A config file passed with `--config` is used as it is.
  */
 /**
  * Threads per llama-server. The judge/simulator server and the policy server decode at the same time; with
@@ -182,6 +182,10 @@ function demoScale(config: RunConfig): RunConfig {
       limits: { ...config.cm2.limits, maxAssistantSteps: 4, maxUserTurns: 1, maxContextTokens: 6000 },
       judge: { ...config.cm2.judge, itemsPerCall: 4 },
       episodeConcurrency: config.cm2.groupSize,
+      // One update on 2 cores reads every sample's ~3k tokens about four times (reference pass, forward,
+      // recomputation, backward): ~1 min per sample. One task (G=4 samples) per iteration keeps the demo
+      // near 20 minutes; a GPU trainer takes the default 2 tasks (or more) in stride.
+      tasksPerIteration: 1,
     },
   };
 }
