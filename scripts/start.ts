@@ -297,17 +297,25 @@ async function main(): Promise<number> {
     config.trainer.taskQueue,
     // CPU: without it one 3k-token sample's activations took the worker to ~6.8 GB RSS
     "--gradient-checkpointing",
-  ], { ...env, PYTHONPATH: path.join(ROOT, "trainer") });
+  ], {
+    ...env,
+    PYTHONPATH: path.join(ROOT, "trainer"),
+    // fewer glibc arenas: torch's threads otherwise each keep their own, and RSS grows with fragmentation
+    MALLOC_ARENA_MAX: "2",
+  });
   await spawn("orchestrator-worker", deno, workerArgs(config.temporal.taskQueue, storeRoot), env);
   if (embeddedJudge) await waitHttp("llama-server", "http://127.0.0.1:8766/health", 120_000);
   if (embeddedPolicy) await waitHttp("policy-server", "http://127.0.0.1:8765/health", 180_000);
   log(`model servers up; logs in .cm2/logs/ (${((performance.now() - t0) / 1000).toFixed(0)} s so far)`);
 
   let peak = 0;
-  const sampler = setInterval(async () => {
+  const peakOf = new Map<string, number>(); // per process tree, for the breakdown
+  const sample = async () => {
     // Everything we started (dev server, model servers, workers) is a descendant of this process.
     peak = Math.max(peak, await treeRss(Deno.pid));
-  }, 1_000);
+    for (const c of children) peakOf.set(c.name, Math.max(peakOf.get(c.name) ?? 0, await treeRss(c.proc.pid)));
+  };
+  const sampler = setInterval(sample, 1_000);
 
   const connection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection });
@@ -352,7 +360,7 @@ async function main(): Promise<number> {
   const result = await done;
   while (printed < result.recent.length) log(line(result.recent[printed++]!));
   clearInterval(sampler);
-  peak = Math.max(peak, await treeRss(Deno.pid));
+  await sample();
 
   const store = new FsStore(storeRoot);
   const checkpoints = await store.listNames(`runs/${config.name}/checkpoints/`);
@@ -374,7 +382,11 @@ async function main(): Promise<number> {
   }
   log(`checkpoints: ${path.join(storeRoot, "names", "runs", config.name, "checkpoints")}/it-<n>.json`);
   log(`metrics:     ${path.join(storeRoot, "names", "runs", config.name, "metrics")}/it-<n>.json`);
-  log(`peak memory of the whole stack: ${(peak / 2 ** 30).toFixed(2)} GiB`);
+  const gib = (b: number) => (b / 2 ** 30).toFixed(2);
+  log(
+    `peak memory of the whole stack (PSS): ${gib(peak)} GiB; per process, each at its own peak: ` +
+      [...peakOf].map(([n, b]) => `${n} ${gib(b)}`).join(", "),
+  );
   await connection.close();
   const ok = result.iterations === config.cm2.iterations && checkpoints.length === config.cm2.iterations &&
     served.version === result.policyVersion;
@@ -405,9 +417,11 @@ let code = 1;
 try {
   code = await main();
 } catch (err) {
-  console.error(`[cm2] error: ${(err as Error).message}`);
+  if (!interrupted) console.error(`[cm2] error: ${(err as Error).message}`);
 } finally {
-  if (values.keep) {
+  if (interrupted) {
+    await new Promise(() => {}); // the signal handler stops the stack and exits 130
+  } else if (values.keep) {
     log("--keep: leaving the stack up (Ctrl-C stops it)");
     await Promise.all(children.map((c) => c.proc.status));
   } else {

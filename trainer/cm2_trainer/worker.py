@@ -53,7 +53,10 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
                 req = replace(req, store_root=store_root)
             log.info("updatePolicy run=%s iteration=%d attempt=%d", req.run_id, req.iteration, info.attempt)
             with _Keepalive(keepalive_s) as beat:
-                result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
+                try:
+                    result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
+                finally:
+                    _release_memory()
         except (contract.ContractError, InvalidRef) as e:
             raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e
         except MissingArtifact as e:
@@ -69,6 +72,19 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
         return out
 
     return update_policy_activity
+
+
+def _release_memory() -> None:
+    """Hand the update's freed activations back to the OS between updates (glibc keeps freed heap pages; on a
+    CPU host they would count against the rollouts' memory until the next update)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _Keepalive:
