@@ -140,13 +140,6 @@ function line(s: IterationSummary): string {
 }
 
 /**
- * The embedded demo on 2 CPU cores. The policy (llama-server, one thread, one slot per rollout of a group)
- * reads ~75-100 prompt tokens/s and writes ~3 tokens/s per stream at the sample's ~3k-token tool prompts, and
- * the judge/simulator share another one-thread llama-server, so the demo keeps episodes short (1 user turn,
- * 4 assistant steps, 160-token policy steps), runs a group's 4 rollouts at once, and judges up to 4 items per
- * call; one task per iteration (see below). A config file passed with `--config` is used as it is.
- */
-/**
  * Threads per llama-server. The judge/simulator server and the policy server decode at the same time; with
  * more threads than cores between them ggml's spinning threads starve each other. Measured on 2 cores, two
  * servers each generating two streams: `-t 1` each ~7.5-20 tokens/s per stream; `-t 2` each took over 100 s
@@ -154,6 +147,13 @@ function line(s: IterationSummary): string {
  */
 const LLAMA_THREADS = Math.max(1, Math.floor((navigator.hardwareConcurrency || 2) / 2));
 
+/**
+ * The embedded demo on 2 CPU cores. The policy (llama-server, one thread, one slot per rollout of a group)
+ * reads ~75-100 prompt tokens/s and writes ~3 tokens/s per stream at the sample's ~3k-token tool prompts, and
+ * the judge/simulator share another one-thread llama-server, so the demo keeps episodes short (1 user turn,
+ * 4 assistant steps, 160-token policy steps), runs a group's 4 rollouts at once, and judges up to 4 items per
+ * call; one task per iteration (see below). A config file passed with `--config` is used as it is.
+ */
 function demoScale(config: RunConfig): RunConfig {
   const m = config.models;
   return {

