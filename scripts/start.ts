@@ -300,8 +300,6 @@ async function main(): Promise<number> {
   ], {
     ...env,
     PYTHONPATH: path.join(ROOT, "trainer"),
-    // fewer glibc arenas: torch's threads otherwise each keep their own, and RSS grows with fragmentation
-    MALLOC_ARENA_MAX: "2",
   });
   await spawn("orchestrator-worker", deno, workerArgs(config.temporal.taskQueue, storeRoot), env);
   if (embeddedJudge) await waitHttp("llama-server", "http://127.0.0.1:8766/health", 120_000);

@@ -87,6 +87,30 @@ def _release_memory() -> None:
         pass
 
 
+# glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_malloc(mmap_threshold: int = 1 << 20, arena_max: int = 2) -> bool:
+    """Make glibc hand large freed blocks straight back to the OS (CPU training).
+
+    A CPU update allocates and frees activation tensors of a few MB each. glibc's dynamic mmap threshold
+    climbs to 32 MB after the first large frees, so from then on those tensors come from the heap, which
+    fragments and keeps the pages: replaying the demo's second update (4 samples of ~3k tokens) took the
+    process to 6.5 GB RSS. With a fixed 1 MiB threshold (which also turns the dynamic adjustment off) the
+    same update peaks at 1.7 GB, for ~25% more time spent faulting fresh pages in. Returns False where
+    the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+        return libc.mallopt(_M_ARENA_MAX, arena_max) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+
+
 class _Keepalive:
     """Heartbeats the latest progress now and then every `interval` s from a helper thread, so that phases
     without progress callbacks (loading a large base model, saving) do not hit the heartbeat timeout.
@@ -164,6 +188,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.device == "cpu" or (args.device == "auto" and not _cuda_available()):
+        log.info("CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
+                 "set" if tune_malloc() else "not glibc, left as is")
     defaults = TrainerConfig(device=args.device, dtype=args.dtype, micro_batch_size=args.micro_batch_size,
                              gradient_checkpointing=args.gradient_checkpointing,
                              rollout_is_cap=args.rollout_is_cap)
@@ -182,6 +209,12 @@ async def run(args: argparse.Namespace) -> None:
             await stop.wait()
             log.info("Shutting down")
     log.info("Stopped")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> None:
