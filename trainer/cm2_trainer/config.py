@@ -54,6 +54,12 @@ class TrainerConfig:
         "Memory/speed knob only: the loss is a token-mean over the whole mini-batch whatever this is. "
         "1 is memory-safe for long transcripts; raise it for short ones on a GPU.",
     )
+    pack_max_tokens: int = _f(
+        8192,
+        "Samples that share a prompt (a GRPO group's first step) are packed into one row of at most this many "
+        "tokens: the prompt once, then each continuation (same log-probs as separate rows; the mask is "
+        "tokens^2 entries). 0 turns packing off. Needs SDPA or eager attention; other kernels do not pack.",
+    )
     max_grad_norm: float = _f(1.0, "Gradient clipping by global L2 norm (CM2/verl: 1.0).")
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (verl default 0.01).")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas (verl default 0.9, 0.999).")
@@ -97,6 +103,7 @@ class TrainerConfig:
         need(self.clip_ratio_c > 1, "clip_ratio_c", "> 1")
         need(self.mini_batches >= 1, "mini_batches", ">= 1")
         need(self.micro_batch_size >= 1, "micro_batch_size", ">= 1")
+        need(self.pack_max_tokens >= 0, "pack_max_tokens", ">= 0")
         need(self.max_grad_norm > 0, "max_grad_norm", "> 0")
         need(self.weight_decay >= 0, "weight_decay", ">= 0")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")

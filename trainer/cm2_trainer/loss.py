@@ -18,6 +18,12 @@ the ratio is 1 and the update is exactly on-policy; with several mini-batches ol
 no-grad pass before the first optimizer step and the clipping bounds how far later steps move.
 Optional truncated importance sampling (`rollout_is_cap`) reweights tokens whose serving-stack log-probs
 are known: w = min(exp(old_logp - rollout_logp), cap), detached.
+
+A GRPO group's samples start with the same prompt (system, tool schemas, user turn: ~2.8k tokens in the
+demo), so samples whose tokens up to their first loss token are identical are packed into one row: the
+prompt once, then each continuation, which attends to the prompt and to itself (4-D mask, positions
+restarting after the prompt). The log-probs and gradients are those of separate rows (tested); the prompt's
+forward and backward run once per group instead of once per sample.
 """
 
 from __future__ import annotations
@@ -41,18 +47,17 @@ class TrainingDiverged(RuntimeError):
 
 
 # 1. Per-token log-probs ------------------------------------------------------------------------------------
-def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
-    """log p(input_ids[:, t] | input_ids[:, :t]) for t = start+1 .. L-1, shape [B, L-start-1], float32.
+def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
+    """log p(target_k | its context) for every loss token k of the micro-batch, shape [N], float32.
 
-    Only the logits from position `start` on are computed (`logits_to_keep`): the prompt before the first
-    loss token needs hidden states but no vocabulary projection.
+    The vocabulary projection runs only at the positions that predict a loss token (`logits_to_keep` with
+    an index tensor): prompts and tool results need hidden states but no logits, and one [N, vocab] block is
+    all the memory the head needs.
     """
-    seq_len = input_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                logits_to_keep=seq_len - start)
-    logits = out.logits[:, :-1, :].float()  # position p predicts token p+1
-    targets = input_ids[:, start + 1:]
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                use_cache=False, logits_to_keep=mb.keep)
+    logits = out.logits[mb.row, mb.col].float()  # [N, vocab]
+    return logits.gather(-1, mb.target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 # 2. Token-level policy-gradient loss (PPO clip + dual clip) ----------------------------------------------
@@ -86,69 +91,167 @@ def rollout_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, known
 # 4. Batching -------------------------------------------------------------------------------------------------
 @dataclass
 class MicroBatch:
-    """Right-padded samples; the *_t tensors cover target positions start+1 .. L-1."""
+    """One forward pass, and its loss tokens as flat [N] tensors.
+
+    Rows are right-padded samples (2-D attention mask), or one packed row: a prompt shared by several samples
+    followed by each sample's continuation, which sees the prompt and itself only (4-D mask, position ids
+    restarting after the prompt). Loss token k is `target[k]`, predicted at position `keep[col[k]]` of row
+    `row[k]`.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    start: int
-    mask_t: torch.Tensor
-    adv_t: torch.Tensor
-    rollout_t: torch.Tensor
-    rollout_known_t: torch.Tensor
+    position_ids: torch.Tensor | None
+    keep: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    target: torch.Tensor
+    adv: torch.Tensor
+    rollout: torch.Tensor
+    rollout_known: torch.Tensor
+    samples: int
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
-        return int(self.mask_t.sum().item())
+        return int(self.target.numel())
+
+
+def _loss_tokens(s: RenderedSample) -> list[int]:
+    return [t for t in range(1, len(s.input_ids)) if s.loss_mask[t]]  # the first token has no prediction
+
+
+def _finish(ids: torch.Tensor, att: torch.Tensor, pos: torch.Tensor | None, preds: list[tuple[int, int, int]],
+            samples: list[RenderedSample], device: torch.device) -> MicroBatch:
+    """preds: (row, predicting position, (sample index, token index)) per loss token, in sample order."""
+    keep = sorted({p for _, p, _ in preds})
+    col_of = {p: c for c, p in enumerate(keep)}
+    adv, rlp, known, target = [], [], [], []
+    for _, _, (i, t) in preds:
+        s = samples[i]
+        target.append(s.input_ids[t])
+        adv.append(s.advantages[t])
+        lp = s.rollout_logprobs[t]
+        rlp.append(lp if lp is not None else 0.0)
+        known.append(lp is not None)
+
+    def tensor(v: list[Any], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(v, dtype=dtype, device=device)
+
+    return MicroBatch(ids.to(device), att.to(device), pos.to(device) if pos is not None else None,
+                      tensor(keep, torch.long), tensor([r for r, _, _ in preds], torch.long),
+                      tensor([col_of[p] for _, p, _ in preds], torch.long), tensor(target, torch.long),
+                      tensor(adv, torch.float32), tensor(rlp, torch.float32), tensor(known, torch.bool), len(samples))
 
 
 def make_micro_batch(samples: list[RenderedSample], pad_id: int, device: torch.device) -> MicroBatch:
+    """Right-padded rows, one per sample."""
     L = max(len(s.input_ids) for s in samples)
-    B = len(samples)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    att = torch.zeros((B, L), dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.float32)
-    adv = torch.zeros((B, L), dtype=torch.float32)
-    rlp = torch.zeros((B, L), dtype=torch.float32)
-    known = torch.zeros((B, L), dtype=torch.bool)
+    ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(samples), L), dtype=torch.long)
+    preds = []
     for b, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[b, :n] = torch.tensor(s.input_ids, dtype=torch.long)
-        att[b, :n] = 1
-        mask[b, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
-        adv[b, :n] = torch.tensor(s.advantages, dtype=torch.float32)
-        for k, lp in enumerate(s.rollout_logprobs):
-            if lp is not None:
-                rlp[b, k] = lp
-                known[b, k] = True
-    mask[:, 0] = 0.0  # the first token has no prediction
-    first = [next(k for k, m in enumerate(s.loss_mask) if m) for s in samples]
-    start = max(min(first) - 1, 0)
-    sl = slice(start + 1, L)
-    return MicroBatch(ids.to(device), att.to(device), start, mask[:, sl].to(device), adv[:, sl].to(device),
-                      rlp[:, sl].to(device), known[:, sl].to(device))
+        ids[b, :len(s.input_ids)] = torch.tensor(s.input_ids, dtype=torch.long)
+        att[b, :len(s.input_ids)] = 1
+        preds += [(b, t - 1, (b, t)) for t in _loss_tokens(s)]
+    return _finish(ids, att, None, preds, samples, device)
+
+
+def make_packed_batch(samples: list[RenderedSample], prompt_len: int, mask_dtype: torch.dtype | None,
+                      device: torch.device) -> MicroBatch:
+    """One row: the samples' common first `prompt_len` tokens once, then each sample's remaining tokens.
+
+    Exactly the same log-probs as separate rows (same positions, each continuation attends to the prompt and
+    to itself), while the prompt is read once. `mask_dtype` None gives a boolean mask (SDPA); a float dtype
+    an additive one (eager attention).
+    """
+    head = samples[0].input_ids[:prompt_len]
+    assert all(s.input_ids[:prompt_len] == head for s in samples), "samples do not share the prompt"
+    ids, pos, seg = list(head), list(range(prompt_len)), [0] * prompt_len
+    preds = []
+    for i, s in enumerate(samples):
+        offset = len(ids) - prompt_len  # packed position = original position + offset, after the prompt
+        ids += s.input_ids[prompt_len:]
+        pos += range(prompt_len, len(s.input_ids))
+        seg += [i + 1] * (len(s.input_ids) - prompt_len)
+        preds += [(0, t - 1 + (offset if t - 1 >= prompt_len else 0), (i, t)) for t in _loss_tokens(s)]
+    seg_t = torch.tensor(seg)
+    idx = torch.arange(len(ids))
+    allowed = (idx[None, :] <= idx[:, None]) & ((seg_t[None, :] == 0) | (seg_t[None, :] == seg_t[:, None]))
+    if mask_dtype is None:
+        mask = allowed[None, None]
+    else:
+        mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill_(~allowed, torch.finfo(mask_dtype).min)
+        mask = mask[None, None]
+    return _finish(torch.tensor([ids]), mask, torch.tensor([pos]), preds, samples, device)
+
+
+def _packing_mask_dtype(model: Any) -> tuple[bool, torch.dtype | None]:
+    """(whether the model takes a custom 4-D mask, the mask dtype it wants)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl == "sdpa":
+        return True, None
+    if impl == "eager":
+        return True, next(model.parameters()).dtype
+    return False, None  # flash / flex kernels take no dense custom mask: no packing
+
+
+def _prompt_groups(samples: list[RenderedSample], idx: list[int], max_tokens: int) -> list[tuple[list[int], int]]:
+    """Split `idx` into (members, shared prompt length) packs: samples whose tokens up to their first loss
+    token are identical share that prompt; a pack holds at most `max_tokens` tokens; singletons get 0."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for k in idx:
+        s = samples[k]
+        first = next(t for t, m in enumerate(s.loss_mask) if m)
+        by_prompt.setdefault(tuple(s.input_ids[:first]), []).append(k)
+    groups = []
+    for prompt, members in by_prompt.items():
+        p = len(prompt)
+        pack: list[int] = []
+        size = p
+        for k in sorted(members, key=lambda k: len(samples[k].input_ids)):
+            extra = len(samples[k].input_ids) - p
+            if pack and size + extra > max_tokens:
+                groups.append((pack, p if len(pack) > 1 else 0))
+                pack, size = [], p
+            pack.append(k)
+            size += extra
+        groups.append((pack, p if len(pack) > 1 else 0))
+    return groups
 
 
 def plan_batches(samples: list[RenderedSample], cfg: TrainerConfig, seed: int, pad_id: int,
-                 device: torch.device) -> list[list[MicroBatch]]:
-    """Seeded shuffle, split into mini-batches (one optimizer step each), then length-sorted micro-batches."""
+                 device: torch.device, model: Any = None) -> list[list[MicroBatch]]:
+    """Seeded shuffle, split into mini-batches (one optimizer step each), then micro-batches: samples that
+    share a prompt are packed into one row (`pack_max_tokens`, when the model's attention takes a custom
+    mask), the rest go into length-sorted right-padded micro-batches of `micro_batch_size`."""
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
     n_mini = min(cfg.mini_batches, len(samples))
     minis = [order[k::n_mini] for k in range(n_mini)]
+    can_pack, mask_dtype = _packing_mask_dtype(model) if model is not None else (False, None)
     plan = []
     for idx in minis:
-        idx = sorted(idx, key=lambda k: len(samples[k].input_ids))
-        plan.append([make_micro_batch([samples[k] for k in idx[j:j + cfg.micro_batch_size]], pad_id, device)
-                     for j in range(0, len(idx), cfg.micro_batch_size)])
+        micro, single = [], []
+        groups = _prompt_groups(samples, idx, cfg.pack_max_tokens) if can_pack and cfg.pack_max_tokens > 0 \
+            else [([k], 0) for k in idx]
+        for members, prompt_len in groups:
+            if prompt_len:
+                micro.append(make_packed_batch([samples[k] for k in members], prompt_len, mask_dtype, device))
+            else:
+                single += members
+        single.sort(key=lambda k: len(samples[k].input_ids))
+        micro += [make_micro_batch([samples[k] for k in single[j:j + cfg.micro_batch_size]], pad_id, device)
+                  for j in range(0, len(single), cfg.micro_batch_size)]
+        plan.append(micro)
     return plan
 
 
 # 5. The update ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def _no_grad_logprobs(model: Any, mb: MicroBatch) -> torch.Tensor:
-    return token_logprobs(model, mb.input_ids, mb.attention_mask, mb.start)
+    return token_logprobs(model, mb)
 
 
 def apply_update(model: Any, optimizer: torch.optim.Optimizer, samples: list[RenderedSample],
@@ -160,7 +263,7 @@ def apply_update(model: Any, optimizer: torch.optim.Optimizer, samples: list[Ren
     """
     t0 = time.perf_counter()
     beat = heartbeat or (lambda _p: None)
-    plan = plan_batches(samples, cfg, seed, pad_id, device)
+    plan = plan_batches(samples, cfg, seed, pad_id, device, model)
     micro = [mb for mini in plan for mb in mini]
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -184,20 +287,20 @@ def apply_update(model: Any, optimizer: torch.optim.Optimizer, samples: list[Ren
         n_tok = sum(mb.tokens for mb in mini)
         optimizer.zero_grad(set_to_none=True)
         for k, mb in enumerate(mini):
-            logp = token_logprobs(model, mb.input_ids, mb.attention_mask, mb.start)
+            logp = token_logprobs(model, mb)
             old = mb.old_logp if mb.old_logp is not None else logp.detach()
-            pg, was_clipped = pg_loss_per_token(logp, old, mb.adv_t, cfg)
+            pg, was_clipped = pg_loss_per_token(logp, old, mb.adv, cfg)
             if cfg.rollout_is_cap is not None:
-                pg = pg * rollout_is_weights(old, mb.rollout_t, mb.rollout_known_t, cfg.rollout_is_cap)
+                pg = pg * rollout_is_weights(old, mb.rollout, mb.rollout_known, cfg.rollout_is_cap)
             kl = k3_kl_per_token(logp, mb.ref_logp) if mb.ref_logp is not None else torch.zeros_like(logp)
             # token-mean over the mini-batch: each micro-batch adds its masked sum / the mini-batch's count
-            loss = ((pg + cfg.kl_coef * kl) * mb.mask_t).sum() / max(n_tok, 1)
+            loss = (pg + cfg.kl_coef * kl).sum() / max(n_tok, 1)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"Loss is {loss.item()} at mini-batch {step}, micro-batch {k}")
             loss.backward()
-            pg_sum += float((pg.detach() * mb.mask_t).sum())
-            kl_sum += float((kl.detach() * mb.mask_t).sum())
-            clipped += int((was_clipped & (mb.mask_t > 0)).sum())
+            pg_sum += float(pg.detach().sum())
+            kl_sum += float(kl.detach().sum())
+            clipped += int(was_clipped.sum())
             tokens += mb.tokens
             beat({"phase": "train", "mini_batch": step + 1, "of": len(plan), "micro_batch": k + 1})
         norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))

@@ -178,6 +178,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--micro-batch-size", type=int, default=TrainerConfig.micro_batch_size,
                    help="samples per forward/backward pass (memory knob; default %(default)s)")
+    p.add_argument("--pack-max-tokens", type=int, default=TrainerConfig.pack_max_tokens,
+                   help="pack samples that share a prompt into one row of at most this many tokens "
+                        "(0: off; default %(default)s)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (saves memory)")
     p.add_argument("--rollout-is-cap", type=float, default=None,
                    help="truncated importance sampling cap against serving log-probs (off by default; CM2: 2.0)")
@@ -192,6 +195,7 @@ async def run(args: argparse.Namespace) -> None:
         log.info("CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
                  "set" if tune_malloc() else "not glibc, left as is")
     defaults = TrainerConfig(device=args.device, dtype=args.dtype, micro_batch_size=args.micro_batch_size,
+                             pack_max_tokens=args.pack_max_tokens,
                              gradient_checkpointing=args.gradient_checkpointing,
                              rollout_is_cap=args.rollout_is_cap)
     client = await Client.connect(args.address, namespace=args.namespace)

@@ -25,3 +25,14 @@ def test_worker_help_documents_the_flags(capsys):
     for flag in ("--address", "TEMPORAL_ADDRESS", "--namespace", "TEMPORAL_NAMESPACE", "--task-queue",
                  "--store-root", "--device", "--micro-batch-size", "kl_coef"):
         assert flag in out, flag
+
+
+def test_pack_benchmark_tiny_compares_both_variants(capsys):
+    from cm2_trainer import bench_pack
+
+    bench_pack.main(["--tiny", "--rounds", "1"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    res = json.loads(lines[0])
+    assert res["rows"] == {"packed": 1, "unpacked": 4}  # the group of 4 is one packed row
+    assert res["packed_s"] > 0 and res["unpacked_s"] > 0 and res["speedup"] > 0

@@ -5,8 +5,9 @@ import torch
 
 from cm2_trainer.config import TrainerConfig
 from cm2_trainer.contract import decode_batch
-from cm2_trainer.loss import apply_update, k3_kl_per_token, pg_loss_per_token, token_logprobs
-from cm2_trainer.render import render_sample
+from cm2_trainer.loss import (apply_update, k3_kl_per_token, make_micro_batch, make_packed_batch, pg_loss_per_token,
+                              plan_batches, token_logprobs)
+from cm2_trainer.render import RenderedSample, render_sample
 from helpers import batch_obj, tiny_llama
 
 CFG = TrainerConfig()
@@ -44,16 +45,87 @@ def test_k3_kl():
     assert k3_kl_per_token(torch.tensor([-100.0]), torch.tensor([0.0])).item() == 10.0  # exp(+20) clamped too
 
 
-def test_token_logprobs_window_matches_full_computation(tok):
+def _sample(ids, loss_from, adv=1.0):
+    n = len(ids)
+    return RenderedSample("e", list(ids), [0] * loss_from + [1] * (n - loss_from), [adv] * n, [None] * n)
+
+
+def test_token_logprobs_are_the_full_computation_at_the_loss_tokens(tok):
     torch.manual_seed(0)
     model = tiny_llama(len(tok)).eval()
-    ids = torch.randint(0, len(tok), (2, 30))
-    att = torch.ones_like(ids)
+    ids = torch.randint(3, len(tok), (2, 30))
+    samples = [_sample(ids[0].tolist(), 11), _sample(ids[1, :25].tolist(), 20)]  # second row padded
     with torch.no_grad():
         full = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
         full = full.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        part = token_logprobs(model, ids, att, start=11)
-    assert torch.allclose(part, full[:, 11:], atol=1e-5)
+        part = token_logprobs(model, make_micro_batch(samples, 0, torch.device("cpu")))
+    assert part.shape == (19 + 5,)
+    assert torch.allclose(part, torch.cat([full[0, 10:], full[1, 19:24]]), atol=1e-5)
+
+
+def _group(tok, n=3, prompt=40, seed=0):
+    """n samples sharing a `prompt`-token prefix, each with its own continuation of another length, loss
+    tokens in two separate spans (an assistant step, a tool result, another step)."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(3, len(tok), (prompt,), generator=g).tolist()
+    out = []
+    for i in range(n):
+        tail = torch.randint(3, len(tok), (12 + 5 * i,), generator=g).tolist()
+        mask = [0] * prompt + [1] * 5 + [0] * 4 + [1] * (len(tail) - 9)
+        ids = head + tail
+        out.append(RenderedSample(f"e{i}", ids, mask, [(-1.0) ** i * (i + 1) for _ in ids], [None] * len(ids)))
+    return out
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_group_gives_the_same_logprobs_as_separate_rows(tok, impl):
+    torch.manual_seed(0)
+    model = tiny_llama(len(tok)).eval()
+    model.config._attn_implementation = impl
+    group = _group(tok)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        separate = torch.cat([token_logprobs(model, make_micro_batch([s], 0, cpu)) for s in group])
+        packed_mb = make_packed_batch(group, 40, None if impl == "sdpa" else torch.float32, cpu)
+        packed = token_logprobs(model, packed_mb)
+    assert packed_mb.input_ids.shape[1] == 40 + sum(len(s.input_ids) - 40 for s in group)
+    assert packed.shape == separate.shape and torch.allclose(packed, separate, atol=1e-5)
+
+
+def test_packed_update_equals_the_unpacked_update(tok):
+    from peft import LoraConfig, get_peft_model
+
+    results = []
+    for pack in (8192, 0):
+        torch.manual_seed(0)
+        base = tiny_llama(len(tok))
+        cfg = TrainerConfig(lr=1e-2, kl_coef=0.05, lora_rank=4, lora_alpha=8, pack_max_tokens=pack)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules,
+                                                task_type="CAUSAL_LM"))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        group = _group(tok, n=4) + _group(tok, n=1, seed=1)  # a group of 4 and a lone sample
+        plan = plan_batches(group, cfg, 0, 0, torch.device("cpu"), model)
+        for _ in range(2):  # the second update has a KL to the reference
+            m = apply_update(model, opt, group, cfg, seed=0, pad_id=0, device=torch.device("cpu"))
+        results.append((len(plan[0]), m, {n: p.detach().clone() for n, p in model.named_parameters()
+                                          if p.requires_grad}))
+    (n_packed, m1, w1), (n_plain, m2, w2) = results
+    assert (n_packed, n_plain) == (2, 5)  # one packed row + the lone sample, vs one row each
+    assert m1["tokens"] == m2["tokens"] and m2["kl"] > 0
+    for k in ("loss", "pg_loss", "kl", "grad_norm"):
+        assert m1[k] == pytest.approx(m2[k], rel=1e-4, abs=1e-7), k
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+def test_packs_respect_the_token_budget(tok):
+    group = _group(tok, n=4)  # 40-token prompt, continuations of 12, 17, 22, 27 tokens
+    model = tiny_llama(len(tok))
+    cfg = TrainerConfig(pack_max_tokens=40 + 12 + 17 + 22)
+    plan = plan_batches(group, cfg, 0, 0, torch.device("cpu"), model)
+    lengths = sorted(mb.input_ids.shape[1] for mb in plan[0])
+    assert lengths == [67, 91]  # prompt + 3 continuations, then the fourth alone (an ordinary row)
+    model.config._attn_implementation = "flash_attention_2"  # no dense custom mask: one row per sample
+    assert len(plan_batches(group, cfg, 0, 0, torch.device("cpu"), model)[0]) == 4
 
 
 def _setup(tok, adv=(1.0, 1.0), lr=1e-2):
@@ -76,11 +148,9 @@ def _mean_loss_token_logprob(model, rendered):
     model.eval()
     with torch.no_grad():
         for r in rendered:
-            ids = torch.tensor([r.input_ids])
-            lp = token_logprobs(model, ids, torch.ones_like(ids), 0)[0]
-            m = torch.tensor(r.loss_mask[1:], dtype=torch.float32)
-            total += float((lp * m).sum())
-            n += float(m.sum())
+            lp = token_logprobs(model, make_micro_batch([r], 0, torch.device("cpu")))
+            total += float(lp.sum())
+            n += lp.numel()
     return total / n
 
 
