@@ -109,7 +109,6 @@ class MicroBatch:
     adv: torch.Tensor
     rollout: torch.Tensor
     rollout_known: torch.Tensor
-    samples: int
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
 
@@ -122,8 +121,9 @@ def _loss_tokens(s: RenderedSample) -> list[int]:
     return [t for t in range(1, len(s.input_ids)) if s.loss_mask[t]]  # the first token has no prediction
 
 
-def _finish(ids: torch.Tensor, att: torch.Tensor, pos: torch.Tensor | None, preds: list[tuple[int, int, int]],
-            samples: list[RenderedSample], device: torch.device) -> MicroBatch:
+def _finish(ids: torch.Tensor, att: torch.Tensor, pos: torch.Tensor | None,
+            preds: list[tuple[int, int, tuple[int, int]]], samples: list[RenderedSample],
+            device: torch.device) -> MicroBatch:
     """preds: (row, predicting position, (sample index, token index)) per loss token, in sample order."""
     keep = sorted({p for _, p, _ in preds})
     col_of = {p: c for c, p in enumerate(keep)}
@@ -142,7 +142,7 @@ def _finish(ids: torch.Tensor, att: torch.Tensor, pos: torch.Tensor | None, pred
     return MicroBatch(ids.to(device), att.to(device), pos.to(device) if pos is not None else None,
                       tensor(keep, torch.long), tensor([r for r, _, _ in preds], torch.long),
                       tensor([col_of[p] for _, p, _ in preds], torch.long), tensor(target, torch.long),
-                      tensor(adv, torch.float32), tensor(rlp, torch.float32), tensor(known, torch.bool), len(samples))
+                      tensor(adv, torch.float32), tensor(rlp, torch.float32), tensor(known, torch.bool))
 
 
 def make_micro_batch(samples: list[RenderedSample], pad_id: int, device: torch.device) -> MicroBatch:

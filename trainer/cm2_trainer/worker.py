@@ -74,17 +74,26 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
     return update_policy_activity
 
 
+def _glibc() -> Any:
+    """The C library when it is glibc (malloc_trim, mallopt), else None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def _release_memory() -> None:
     """Hand the update's freed activations back to the OS between updates (glibc keeps freed heap pages; on a
     CPU host they would count against the rollouts' memory until the next update)."""
-    import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 # glibc mallopt parameters (malloc.h)
@@ -101,14 +110,11 @@ def tune_malloc(mmap_threshold: int = 1 << 20, arena_max: int = 2) -> bool:
     process to 6.5 GB RSS. With a fixed 1 MiB threshold (which also turns the dynamic adjustment off) the
     same update peaks at 1.7 GB, for ~25% more time spent faulting fresh pages in. Returns False where
     the C library is not glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-        return libc.mallopt(_M_ARENA_MAX, arena_max) == 1 and ok
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    return libc.mallopt(_M_ARENA_MAX, arena_max) == 1 and ok
 
 
 class _Keepalive:
@@ -191,13 +197,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    if args.device == "cpu" or (args.device == "auto" and not _cuda_available()):
-        log.info("CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
-                 "set" if tune_malloc() else "not glibc, left as is")
+    from .update import resolve_device
+
     defaults = TrainerConfig(device=args.device, dtype=args.dtype, micro_batch_size=args.micro_batch_size,
                              pack_max_tokens=args.pack_max_tokens,
                              gradient_checkpointing=args.gradient_checkpointing,
                              rollout_is_cap=args.rollout_is_cap)
+    if resolve_device(defaults).type == "cpu":
+        log.info("CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
+                 "set" if tune_malloc() else "not glibc, left as is")
     client = await Client.connect(args.address, namespace=args.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -213,12 +221,6 @@ async def run(args: argparse.Namespace) -> None:
             await stop.wait()
             log.info("Shutting down")
     log.info("Stopped")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     blocks, kept = [], []
     for _ in range(100):                                                # 400 MiB of "activations", each
         blocks.append(libc.malloc(4 << 20)); touch(blocks[-1], 4 << 20)  # followed by a small long-lived object
-        kept.append(libc.malloc(128 << 10)); touch(kept[-1], 128 << 10)
+        kept.append(libc.malloc(128 << 10)); touch(kept[-1], 128 << 10)  # (128 KiB: not from a free slot)
     before = rss_mib()
     for b in blocks:
         libc.free(b)
@@ -35,7 +36,7 @@ SCRIPT = textwrap.dedent("""
 def test_tuned_malloc_returns_freed_blocks(tmp_path):
     import cm2_trainer
 
-    root = str(__import__("pathlib").Path(cm2_trainer.__file__).parent.parent)
+    root = str(Path(cm2_trainer.__file__).parent.parent)
     script = tmp_path / "m.py"
     script.write_text(SCRIPT.format(root=root))
 
