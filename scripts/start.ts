@@ -281,7 +281,12 @@ async function main(): Promise<number> {
       "--threads",
       String(LLAMA_THREADS),
       "--max-context",
-      String(Math.min(8192, config.cm2.limits.maxContextTokens + (config.models.policy.sampling.max_tokens ?? 512))),
+      String(
+        Math.min(
+          8192,
+          config.cm2.limits.maxContextTokens + (config.models.policy.sampling.max_tokens ?? 512),
+        ),
+      ),
     ], {
       PYTHONPATH: path.join(ROOT, "trainer"),
       CM2_LOG_DIR: path.join(CM2_DIR, "logs"),
@@ -311,7 +316,9 @@ async function main(): Promise<number> {
   const sample = async () => {
     // Everything we started (dev server, model servers, workers) is a descendant of this process.
     peak = Math.max(peak, await treeRss(Deno.pid));
-    for (const c of children) peakOf.set(c.name, Math.max(peakOf.get(c.name) ?? 0, await treeRss(c.proc.pid)));
+    for (const c of children) {
+      peakOf.set(c.name, Math.max(peakOf.get(c.name) ?? 0, await treeRss(c.proc.pid)));
+    }
   };
   const sampler = setInterval(sample, 1_000);
 
