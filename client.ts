@@ -7,6 +7,7 @@
  *   data filter NAME --out NAME         CM2's rule-based filters, with counts per criterion
  *   run start [CONFIG]                  start a training run (prints its id and Web UI link)
  *   run list | status | watch | pause | resume | stop | set
+ *   doctor [--config FILE]              check this machine and the services a run needs, with fixes
  *
  * @module
  */
@@ -25,6 +26,7 @@ import { ConfigError, connectClient, loadRunConfig, resolvePath, webUiUrl } from
 import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "./store/datasets.ts";
 import { FsStore } from "./store/fs_store.ts";
 import { ORCHESTRATOR_QUEUE } from "./workflows/names.ts";
+import { registerDoctorCommand } from "./cli/doctor.ts";
 import { registerLabelCommands } from "./cli/label.ts";
 import {
   iterationProgressQuery,
@@ -425,6 +427,7 @@ run.command("set").argument("<name>", "run name or id")
   });
 
 registerLabelCommands(program);
+registerDoctorCommand(program);
 
 if (import.meta.main) {
   await program.parseAsync(["deno", "cm2", ...Deno.args]);

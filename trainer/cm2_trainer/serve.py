@@ -396,7 +396,8 @@ def load_base_model(model_path: str, dtype: str = "float32", cache_dir: str | No
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                   "float64": torch.float64}[dtype]
     p = Path(model_path)
     if p.suffix.lower() == ".gguf":
         cache, key = _gguf_cache(p, "model", cache_dir)
@@ -554,11 +555,36 @@ class TorchEngine:
 
 
 def _default_llama_server() -> str | None:
+    """$CM2_LLAMA_SERVER, else the checked launcher that `deno task setup` writes once the build has passed its
+    smoke test on this machine (never the raw build: it may crash on this CPU, see llama_server_check.ts)."""
     env = os.environ.get("CM2_LLAMA_SERVER")
     if env:
         return env
-    p = Path(__file__).resolve().parents[2] / ".cm2" / "llama.cpp" / "build" / "bin" / "llama-server"
+    p = Path(__file__).resolve().parents[2] / ".cm2" / "llama.cpp" / "llama-server"
     return str(p) if p.is_file() else None
+
+
+_SIGNAL_MEANING = {
+    "SIGILL": "illegal instruction: the binary uses a CPU instruction this machine cannot run "
+              "(run `deno task setup` to check the build on this CPU)",
+    "SIGKILL": "killed: out of memory? (see `dmesg`)",
+    "SIGSEGV": "segmentation fault: a crash in native code",
+    "SIGBUS": "bus error: a mapped file changed or the disk is full?",
+    "SIGABRT": "aborted: an assertion or uncaught exception (see the log)",
+}
+
+
+def describe_returncode(rc: int) -> str:
+    """A child's return code in words: 'SIGILL: illegal instruction: …' for a signal, else 'exit code N'."""
+    import signal
+
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            return f"signal {-rc}"
+        return f"{name}: {_SIGNAL_MEANING.get(name, 'killed by a signal')}"
+    return f"exit code {rc}"
 
 
 # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, and HTTP requests run on short-lived
@@ -650,7 +676,7 @@ class LlamaCppEngine:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise EngineError(f"llama-server exited with {proc.returncode} while starting; "
+                raise EngineError(f"llama-server died while starting ({describe_returncode(proc.returncode)}); "
                                   f"last log lines:\n{_tail(self.log_path)}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
@@ -744,7 +770,10 @@ class LlamaCppEngine:
         except urllib.error.HTTPError as e:
             raise EngineError(f"llama-server answered {e.code}: {e.read()[:500]!r}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise EngineError(f"llama-server is unreachable ({e}); last log lines:\n{_tail(self.log_path)}") from None
+            proc = self._proc
+            rc = proc.poll() if proc is not None else None
+            how = f"it died: {describe_returncode(rc)}" if rc is not None else f"unreachable: {e}"
+            raise EngineError(f"llama-server failed ({how}); last log lines:\n{_tail(self.log_path)}") from None
         seconds = time.perf_counter() - started
         outs = sorted(raw, key=lambda o: int(o.get("index", 0))) if isinstance(raw, list) else [raw]
         if len(outs) != n:
@@ -1106,7 +1135,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="generation engine: llama.cpp's llama-server for a GGUF base (auto when it is built), "
                          "else transformers in this process")
     ap.add_argument("--llama-server", default=None,
-                    help="llama-server binary (default: $CM2_LLAMA_SERVER, else .cm2/llama.cpp/build/bin/)")
+                    help="llama-server binary (default: $CM2_LLAMA_SERVER, else the checked .cm2/llama.cpp/llama-server)")
     ap.add_argument("--parallel", type=int, default=4, help="llama.cpp: requests generated at once (slots)")
     ap.add_argument("--coalesce-window", type=float, default=1.5,
                     help="llama.cpp: seconds an episode's first request waits for the identical requests of the "

@@ -79,7 +79,7 @@ def resolve_device(cfg: TrainerConfig) -> torch.device:
 def resolve_dtype(cfg: TrainerConfig, device: torch.device) -> torch.dtype:
     if cfg.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[cfg.dtype]
 
 
 class ModelCache:
@@ -125,7 +125,8 @@ def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tupl
     if base.kind == "gguf":
         # Dequantised once and cached as safetensors beside the GGUF (the policy server's loader): reading the
         # GGUF through transformers takes minutes on 2 cores and peaked at ~8 GB RSS for SmolLM2-135M.
-        name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+        name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
+                torch.float64: "float64"}[dtype]
         model = load_base_model(str(path), name)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)

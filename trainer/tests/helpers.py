@@ -41,6 +41,27 @@ def hermetic_tokenizer() -> Any:
     return fast
 
 
+def assert_same_update(before: dict[str, Any], a: dict[str, Any], b: dict[str, Any], rtol: float = 1e-7) -> None:
+    """Two updates from the same weights `before` reached the same weights: per tensor, the largest difference
+    between `a` and `b` is at most `rtol` times the largest change the update made (|a - before|).
+
+    Scaled to the update, not a bare absolute tolerance: float results depend on the CPU's kernels (AVX-512 and
+    AVX2 sum in different orders), so equality checks run in float64. Some pieces stay float32 inside a float64
+    model (transformers' rotary tables, parts of attention's backward on CPU): two layouts of the same batch were
+    measured to give gradients that agree to ~1e-10 relative, so 1e-7 leaves three orders of magnitude.
+    """
+    assert a.keys() == b.keys() == before.keys()
+    for k in a:
+        step = float((a[k] - before[k]).abs().max())
+        diff = float((a[k] - b[k]).abs().max())
+        assert diff <= rtol * step + 1e-300, f"{k}: updates differ by {diff:.3g}, update size {step:.3g}"
+
+
+def trainable(model: Any) -> dict[str, Any]:
+    """A copy of the trainable parameters (the LoRA weights), by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
