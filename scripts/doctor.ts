@@ -65,7 +65,8 @@ export async function checkLlama(): Promise<Finding> {
       check: "llama-server",
       status: "warn",
       detail: "not built (the slow prebuilt llama.node server would be used)",
-      fix: "deno task setup (needs git, cmake and a C++ compiler: apt-get install git cmake g++ ninja-build)",
+      fix:
+        "deno task setup (needs git and a C++ compiler, e.g. apt-get install git g++; cmake and ninja come as pinned wheels)",
     };
   }
   const [check, cpu] = await Promise.all([readCheck(LLAMA_CHECK_FILE), cpuInfo()]);
