@@ -12,7 +12,7 @@
  */
 import { type Client, WorkflowNotFoundError } from "@temporalio/client";
 import cliProgress from "cli-progress";
-import { type Command, InvalidArgumentError } from "commander";
+import type { Command } from "commander";
 import type { LabelReport, LabelSummary } from "../activities/labeling.ts";
 import { ConfigError, connectClient, loadRunConfig, resolvePath, webUiUrl } from "../config.ts";
 import type { RunConfig } from "../core/config.ts";
@@ -20,6 +20,7 @@ import { LABEL_PROMPT_VERSION, REPAIR_KINDS } from "../core/labeling.ts";
 import { datasetRef } from "../store/datasets.ts";
 import { FsStore } from "../store/fs_store.ts";
 import { getJson, parseRef } from "../store/mod.ts";
+import { nonNegative, positiveInt } from "./common.ts";
 import {
   type LabelBudget,
   labelDataset,
@@ -53,20 +54,6 @@ export interface LabelCommandOptions {
 export const EXIT_PAUSED = 3;
 
 class CliError extends Error {}
-
-function positiveInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive integer, got ${v}`);
-  return n;
-}
-
-function nonNegative(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) {
-    throw new InvalidArgumentError(`expected a non-negative number, got ${v}`);
-  }
-  return n;
-}
 
 /** Adds `label` to the cm2 command line. */
 export function registerLabelCommands(program: Command): void {

@@ -26,7 +26,8 @@ import { workflowIds } from "../core/sampling.ts";
 import { loadRunConfig } from "../config.ts";
 import { FsStore } from "../store/fs_store.ts";
 import { getJson } from "../store/mod.ts";
-import { type IterationSummary, statusQuery, trainingRun } from "../workflows/training.ts";
+import { startRun } from "../cli/run.ts";
+import { type IterationSummary, statusQuery } from "../workflows/training.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { formatFindings, runDoctor } from "./doctor.ts";
@@ -369,13 +370,7 @@ async function main(): Promise<number> {
     }
     if (stale.length) log(`stopped ${stale.length} earlier demo run(s) left running: ${stale.join(", ")}`);
   }
-  const handle = await client.workflow.start(trainingRun, {
-    taskQueue: config.temporal.taskQueue,
-    workflowId: id,
-    args: [{ config }],
-    memo: { config: configSummary(config) },
-    searchAttributes: { Cm2RunName: [config.name], Cm2Iteration: [0], Cm2Status: ["running"] },
-  });
+  const handle = await startRun(client, config);
   demoRun = values.config ? undefined : handle;
   let printed = 0;
   const done = handle.result();

@@ -1,0 +1,66 @@
+/**
+ * What the CLI's command groups share: one-line errors, the Temporal client for a command, the store, links.
+ *
+ * @module
+ */
+import { InvalidArgumentError } from "commander";
+import * as fs from "node:fs/promises";
+import { connectClient, resolvePath, temporalAddress, webUiUrl } from "../config.ts";
+import { FsStore } from "../store/fs_store.ts";
+
+/** Option parser: a positive integer. */
+export function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive integer, got ${v}`);
+  return n;
+}
+
+/** Option parser: a finite number ≥ 0. */
+export function nonNegative(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) {
+    throw new InvalidArgumentError(`expected a non-negative number, got ${v}`);
+  }
+  return n;
+}
+
+/** Prints `error: …` and exits 1. */
+export function fail(message: string): never {
+  console.error(`error: ${message}`);
+  Deno.exit(1);
+}
+
+/** The store named by `--store` (default `.cm2/store`). */
+export function storeFrom(opts: { store?: string }): FsStore {
+  return new FsStore(resolvePath(opts.store ?? ".cm2/store"));
+}
+
+/** A file's text. */
+export async function readText(p: string): Promise<string> {
+  return await fs.readFile(p, "utf8");
+}
+
+/** Runs `fn` with a connected Temporal client, or fails with how to start Temporal. */
+export async function withClient<T>(
+  fn: (c: Awaited<ReturnType<typeof connectClient>>) => Promise<T>,
+): Promise<T> {
+  let conn;
+  try {
+    conn = await connectClient();
+  } catch (err) {
+    fail(
+      `Cannot reach Temporal at ${temporalAddress()}: ${(err as Error).message}. ` +
+        "Start it with `deno task dev`, or set TEMPORAL_ADDRESS",
+    );
+  }
+  try {
+    return await fn(conn);
+  } finally {
+    await conn.connection.close();
+  }
+}
+
+/** The Web UI link of a workflow. */
+export function workflowLink(id: string): string {
+  return `${webUiUrl()}/namespaces/default/workflows/${encodeURIComponent(id)}`;
+}

@@ -1,0 +1,168 @@
+/**
+ * `cm2 data import | inspect | filter`: datasets in the store, with counts and precise errors.
+ *
+ * @module
+ */
+import type { Command } from "commander";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { FILTER_CRITERIA, type FilterCriterion, filterRecords } from "../core/filters.ts";
+import { IMPORT_FORMATS, importFiles, type ImportFormat } from "../core/importers/mod.ts";
+import { inspectDataset } from "../core/inspect.ts";
+import type { TrajectoryRecord } from "../core/records.ts";
+import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
+import type { FsStore } from "../store/fs_store.ts";
+import { fail, readText, storeFrom } from "./common.ts";
+
+/** Loads records from a store dataset name or a dataset file. */
+async function loadRecords(
+  store: FsStore,
+  nameOrFile: string,
+): Promise<{ name: string; records: TrajectoryRecord[] }> {
+  const ref = await datasetRef(store, nameOrFile).catch(() => undefined);
+  if (ref) return { name: nameOrFile, records: await loadAllRecords(store, await loadManifest(store, ref)) };
+  try {
+    await fs.stat(nameOrFile);
+  } catch {
+    fail(`No dataset named ${JSON.stringify(nameOrFile)} in ${store.root} and no such file`);
+  }
+  const report = await importFiles([nameOrFile], readText);
+  for (const e of report.errors) printImportError(e);
+  return { name: path.basename(nameOrFile), records: report.records };
+}
+
+function printImportError(
+  e: {
+    file: string;
+    record: { index?: number; id?: string; line?: number };
+    path: string;
+    message: string;
+    value?: unknown;
+  },
+): void {
+  const rec = [
+    e.record.index !== undefined ? `record ${e.record.index}` : "",
+    e.record.id ? `(${e.record.id})` : "",
+    e.record.line !== undefined ? `line ${e.record.line}` : "",
+  ].filter(Boolean).join(" ");
+  const value = e.value === undefined ? "" : `; found ${JSON.stringify(e.value)}`;
+  console.error(`  ${e.file}${rec ? `: ${rec}` : ""}: ${e.path}: ${e.message}${value}`);
+}
+
+function printSummary(obj: Record<string, unknown>, indent: string): void {
+  for (const [k, v] of Object.entries(obj)) {
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      console.log(`${indent}${k}:`);
+      printSummary(v as Record<string, unknown>, indent + "  ");
+    } else {console.log(
+        `${indent}${k}: ${Array.isArray(v) ? v.join(", ") : typeof v === "number" ? round(v) : v}`,
+      );}
+  }
+}
+
+function round(n: number): string {
+  return Number.isInteger(n) ? String(n) : n.toFixed(3);
+}
+
+/** Registers `cm2 data`. */
+export function registerDataCommands(program: Command): void {
+  const data = program.command("data").description("datasets: import, inspect, filter");
+  data.command("import")
+    .argument("<paths...>", "files to import (CM2 JSON/JSONL, OpenAI chat JSONL, ToolTalk, τ-bench)")
+    .requiredOption("--name <name>", "dataset name in the store")
+    .option("--format <format>", `force a format: ${IMPORT_FORMATS.join(", ")}`)
+    .option("--store <dir>", "store root", ".cm2/store")
+    .description("import records into the store as a normalised dataset with a manifest")
+    .action(async (paths: string[], opts: { name: string; format?: string; store: string }) => {
+      if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
+        fail(`Unknown format ${JSON.stringify(opts.format)}; use one of ${IMPORT_FORMATS.join(", ")}`);
+      }
+      const files: string[] = [];
+      for (const p of paths) {
+        const st = await fs.stat(p).catch(() => fail(`No such file or directory: ${p}`));
+        if (st.isDirectory()) {
+          for (const e of (await fs.readdir(p)).sort()) {
+            if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
+          }
+        } else files.push(p);
+      }
+      const report = await importFiles(
+        files,
+        readText,
+        opts.format ? { format: opts.format as ImportFormat } : {},
+      );
+      const store = storeFrom(opts);
+      const { ref } = await saveDataset(store, opts.name, report.records, {
+        sources: report.files.map((f) => ({
+          file: f.file,
+          format: f.format ?? "unknown",
+          imported: f.imported,
+          errors: f.errored + (f.failed ? 1 : 0),
+        })),
+        derivedFrom: { step: "import", parent: null },
+      });
+      const byFormat = new Map<string, number>();
+      for (const f of report.files) {
+        byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
+      }
+      if (report.errors.length > 0) {
+        console.error(`${report.errors.length} record(s) not imported:`);
+        for (const e of report.errors) printImportError(e);
+      }
+      console.log(
+        `imported ${report.records.length} records from ${files.length} file(s) ` +
+          `(${[...byFormat].map(([f, n]) => `${f}: ${n}`).join(", ")}), ${report.errors.length} error(s)`,
+      );
+      console.log(`dataset ${opts.name} → ${ref.uri} (${store.root})`);
+    });
+
+  data.command("inspect")
+    .argument("<dataset>", "dataset name in the store, or a file")
+    .option("--store <dir>", "store root", ".cm2/store")
+    .option("--json", "print JSON")
+    .description("summarise records, turns, steps, tools and checklist coverage")
+    .action(async (name: string, opts: { store: string; json?: boolean }) => {
+      const { name: label, records } = await loadRecords(storeFrom(opts), name);
+      const summary = inspectDataset(records);
+      if (opts.json) console.log(JSON.stringify(summary, null, 2));
+      else {
+        console.log(`dataset ${label}`);
+        printSummary(summary as unknown as Record<string, unknown>, "  ");
+      }
+    });
+
+  data.command("filter")
+    .argument("<dataset>", "dataset name in the store, or a file")
+    .option("--out <name>", "store the kept records as this dataset")
+    .option("--disable <criteria>", `comma-separated criteria to skip (of ${FILTER_CRITERIA.join(", ")})`)
+    .option("--store <dir>", "store root", ".cm2/store")
+    .description("apply CM2's seven rule-based filters; print counts per criterion")
+    .action(async (name: string, opts: { out?: string; disable?: string; store: string }) => {
+      const store = storeFrom(opts);
+      const { records } = await loadRecords(store, name);
+      const disabled = (opts.disable ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+      for (const d of disabled) {
+        if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
+      }
+      const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
+      const result = filterRecords(records, { criteria: enabled });
+      console.log(`kept ${result.kept.length} of ${records.length} records`);
+      for (const c of FILTER_CRITERIA) {
+        const n = result.counts[c];
+        console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : "skipped"}`);
+      }
+      if (opts.out) {
+        const parent = await datasetRef(store, name);
+        const { ref } = await saveDataset(store, opts.out, result.kept, {
+          sources: [{
+            file: name,
+            format: "dataset",
+            imported: result.kept.length,
+            errors: records.length - result.kept.length,
+          }],
+          derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
+        });
+        console.log(`dataset ${opts.out} → ${ref.uri}`);
+      }
+    });
+}
