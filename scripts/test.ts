@@ -11,6 +11,7 @@
 import * as path from "node:path";
 import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { LLAMA_SERVER_BIN } from "./llama_server_build.ts";
+import { runPyChecks } from "./py_check.ts";
 import { setup } from "./setup.ts";
 import { freePort, startDevServer } from "./temporal_server.ts";
 
@@ -126,6 +127,14 @@ if (Deno.args.length === 0) {
     totals.failed += pc.failed;
     if (py.code !== 0) exitCode = 1;
   }
+}
+
+if (Deno.args.length === 0) {
+  // The trainer's Python hygiene (ruff, mypy), one count each, as deno fmt/lint/check gate the TypeScript.
+  const py = await runPyChecks();
+  totals.passed += py.passed.length;
+  totals.failed += py.failed.length;
+  if (py.failed.length) exitCode = 1;
 }
 
 console.log(`${totals.passed} passed, ${totals.failed} failed`);

@@ -28,8 +28,14 @@ from .loss import apply_update, plan_batches
 from .render import RenderedSample
 
 # SmolLM2-135M-Instruct (the embedded policy)
-SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-               num_key_value_heads=3, vocab_size=49152)
+SMOLLM2 = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+)
 
 
 def group_batch(group: int, prompt: int, completion: int, vocab: int, seed: int) -> list[RenderedSample]:
@@ -40,13 +46,15 @@ def group_batch(group: int, prompt: int, completion: int, vocab: int, seed: int)
         tail = [rng.randrange(3, vocab) for _ in range(completion)]
         ids = head + tail
         adv = rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.5)
-        out.append(RenderedSample(f"bench-{i}", ids, [0] * prompt + [1] * completion, [adv] * len(ids),
-                                  [None] * len(ids)))
+        out.append(
+            RenderedSample(f"bench-{i}", ids, [0] * prompt + [1] * completion, [adv] * len(ids), [None] * len(ids))
+        )
     return out
 
 
-def run(*, tiny: bool, device: str, group: int, prompt: int, completion: int, rounds: int,
-        checkpointing: bool) -> dict[str, Any]:
+def run(
+    *, tiny: bool, device: str, group: int, prompt: int, completion: int, rounds: int, checkpointing: bool
+) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     dev = torch.device(device)
@@ -54,8 +62,12 @@ def run(*, tiny: bool, device: str, group: int, prompt: int, completion: int, ro
     shape = TINY if tiny else SMOLLM2
     model = build_model(shape, dev, dtype)
     cfg = TrainerConfig(kl_coef=1e-4, gradient_checkpointing=checkpointing)
-    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                  target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules, task_type="CAUSAL_LM"
+        ),
+    )
     if checkpointing:
         peft_model.gradient_checkpointing_enable()
         peft_model.enable_input_require_grads()
@@ -65,7 +77,7 @@ def run(*, tiny: bool, device: str, group: int, prompt: int, completion: int, ro
     rows = {k: len(plan_batches(batch, c, 0, 0, dev, peft_model)[0]) for k, c in variants.items()}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds):
-        for k in (("packed", "unpacked") if r % 2 == 0 else ("unpacked", "packed")):
+        for k in ("packed", "unpacked") if r % 2 == 0 else ("unpacked", "packed"):
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -75,16 +87,25 @@ def run(*, tiny: bool, device: str, group: int, prompt: int, completion: int, ro
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "device": str(dev), "group": group, "prompt": prompt, "completion": completion, "rounds": rounds,
-        "gradient_checkpointing": checkpointing, "rows": rows,
-        "packed_s": round(med["packed"], 3), "unpacked_s": round(med["unpacked"], 3),
+        "device": str(dev),
+        "group": group,
+        "prompt": prompt,
+        "completion": completion,
+        "rounds": rounds,
+        "gradient_checkpointing": checkpointing,
+        "rows": rows,
+        "packed_s": round(med["packed"], 3),
+        "unpacked_s": round(med["unpacked"], 3),
         "speedup": round(med["unpacked"] / med["packed"], 3),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cm2_trainer.bench_pack", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m cm2_trainer.bench_pack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tiny", action="store_true", help="tiny model (seconds), to test this script")
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     p.add_argument("--group", type=int, default=4, help="samples sharing the prompt (default %(default)s)")
@@ -93,9 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2, help="updates per variant (default %(default)s)")
     p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
     a = p.parse_args(argv)
-    res = run(tiny=a.tiny, device=a.device, group=a.group, prompt=a.prompt or (64 if a.tiny else 2800),
-              completion=a.completion or (16 if a.tiny else 160), rounds=a.rounds,
-              checkpointing=not a.no_checkpointing)
+    res = run(
+        tiny=a.tiny,
+        device=a.device,
+        group=a.group,
+        prompt=a.prompt or (64 if a.tiny else 2800),
+        completion=a.completion or (16 if a.tiny else 160),
+        rounds=a.rounds,
+        checkpointing=not a.no_checkpointing,
+    )
     print(json.dumps(res), flush=True)
 
 

@@ -84,8 +84,11 @@ class TrainerConfig:
         "(rollout_is=token); None = off. Not on the wire yet.",
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (saves GPU memory).")
-    dtype: str = _f("auto", "Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU; or 'float32' / 'bfloat16', "
-                            "or 'float64' (slow; for checks that two computations agree on any CPU's kernels).")
+    dtype: str = _f(
+        "auto",
+        "Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU; or 'float32' / 'bfloat16', "
+        "or 'float64' (slow; for checks that two computations agree on any CPU's kernels).",
+    )
     device: str = _f("auto", "'auto' = cuda if available else cpu; or an explicit torch device string.")
     seed: int = _f(0, "Seed; the update is seeded with (seed, iteration) for the LoRA init and mini-batch order.")
 
@@ -114,8 +117,11 @@ class TrainerConfig:
         need(len(self.target_modules) > 0, "target_modules", "a non-empty list")
         need(self.loss_agg == "token-mean", "loss_agg", "'token-mean'")
         need(self.rollout_is_cap is None or self.rollout_is_cap > 0, "rollout_is_cap", "None or > 0")
-        need(self.dtype in ("auto", "float32", "bfloat16", "float64"), "dtype",
-             "'auto', 'float32', 'bfloat16' or 'float64'")
+        need(
+            self.dtype in ("auto", "float32", "bfloat16", "float64"),
+            "dtype",
+            "'auto', 'float32', 'bfloat16' or 'float64'",
+        )
 
     def replace(self, **changes: Any) -> "TrainerConfig":
         return dataclasses.replace(self, **changes)
@@ -151,6 +157,7 @@ def help_text() -> str:
     """All fields with their defaults and help, for `--help` output and docs."""
     lines = []
     for f in dataclasses.fields(TrainerConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        factory: Any = f.default_factory  # MISSING when the field has a plain default
+        default = f.default if f.default is not dataclasses.MISSING else factory()
         lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
     return "\n".join(lines)

@@ -275,12 +275,20 @@ def _check_message(m: Any, w: str) -> dict[str, Any]:
 
 
 # -- result ----------------------------------------------------------------------------------------------
-METRIC_WIRE = {"loss": "loss", "pg_loss": "pgLoss", "kl": "kl", "clip_frac": "clipFrac",
-               "grad_norm": "gradNorm", "tokens": "tokens", "seconds": "seconds"}
+METRIC_WIRE = {
+    "loss": "loss",
+    "pg_loss": "pgLoss",
+    "kl": "kl",
+    "clip_frac": "clipFrac",
+    "grad_norm": "gradNorm",
+    "tokens": "tokens",
+    "seconds": "seconds",
+}
 
 
-def encode_result(run_id: str, iteration: int, version: int, checkpoint: Ref, reused: bool,
-                  metrics: dict[str, Any]) -> dict[str, Any]:
+def encode_result(
+    run_id: str, iteration: int, version: int, checkpoint: Ref, reused: bool, metrics: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "runId": run_id,
         "iteration": iteration,
@@ -314,8 +322,24 @@ def decode_result(obj: Any) -> dict[str, Any]:
 # -- checkpoint manifest (a blob; read by the orchestrator to publish the adapter) ----------------------------
 def decode_manifest(obj: Any) -> dict[str, Any]:
     w = "checkpoint"
-    o = _obj(obj, w, {"schema", "runId", "iteration", "version", "base", "parent", "batch", "files", "metrics",
-                      "trainer", "stats", "createdAt"})
+    o = _obj(
+        obj,
+        w,
+        {
+            "schema",
+            "runId",
+            "iteration",
+            "version",
+            "base",
+            "parent",
+            "batch",
+            "files",
+            "metrics",
+            "trainer",
+            "stats",
+            "createdAt",
+        },
+    )
     if o["schema"] != CHECKPOINT_SCHEMA:
         raise ContractError(f"{w}.schema is {_short(o['schema'])}, expected {CHECKPOINT_SCHEMA!r}")
     _str(o["runId"], f"{w}.runId")

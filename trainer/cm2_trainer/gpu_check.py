@@ -27,10 +27,22 @@ from .config import TrainerConfig
 from .loss import apply_update, plan_batches
 from .render import RenderedSample
 
-FULL = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-            num_key_value_heads=4, vocab_size=32000)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512)
+FULL = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    vocab_size=32000,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+)
 
 
 def synthetic_batch(n: int, seq_len: int, vocab: int, seed: int) -> list[RenderedSample]:
@@ -54,7 +66,8 @@ def synthetic_batch(n: int, seq_len: int, vocab: int, seed: int) -> list[Rendere
 def build_model(shape: dict[str, int], device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=False)
+    kwargs: dict[str, Any] = {**shape, "max_position_embeddings": 8192, "tie_word_embeddings": False}
+    cfg = LlamaConfig(**kwargs)
     torch.manual_seed(0)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -96,10 +109,18 @@ def run_check(tiny: bool, *, samples: int, seq_len: int, updates: int, micro_bat
     model = build_model(shape, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     cfg = TrainerConfig(lr=1e-5, kl_coef=1e-3, micro_batch_size=micro_batch_size, lora_rank=16, lora_alpha=32)
-    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                  target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr,
-                            betas=cfg.betas, weight_decay=cfg.weight_decay)
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules, task_type="CAUSAL_LM"
+        ),
+    )
+    opt = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+    )
     batch = synthetic_batch(samples, seq_len, shape["vocab_size"], seed=1)
     seq_tokens = samples * seq_len
 
@@ -121,8 +142,9 @@ def run_check(tiny: bool, *, samples: int, seq_len: int, updates: int, micro_bat
     def plain() -> None:
         for mini in plan:
             for mb in mini:
-                out = peft_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=mb.input_ids,
-                                 use_cache=False)
+                out = peft_model(
+                    input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=mb.input_ids, use_cache=False
+                )
                 out.loss.backward()
         peft_model.zero_grad(set_to_none=True)
 
@@ -148,8 +170,11 @@ def run_check(tiny: bool, *, samples: int, seq_len: int, updates: int, micro_bat
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cm2_trainer.gpu_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m cm2_trainer.gpu_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tiny", action="store_true", help="tiny model on CPU (seconds), to test this script")
     p.add_argument("--samples", type=int, default=None, help="samples per update (default 32; tiny 4)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 2048; tiny 64)")

@@ -84,8 +84,13 @@ def _gguf_name(module: str, tmap: Any) -> str:
     return name + ".weight"
 
 
-def convert_adapter(adapter_dir: str | os.PathLike[str], base_gguf: str | os.PathLike[str],
-                    out_path: str | os.PathLike[str], *, base: BaseInfo | None = None) -> dict[str, Any]:
+def convert_adapter(
+    adapter_dir: str | os.PathLike[str],
+    base_gguf: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    base: BaseInfo | None = None,
+) -> dict[str, Any]:
     """Write ``out_path`` (atomically) from the peft adapter in ``adapter_dir``; returns a summary."""
     import gguf
     from safetensors.numpy import load_file
@@ -105,8 +110,11 @@ def convert_adapter(adapter_dir: str | os.PathLike[str], base_gguf: str | os.Pat
     tensors = load_file(str(weights_file))
 
     base = base or BaseInfo(base_gguf)
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[base.arch.upper()], base.n_layers) \
-        if base.arch.upper() in gguf.MODEL_ARCH.__members__ else None
+    tmap = (
+        gguf.get_tensor_name_map(gguf.MODEL_ARCH[base.arch.upper()], base.n_layers)
+        if base.arch.upper() in gguf.MODEL_ARCH.__members__
+        else None
+    )
     if tmap is None:
         raise LoraConversionError(f"architecture {base.arch!r} is unknown to the gguf package")
 
@@ -125,7 +133,9 @@ def convert_adapter(adapter_dir: str | os.PathLike[str], base_gguf: str | os.Pat
     for key, t in tensors.items():
         m = _MODULE_RE.match(key)
         if m is None:
-            raise LoraConversionError(f"tensor {key!r} is not a LoRA A/B weight (embedding or bias adapters do not convert)")
+            raise LoraConversionError(
+                f"tensor {key!r} is not a LoRA A/B weight (embedding or bias adapters do not convert)"
+            )
         pairs.setdefault(m.group("module"), {})[m.group("ab")] = t
 
     writer_tensors: list[tuple[str, np.ndarray]] = []
@@ -143,7 +153,8 @@ def convert_adapter(adapter_dir: str | os.PathLike[str], base_gguf: str | os.Pat
         if len(shape) != 2 or shape != (b.shape[0], a.shape[1]) or a.shape[0] != b.shape[1]:
             raise LoraConversionError(
                 f"module {module!r}: LoRA A {a.shape} and B {b.shape} do not fit base tensor {name} {shape} "
-                "(was the adapter trained on another base model?)")
+                "(was the adapter trained on another base model?)"
+            )
         r = a.shape[0]
         alpha = pattern_value(alpha_pattern, module, alpha_default)
         if int(pattern_value(rank_pattern, module, r_default)) != r:

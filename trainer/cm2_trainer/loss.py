@@ -55,8 +55,13 @@ def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
     an index tensor): prompts and tool results need hidden states but no logits, and one [N, vocab] block is
     all the memory the head needs.
     """
-    out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                use_cache=False, logits_to_keep=mb.keep)
+    out = model(
+        input_ids=mb.input_ids,
+        attention_mask=mb.attention_mask,
+        position_ids=mb.position_ids,
+        use_cache=False,
+        logits_to_keep=mb.keep,
+    )
     logits = out.logits[mb.row, mb.col]  # [N, vocab]
     if logits.dtype != torch.float64:
         logits = logits.float()
@@ -64,8 +69,9 @@ def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
 
 
 # 2. Token-level policy-gradient loss (PPO clip + dual clip) ----------------------------------------------
-def pg_loss_per_token(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                      cfg: TrainerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def pg_loss_per_token(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, cfg: TrainerConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss and a bool tensor of tokens where clipping changed the loss."""
     ratio = torch.exp(torch.clamp(logp - old_logp, -20.0, 20.0))
     unclipped = -advantages * ratio
@@ -85,8 +91,9 @@ def k3_kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 # 3b. Truncated importance weights against the serving stack's log-probs (optional) ----------------------
-def rollout_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, known: torch.Tensor,
-                       cap: float) -> torch.Tensor:
+def rollout_is_weights(
+    old_logp: torch.Tensor, rollout_logp: torch.Tensor, known: torch.Tensor, cap: float
+) -> torch.Tensor:
     w = torch.exp(torch.clamp(old_logp - rollout_logp, -20.0, 20.0)).clamp(max=cap)
     return torch.where(known, w, torch.ones_like(w)).detach()
 
@@ -124,9 +131,14 @@ def _loss_tokens(s: RenderedSample) -> list[int]:
     return [t for t in range(1, len(s.input_ids)) if s.loss_mask[t]]  # the first token has no prediction
 
 
-def _finish(ids: torch.Tensor, att: torch.Tensor, pos: torch.Tensor | None,
-            preds: list[tuple[int, int, tuple[int, int]]], samples: list[RenderedSample],
-            device: torch.device) -> MicroBatch:
+def _finish(
+    ids: torch.Tensor,
+    att: torch.Tensor,
+    pos: torch.Tensor | None,
+    preds: list[tuple[int, int, tuple[int, int]]],
+    samples: list[RenderedSample],
+    device: torch.device,
+) -> MicroBatch:
     """preds: (row, predicting position, (sample index, token index)) per loss token, in sample order."""
     keep = sorted({p for _, p, _ in preds})
     col_of = {p: c for c, p in enumerate(keep)}
@@ -142,10 +154,18 @@ def _finish(ids: torch.Tensor, att: torch.Tensor, pos: torch.Tensor | None,
     def tensor(v: list[Any], dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(v, dtype=dtype, device=device)
 
-    return MicroBatch(ids.to(device), att.to(device), pos.to(device) if pos is not None else None,
-                      tensor(keep, torch.long), tensor([r for r, _, _ in preds], torch.long),
-                      tensor([col_of[p] for _, p, _ in preds], torch.long), tensor(target, torch.long),
-                      tensor(adv, torch.float32), tensor(rlp, torch.float32), tensor(known, torch.bool))
+    return MicroBatch(
+        ids.to(device),
+        att.to(device),
+        pos.to(device) if pos is not None else None,
+        tensor(keep, torch.long),
+        tensor([r for r, _, _ in preds], torch.long),
+        tensor([col_of[p] for _, p, _ in preds], torch.long),
+        tensor(target, torch.long),
+        tensor(adv, torch.float32),
+        tensor(rlp, torch.float32),
+        tensor(known, torch.bool),
+    )
 
 
 def make_micro_batch(samples: list[RenderedSample], pad_id: int, device: torch.device) -> MicroBatch:
@@ -155,14 +175,15 @@ def make_micro_batch(samples: list[RenderedSample], pad_id: int, device: torch.d
     att = torch.zeros((len(samples), L), dtype=torch.long)
     preds = []
     for b, s in enumerate(samples):
-        ids[b, :len(s.input_ids)] = torch.tensor(s.input_ids, dtype=torch.long)
-        att[b, :len(s.input_ids)] = 1
+        ids[b, : len(s.input_ids)] = torch.tensor(s.input_ids, dtype=torch.long)
+        att[b, : len(s.input_ids)] = 1
         preds += [(b, t - 1, (b, t)) for t in _loss_tokens(s)]
     return _finish(ids, att, None, preds, samples, device)
 
 
-def make_packed_batch(samples: list[RenderedSample], prompt_len: int, mask_dtype: torch.dtype | None,
-                      device: torch.device) -> MicroBatch:
+def make_packed_batch(
+    samples: list[RenderedSample], prompt_len: int, mask_dtype: torch.dtype | None, device: torch.device
+) -> MicroBatch:
     """One row: the samples' common first `prompt_len` tokens once, then each sample's remaining tokens.
 
     Exactly the same log-probs as separate rows (same positions, each continuation attends to the prompt and
@@ -224,8 +245,9 @@ def _prompt_groups(samples: list[RenderedSample], idx: list[int], max_tokens: in
     return groups
 
 
-def plan_batches(samples: list[RenderedSample], cfg: TrainerConfig, seed: int, pad_id: int,
-                 device: torch.device, model: Any = None) -> list[list[MicroBatch]]:
+def plan_batches(
+    samples: list[RenderedSample], cfg: TrainerConfig, seed: int, pad_id: int, device: torch.device, model: Any = None
+) -> list[list[MicroBatch]]:
     """Seeded shuffle, split into mini-batches (one optimizer step each), then micro-batches: samples that
     share a prompt are packed into one row (`pack_max_tokens`, when the model's attention takes a custom
     mask), the rest go into length-sorted right-padded micro-batches of `micro_batch_size`."""
@@ -237,16 +259,21 @@ def plan_batches(samples: list[RenderedSample], cfg: TrainerConfig, seed: int, p
     plan = []
     for idx in minis:
         micro, single = [], []
-        groups = _prompt_groups(samples, idx, cfg.pack_max_tokens) if can_pack and cfg.pack_max_tokens > 0 \
+        groups = (
+            _prompt_groups(samples, idx, cfg.pack_max_tokens)
+            if can_pack and cfg.pack_max_tokens > 0
             else [([k], 0) for k in idx]
+        )
         for members, prompt_len in groups:
             if prompt_len:
                 micro.append(make_packed_batch([samples[k] for k in members], prompt_len, mask_dtype, device))
             else:
                 single += members
         single.sort(key=lambda k: len(samples[k].input_ids))
-        micro += [make_micro_batch([samples[k] for k in single[j:j + cfg.micro_batch_size]], pad_id, device)
-                  for j in range(0, len(single), cfg.micro_batch_size)]
+        micro += [
+            make_micro_batch([samples[k] for k in single[j : j + cfg.micro_batch_size]], pad_id, device)
+            for j in range(0, len(single), cfg.micro_batch_size)
+        ]
         plan.append(micro)
     return plan
 
@@ -257,9 +284,17 @@ def _no_grad_logprobs(model: Any, mb: MicroBatch) -> torch.Tensor:
     return token_logprobs(model, mb)
 
 
-def apply_update(model: Any, optimizer: torch.optim.Optimizer, samples: list[RenderedSample],
-                 cfg: TrainerConfig, *, seed: int, pad_id: int, device: torch.device,
-                 heartbeat: Heartbeat | None = None) -> dict[str, Any]:
+def apply_update(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    samples: list[RenderedSample],
+    cfg: TrainerConfig,
+    *,
+    seed: int,
+    pad_id: int,
+    device: torch.device,
+    heartbeat: Heartbeat | None = None,
+) -> dict[str, Any]:
     """One policy update over the batch: `mini_batches` optimizer steps. Returns the metrics.
 
     `model` is a peft model whose trainable parameters are the adapter; `optimizer` holds exactly those.

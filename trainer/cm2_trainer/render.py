@@ -84,7 +84,7 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (`serve.normalize_messages`) passes them: role, content ("" for null), tool_calls with `arguments`
     parsed to an object when it is a JSON object, tool_call_id. Other keys are dropped, as there."""
     out = []
-    for j, m in enumerate(messages):
+    for m in messages:
         msg: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
         calls = m.get("tool_calls")
         if m["role"] == "assistant" and calls:
@@ -99,8 +99,13 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         parsed = None
                     if isinstance(parsed, dict):
                         args = parsed
-                norm.append({"id": c.get("id") or f"call_{k}", "type": "function",
-                             "function": {"name": fn["name"], "arguments": copy.deepcopy(args)}})
+                norm.append(
+                    {
+                        "id": c.get("id") or f"call_{k}",
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": copy.deepcopy(args)},
+                    }
+                )
             msg["tool_calls"] = norm
         if m["role"] == "tool" and m.get("tool_call_id") is not None:
             msg["tool_call_id"] = str(m["tool_call_id"])
@@ -108,8 +113,9 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render_sample(sample: Sample, tokenizer: Any, *, chat_template: str | None = None,
-                  vocab_size: int | None = None) -> RenderedSample:
+def render_sample(
+    sample: Sample, tokenizer: Any, *, chat_template: str | None = None, vocab_size: int | None = None
+) -> RenderedSample:
     msgs = template_messages(sample.messages)
     tools = sample.tools or None
     eot = end_of_turn_ids(tokenizer)
@@ -118,8 +124,12 @@ def render_sample(sample: Sample, tokenizer: Any, *, chat_template: str | None =
     def encode(upto: int, gen: bool) -> list[int]:
         try:
             out = tokenizer.apply_chat_template(
-                msgs[:upto], tools=tools, tokenize=True, add_generation_prompt=gen,
-                chat_template=chat_template, return_dict=False,
+                msgs[:upto],
+                tools=tools,
+                tokenize=True,
+                add_generation_prompt=gen,
+                chat_template=chat_template,
+                return_dict=False,
             )
         except Exception as e:  # jinja errors, missing fields
             raise TemplateError(f"Chat template failed on {who} messages[:{upto}]: {type(e).__name__}: {e}") from e
@@ -161,10 +171,10 @@ def render_sample(sample: Sample, tokenizer: Any, *, chat_template: str | None =
                 f"Chat template is not prefix-stable for {who} messages[{i}]: rendering messages[:{i + 1}] does "
                 f"not start with the generation prompt for messages[:{i}]"
             )
-        push(prefix[len(prev_full):], 0, 0.0)  # context since the previous assistant message
-        segment = full[len(prefix):]
+        push(prefix[len(prev_full) :], 0, 0.0)  # context since the previous assistant message
+        segment = full[len(prefix) :]
         cut = max((k for k, t in enumerate(segment) if t in eot), default=len(segment) - 1)
-        body, glue = segment[: cut + 1], segment[cut + 1:]
+        body, glue = segment[: cut + 1], segment[cut + 1 :]
         trained = i in sample.advantages
         a = sample.advantages.get(i, 0.0)
         completion = sample.completions.get(i)
@@ -203,10 +213,13 @@ class TemplateToolsIgnored(UserWarning):
     pass
 
 
-def _encode_without_tools(tokenizer: Any, msgs: list[dict[str, Any]], upto: int, chat_template: str | None) -> list[int] | None:
+def _encode_without_tools(
+    tokenizer: Any, msgs: list[dict[str, Any]], upto: int, chat_template: str | None
+) -> list[int] | None:
     try:
-        out = tokenizer.apply_chat_template(msgs[:upto], tokenize=True, add_generation_prompt=True,
-                                            chat_template=chat_template, return_dict=False)
+        out = tokenizer.apply_chat_template(
+            msgs[:upto], tokenize=True, add_generation_prompt=True, chat_template=chat_template, return_dict=False
+        )
     except Exception:
         return None
     if hasattr(out, "keys"):

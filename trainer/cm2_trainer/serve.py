@@ -84,7 +84,7 @@ TOOL_CHAT_TEMPLATE = (
     "{%- for tool in tools -%}{{- '\\n' ~ (tool | tojson) -}}{%- endfor -%}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within '"
     " ~ '<tool_call></tool_call> XML tags:\\n<tool_call>\\n'"
-    " ~ '{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' -}}"
+    ' ~ \'{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' -}}'
     "{%- elif ns.sys is not none -%}"
     "{{- '<|im_start|>system\\n' ~ ns.sys ~ '<|im_end|>\\n' -}}"
     "{%- elif messages -%}"
@@ -105,8 +105,10 @@ TOOL_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-_PROBE_TOOL = {"type": "function", "function": {"name": "cm2_probe_tool", "description": "probe",
-                                                  "parameters": {"type": "object", "properties": {}}}}
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {"name": "cm2_probe_tool", "description": "probe", "parameters": {"type": "object", "properties": {}}},
+}
 
 
 def serving_chat_template(tokenizer: Any) -> str | None:
@@ -114,8 +116,9 @@ def serving_chat_template(tokenizer: Any) -> str | None:
     ``tools``, else :data:`TOOL_CHAT_TEMPLATE`. The trainer passes the same value to ``render_sample``."""
     msgs = [{"role": "user", "content": "hi"}]
     try:
-        with_tools = tokenizer.apply_chat_template(msgs, tools=[_PROBE_TOOL], tokenize=False,
-                                                   add_generation_prompt=True)
+        with_tools = tokenizer.apply_chat_template(
+            msgs, tools=[_PROBE_TOOL], tokenize=False, add_generation_prompt=True
+        )
         without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     except Exception:  # no template, or one that rejects tools
         return TOOL_CHAT_TEMPLATE
@@ -144,12 +147,16 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
             return m.group(0)
         args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append({
-            "id": "call_" + secrets.token_hex(12),
-            "type": "function",
-            "function": {"name": obj["name"],
-                         "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)},
-        })
+        calls.append(
+            {
+                "id": "call_" + secrets.token_hex(12),
+                "type": "function",
+                "function": {
+                    "name": obj["name"],
+                    "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+                },
+            }
+        )
         return ""
 
     content = _TOOL_CALL_RE.sub(repl, text)
@@ -271,8 +278,13 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
                         parsed = None
                     if isinstance(parsed, dict):
                         args = parsed
-                norm.append({"id": c.get("id") or f"call_{j}", "type": "function",
-                             "function": {"name": fn["name"], "arguments": args}})
+                norm.append(
+                    {
+                        "id": c.get("id") or f"call_{j}",
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": args},
+                    }
+                )
             msg["tool_calls"] = norm
         if role == "tool" and m.get("tool_call_id") is not None:
             msg["tool_call_id"] = str(m["tool_call_id"])
@@ -287,8 +299,13 @@ def normalize_tools(tools: Any) -> list[dict[str, Any]] | None:
         raise BadRequest("tools must be an array", "tools")
     for i, t in enumerate(tools):
         fn = t.get("function") if isinstance(t, dict) else None
-        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(fn, dict) \
-                or not isinstance(fn.get("name"), str) or not fn["name"]:
+        if (
+            not isinstance(t, dict)
+            or t.get("type") != "function"
+            or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+            or not fn["name"]
+        ):
             raise BadRequest(f"tools[{i}] is not a function tool with a name", f"tools[{i}]")
     return copy.deepcopy(tools)
 
@@ -336,7 +353,9 @@ def materialize_checkpoint(store_root: str | os.PathLike[str], ref_json: Any, de
 
 def _gguf_cache(p: Path, kind: str, cache_dir: str | None) -> tuple[Path, str]:
     st = p.stat()
-    return (Path(cache_dir) if cache_dir else p.parent / ".cache" / f"{p.name}.{kind}"), f"{st.st_size}-{int(st.st_mtime)}"
+    return (
+        Path(cache_dir) if cache_dir else p.parent / ".cache" / f"{p.name}.{kind}"
+    ), f"{st.st_size}-{int(st.st_mtime)}"
 
 
 def _cached(cache: Path, key: str) -> bool:
@@ -396,8 +415,12 @@ def load_base_model(model_path: str, dtype: str = "float32", cache_dir: str | No
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                   "float64": torch.float64}[dtype]
+    torch_dtype = {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float64": torch.float64,
+    }[dtype]
     p = Path(model_path)
     if p.suffix.lower() == ".gguf":
         cache, key = _gguf_cache(p, "model", cache_dir)
@@ -409,7 +432,7 @@ def load_base_model(model_path: str, dtype: str = "float32", cache_dir: str | No
             if getattr(model.config, "quantization_config", None) is not None:
                 del model.config.quantization_config
             _save_cache(lambda d: _save_dequantized(model, d), cache, key)
-            model = model.to(torch_dtype)
+            model = model.to(torch_dtype)  # type: ignore[arg-type]  # transformers' stub types .to() badly
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
     model.eval()
@@ -495,8 +518,9 @@ class TorchEngine:
         old = self._adapter
         try:
             if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.base, str(staging), adapter_name=internal,
-                                                      is_trainable=False)
+                self.peft = PeftModel.from_pretrained(
+                    self.base, str(staging), adapter_name=internal, is_trainable=False
+                )
             else:
                 self.peft.load_adapter(str(staging), adapter_name=internal, is_trainable=False)
             self.peft.set_adapter(internal)
@@ -515,8 +539,9 @@ class TorchEngine:
     def deactivate(self) -> None:
         self._live = False  # the adapter stays loaded, disabled, until the next one replaces it
 
-    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool,
-                 coalesce: bool = False) -> Generation:
+    def generate(
+        self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool, coalesce: bool = False
+    ) -> Generation:
         import torch
 
         with self._lock:
@@ -524,8 +549,11 @@ class TorchEngine:
                 torch.manual_seed(s.seed)
             input_ids = torch.tensor([prompt_ids], dtype=torch.long)
             kw: dict[str, Any] = dict(
-                max_new_tokens=max_new, eos_token_id=self.eot_ids, pad_token_id=self.pad_id,
-                attention_mask=torch.ones_like(input_ids), return_dict_in_generate=True,
+                max_new_tokens=max_new,
+                eos_token_id=self.eot_ids,
+                pad_token_id=self.pad_id,
+                attention_mask=torch.ones_like(input_ids),
+                return_dict_in_generate=True,
                 output_logits=want_logprobs,
             )
             if s.temperature > 0:
@@ -544,10 +572,13 @@ class TorchEngine:
                     with self.peft.disable_adapter():
                         out = self.peft.generate(input_ids=input_ids, **kw)
             seconds = time.perf_counter() - started
-        new = [int(t) for t in out.sequences[0, len(prompt_ids):].tolist()]
+        new = [int(t) for t in out.sequences[0, len(prompt_ids) :].tolist()]
         logprobs = None
         if want_logprobs:
-            logprobs = [torch.log_softmax(step[0].float(), dim=-1)[tok].item() for step, tok in zip(out.logits, new)]
+            logprobs = [
+                torch.log_softmax(step[0].float(), dim=-1)[tok].item()
+                for step, tok in zip(out.logits, new, strict=False)
+            ]
         return Generation(new, logprobs, seconds)
 
     def close(self) -> None:
@@ -566,7 +597,7 @@ def _default_llama_server() -> str | None:
 
 _SIGNAL_MEANING = {
     "SIGILL": "illegal instruction: the binary uses a CPU instruction this machine cannot run "
-              "(run `deno task setup` to check the build on this CPU)",
+    "(run `deno task setup` to check the build on this CPU)",
     "SIGKILL": "killed: out of memory? (see `dmesg`)",
     "SIGSEGV": "segmentation fault: a crash in native code",
     "SIGBUS": "bus error: a mapped file changed or the disk is full?",
@@ -628,9 +659,19 @@ class LlamaCppEngine:
 
     name = "llama.cpp"
 
-    def __init__(self, binary: str, gguf_path: str, *, threads: int = 2, parallel: int = 4,
-                 ctx_per_slot: int = 4096, work_dir: str | None = None, log_path: str | None = None,
-                 start_timeout_s: float = 120.0, coalesce_window_s: float = 1.5) -> None:
+    def __init__(
+        self,
+        binary: str,
+        gguf_path: str,
+        *,
+        threads: int = 2,
+        parallel: int = 4,
+        ctx_per_slot: int = 4096,
+        work_dir: str | None = None,
+        log_path: str | None = None,
+        start_timeout_s: float = 120.0,
+        coalesce_window_s: float = 1.5,
+    ) -> None:
         from .lora_gguf import BaseInfo
 
         self.binary = binary
@@ -659,25 +700,49 @@ class LlamaCppEngine:
         import subprocess
 
         port = free_port()
-        args = [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", str(port),
-                "-c", str(self.max_context * self.concurrency), "-np", str(self.concurrency),
-                # One KV stream per slot: with a unified cache every decode step of every rollout attends over
-                # the cells of all rollouts (4x the attention work once a group's rollouts diverge).
-                "--no-kv-unified", "-t", str(self.threads), "--cache-ram", "0", "--no-webui", "--metrics"]
+        args = [
+            self.binary,
+            "-m",
+            self.gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            str(self.max_context * self.concurrency),
+            "-np",
+            str(self.concurrency),
+            # One KV stream per slot: with a unified cache every decode step of every rollout attends over
+            # the cells of all rollouts (4x the attention work once a group's rollouts diverge).
+            "--no-kv-unified",
+            "-t",
+            str(self.threads),
+            "--cache-ram",
+            "0",
+            "--no-webui",
+            "--metrics",
+        ]
         if lora is not None:
             args += ["--lora", str(lora)]
         logf = open(self.log_path, "ab")
         try:
-            proc = _SPAWNER.submit(subprocess.Popen, args, stdin=subprocess.DEVNULL, stdout=logf,
-                                   stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None).result()
+            proc = _SPAWNER.submit(
+                subprocess.Popen,
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            ).result()
         finally:
             logf.close()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise EngineError(f"llama-server died while starting ({describe_returncode(proc.returncode)}); "
-                                  f"last log lines:\n{_tail(self.log_path)}")
+                raise EngineError(
+                    f"llama-server died while starting ({describe_returncode(proc.returncode)}); "
+                    f"last log lines:\n{_tail(self.log_path)}"
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     if r.status == 200:
@@ -686,8 +751,10 @@ class LlamaCppEngine:
                 pass
             time.sleep(0.1)
         _stop(proc)
-        raise EngineError(f"llama-server did not answer /health within {self.start_timeout_s:.0f} s; "
-                          f"last log lines:\n{_tail(self.log_path)}")
+        raise EngineError(
+            f"llama-server did not answer /health within {self.start_timeout_s:.0f} s; "
+            f"last log lines:\n{_tail(self.log_path)}"
+        )
 
     def _start(self, lora: Path | None) -> None:
         proc, port = self._spawn(lora)
@@ -717,8 +784,9 @@ class LlamaCppEngine:
     def deactivate(self) -> None:
         self._start(None)
 
-    def generate(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool,
-                 coalesce: bool = False) -> Generation:
+    def generate(
+        self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool, coalesce: bool = False
+    ) -> Generation:
         """One completion. With ``coalesce`` (the first step of an episode), identical requests arriving within
         ``coalesce_window_s`` (the G rollouts of a group) become one ``n_cmpl`` request: llama-server reads the
         shared prompt once and copies its KV cache to the other slots, instead of reading it G times."""
@@ -752,17 +820,37 @@ class LlamaCppEngine:
             raise batch.error
         return batch.results[index]
 
-    def _request(self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool,
-                 n: int) -> list[Generation]:
+    def _request(
+        self, prompt_ids: list[int], s: Sampling, max_new: int, want_logprobs: bool, n: int
+    ) -> list[Generation]:
         body: dict[str, Any] = {
-            "prompt": prompt_ids, "n_predict": max_new, "temperature": s.temperature, "top_p": s.top_p,
-            "top_k": s.top_k, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
-            "frequency_penalty": 0.0, "dry_multiplier": 0.0, "xtc_probability": 0.0, "top_n_sigma": -1.0,
-            "seed": s.seed if s.seed is not None else -1, "stop": s.stop, "return_tokens": True,
-            "cache_prompt": True, "n_probs": 1 if want_logprobs else 0, "stream": False, "n_cmpl": n,
+            "prompt": prompt_ids,
+            "n_predict": max_new,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "min_p": 0.0,
+            "typical_p": 1.0,
+            "repeat_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "dry_multiplier": 0.0,
+            "xtc_probability": 0.0,
+            "top_n_sigma": -1.0,
+            "seed": s.seed if s.seed is not None else -1,
+            "stop": s.stop,
+            "return_tokens": True,
+            "cache_prompt": True,
+            "n_probs": 1 if want_logprobs else 0,
+            "stream": False,
+            "n_cmpl": n,
         }
-        req = urllib.request.Request(f"http://127.0.0.1:{self._port}/completion", data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self._port}/completion",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=3600) as r:
@@ -832,9 +920,18 @@ class PolicyModel:
     """The live policy: an engine (the base model), the adapter version it serves, and the OpenAI front end.
     All generation goes through :meth:`generate`."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, version: Any = 0, name: str = "policy",
-                 max_context: int | None = None, max_queue: int = 16, chat_template: str | None = None,
-                 engine: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        version: Any = 0,
+        name: str = "policy",
+        max_context: int | None = None,
+        max_queue: int = 16,
+        chat_template: str | None = None,
+        engine: Any = None,
+    ) -> None:
         from .render import end_of_turn_ids
 
         self.tokenizer = tokenizer
@@ -859,8 +956,15 @@ class PolicyModel:
         return self.engine.base
 
     # -- adapters ---------------------------------------------------------------------------------------------
-    def load_adapter(self, lora_name: str, version: Any, *, lora_path: str | None = None,
-                     checkpoint: Any = None, store_root: str | None = None) -> dict[str, Any]:
+    def load_adapter(
+        self,
+        lora_name: str,
+        version: Any,
+        *,
+        lora_path: str | None = None,
+        checkpoint: Any = None,
+        store_root: str | None = None,
+    ) -> dict[str, Any]:
         """Stage an adapter (outside the swap lock), then make it live atomically."""
         from peft import PeftConfig
 
@@ -876,8 +980,9 @@ class PolicyModel:
                             shutil.copy2(f, staging / f.name)
                 else:
                     if store_root is None:
-                        raise BadRequest("checkpoint needs store_root (or start the server with --store-root)",
-                                         "store_root")
+                        raise BadRequest(
+                            "checkpoint needs store_root (or start the server with --store-root)", "store_root"
+                        )
                     materialize_checkpoint(store_root, checkpoint, staging)
                 try:
                     PeftConfig.from_pretrained(str(staging))
@@ -914,20 +1019,30 @@ class PolicyModel:
     # -- generation -------------------------------------------------------------------------------------------
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         try:
-            out = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, add_generation_prompt=True,
-                                                     chat_template=self.chat_template, return_dict=False)
+            out = self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools,
+                tokenize=True,
+                add_generation_prompt=True,
+                chat_template=self.chat_template,
+                return_dict=False,
+            )
         except Exception as e:
             raise BadRequest(f"Chat template failed: {type(e).__name__}: {e}", "messages") from None
         if hasattr(out, "keys"):
             out = out["input_ids"]
         return [int(t) for t in out]
 
-    def generate(self, prompt_ids: list[int], s: Sampling, want_logprobs: bool = False,
-                 coalesce: bool = False) -> dict[str, Any]:
+    def generate(
+        self, prompt_ids: list[int], s: Sampling, want_logprobs: bool = False, coalesce: bool = False
+    ) -> dict[str, Any]:
         room = self.max_context - len(prompt_ids)
         if room < 1:
-            raise BadRequest(f"Prompt has {len(prompt_ids)} tokens, the context is {self.max_context} tokens",
-                             "messages", "context_length_exceeded")
+            raise BadRequest(
+                f"Prompt has {len(prompt_ids)} tokens, the context is {self.max_context} tokens",
+                "messages",
+                "context_length_exceeded",
+            )
         max_new = room if s.max_tokens is None else min(s.max_tokens, room)
         if not self._slots.acquire(blocking=False):
             raise QueueFull("The generation queue is full")
@@ -940,8 +1055,13 @@ class PolicyModel:
                 self._swap.release_shared()
         finally:
             self._slots.release()
-        return {"token_ids": g.token_ids, "logprobs": g.logprobs, "version": version,
-                "max_new": max_new, "seconds": g.seconds}
+        return {
+            "token_ids": g.token_ids,
+            "logprobs": g.logprobs,
+            "version": version,
+            "max_new": max_new,
+            "seconds": g.seconds,
+        }
 
     def complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """One chat completion; returns the response object and the version that produced it."""
@@ -979,11 +1099,17 @@ class PolicyModel:
             choice["token_ids"] = ids
         if g["logprobs"] is not None:
             as_ids = bool(body.get("return_tokens_as_token_ids"))
-            choice["logprobs"] = {"content": [
-                {"token": f"token_id:{t}" if as_ids else self.tokenizer.decode([t]), "logprob": lp,
-                 "bytes": None, "top_logprobs": []}
-                for t, lp in zip(ids, g["logprobs"])
-            ]}
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": f"token_id:{t}" if as_ids else self.tokenizer.decode([t]),
+                        "logprob": lp,
+                        "bytes": None,
+                        "top_logprobs": [],
+                    }
+                    for t, lp in zip(ids, g["logprobs"], strict=False)
+                ]
+            }
         version = g["version"]
         resp = {
             "id": "chatcmpl-" + secrets.token_hex(12),
@@ -992,14 +1118,26 @@ class PolicyModel:
             "model": self.name,
             "system_fingerprint": _version_str(version),
             "choices": [choice],
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids),
-                      "total_tokens": len(prompt_ids) + len(ids)},
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": len(ids),
+                "total_tokens": len(prompt_ids) + len(ids),
+            },
         }
         if body.get("return_token_ids"):
             resp["prompt_token_ids"] = prompt_ids
-        log.info(json.dumps({"id": resp["id"], "version": _version_str(version), "prompt_tokens": len(prompt_ids),
-                             "completion_tokens": len(ids), "finish_reason": finish,
-                             "tok_per_s": round(len(ids) / g["seconds"], 1) if g["seconds"] > 0 else None}))
+        log.info(
+            json.dumps(
+                {
+                    "id": resp["id"],
+                    "version": _version_str(version),
+                    "prompt_tokens": len(prompt_ids),
+                    "completion_tokens": len(ids),
+                    "finish_reason": finish,
+                    "tok_per_s": round(len(ids) / g["seconds"], 1) if g["seconds"] > 0 else None,
+                }
+            )
+        )
         return resp, version
 
 
@@ -1049,11 +1187,24 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "/v1/policy_version":
             self._send(200, pm.status(), {POLICY_VERSION_HEADER: _version_str(pm.version)})
         elif route == "/v1/models":
-            self._send(200, {"object": "list", "data": [{
-                "id": pm.name, "object": "model", "created": int(pm.loaded_at), "owned_by": "cm2",
-                "root": pm.name, "policy_version": pm.version, "lora_name": pm.lora_name,
-                "max_model_len": pm.max_context,
-            }]})
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": pm.name,
+                            "object": "model",
+                            "created": int(pm.loaded_at),
+                            "owned_by": "cm2",
+                            "root": pm.name,
+                            "policy_version": pm.version,
+                            "lora_name": pm.lora_name,
+                            "max_model_len": pm.max_context,
+                        }
+                    ],
+                },
+            )
         else:
             self._send(404, _error(f"No route GET {self.path}", "invalid_request_error"))
 
@@ -1079,8 +1230,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if lora_path is not None and not isinstance(lora_path, str):
                     raise BadRequest("lora_path must be a string", "lora_path")
                 store_root = body.get("store_root") or self.server.store_root
-                st = pm.load_adapter(name, version, lora_path=lora_path, checkpoint=checkpoint,
-                                     store_root=store_root)
+                st = pm.load_adapter(name, version, lora_path=lora_path, checkpoint=checkpoint, store_root=store_root)
                 log.info("adapter %s is live as version %s", name, version)
                 self._send(200, st, {POLICY_VERSION_HEADER: _version_str(st["version"])})
             elif route == "/v1/unload_lora_adapter":
@@ -1108,8 +1258,9 @@ class PolicyHTTPServer(ThreadingHTTPServer):
         self.store_root = store_root
 
 
-def serve_in_thread(policy: PolicyModel, host: str = "127.0.0.1", port: int = 0,
-                    store_root: str | None = None) -> tuple[PolicyHTTPServer, threading.Thread]:
+def serve_in_thread(
+    policy: PolicyModel, host: str = "127.0.0.1", port: int = 0, store_root: str | None = None
+) -> tuple[PolicyHTTPServer, threading.Thread]:
     """Start a server on a background thread (tests, embedding); ``server.server_address[1]`` is the port."""
     srv = PolicyHTTPServer((host, port), policy, store_root)
     t = threading.Thread(target=srv.serve_forever, name="cm2-policy-server", daemon=True)
@@ -1131,21 +1282,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--version", default="0", help="policy version of the base model (before any adapter)")
     ap.add_argument("--lora-path", help="adapter directory to make live at start")
     ap.add_argument("--store-root", default=None, help="artifact store root for checkpoint refs")
-    ap.add_argument("--engine", default="auto", choices=["auto", "llama.cpp", "transformers"],
-                    help="generation engine: llama.cpp's llama-server for a GGUF base (auto when it is built), "
-                         "else transformers in this process")
-    ap.add_argument("--llama-server", default=None,
-                    help="llama-server binary (default: $CM2_LLAMA_SERVER, else the checked .cm2/llama.cpp/llama-server)")
+    ap.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "llama.cpp", "transformers"],
+        help="generation engine: llama.cpp's llama-server for a GGUF base (auto when it is built), "
+        "else transformers in this process",
+    )
+    ap.add_argument(
+        "--llama-server",
+        default=None,
+        help="llama-server binary (default: $CM2_LLAMA_SERVER, else the checked .cm2/llama.cpp/llama-server)",
+    )
     ap.add_argument("--parallel", type=int, default=4, help="llama.cpp: requests generated at once (slots)")
-    ap.add_argument("--coalesce-window", type=float, default=1.5,
-                    help="llama.cpp: seconds an episode's first request waits for the identical requests of the "
-                         "rest of its group, which then share one prompt pass (0 turns it off)")
-    ap.add_argument("--max-context", type=int, default=None,
-                    help="prompt + completion tokens per request (default: the model's; llama.cpp 4096)")
+    ap.add_argument(
+        "--coalesce-window",
+        type=float,
+        default=1.5,
+        help="llama.cpp: seconds an episode's first request waits for the identical requests of the "
+        "rest of its group, which then share one prompt pass (0 turns it off)",
+    )
+    ap.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="prompt + completion tokens per request (default: the model's; llama.cpp 4096)",
+    )
     ap.add_argument("--max-queue", type=int, default=16, help="requests waiting for the model before 429")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads: llama.cpp default all cores; torch default a quarter of the cores (on 2 "
-                         "shared cores 2 torch threads ran 5x slower than 1)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads: llama.cpp default all cores; torch default a quarter of the cores (on 2 "
+        "shared cores 2 torch threads ran 5x slower than 1)",
+    )
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--chat-template", help="Jinja chat template file (default: see serving_chat_template)")
     ap.add_argument("--log-level", default="INFO")
@@ -1158,10 +1328,13 @@ def main(argv: list[str] | None = None) -> None:
     if engine_name == "auto":
         engine_name = "llama.cpp" if is_gguf and binary else "transformers"
         if is_gguf and not binary:
-            log.warning("llama-server is not built (deno task setup builds it): generating with transformers, "
-                        "~10x slower on CPU")
+            log.warning(
+                "llama-server is not built (deno task setup builds it): generating with transformers, "
+                "~10x slower on CPU"
+            )
     if engine_name == "llama.cpp" and (not is_gguf or not binary):
         raise SystemExit("--engine llama.cpp needs a GGUF --model and a llama-server binary (--llama-server)")
+    binary = str(binary or "")
     tok = load_tokenizer(a.tokenizer or a.model)
     template = Path(a.chat_template).read_text() if a.chat_template else None
     name = a.served_model_name or Path(a.model).name.removesuffix(".gguf")
@@ -1169,10 +1342,15 @@ def main(argv: list[str] | None = None) -> None:
     model: Any = None
     if engine_name == "llama.cpp":
         log_dir = Path(os.environ.get("CM2_LOG_DIR") or tempfile.gettempdir())
-        engine = LlamaCppEngine(binary, a.model, threads=a.threads or (os.cpu_count() or 2),
-                                parallel=a.parallel, ctx_per_slot=a.max_context or 4096,
-                                log_path=str(log_dir / "policy-llama-server.log"),
-                                coalesce_window_s=a.coalesce_window)
+        engine = LlamaCppEngine(
+            binary,
+            a.model,
+            threads=a.threads or (os.cpu_count() or 2),
+            parallel=a.parallel,
+            ctx_per_slot=a.max_context or 4096,
+            log_path=str(log_dir / "policy-llama-server.log"),
+            coalesce_window_s=a.coalesce_window,
+        )
     else:
         import torch
 
@@ -1181,15 +1359,30 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    pm = PolicyModel(model, tok, version=_parse_version(a.version), name=name, max_context=a.max_context,
-                     max_queue=a.max_queue, chat_template=template, engine=engine)
+    pm = PolicyModel(
+        model,
+        tok,
+        version=_parse_version(a.version),
+        name=name,
+        max_context=a.max_context,
+        max_queue=a.max_queue,
+        chat_template=template,
+        engine=engine,
+    )
     try:
         if a.lora_path:
             pm.load_adapter(Path(a.lora_path).name, _parse_version(a.version), lora_path=a.lora_path)
         srv = PolicyHTTPServer((a.host, a.port), pm, a.store_root)
-        log.info("policy server on http://%s:%d/v1 (model %s, engine %s, version %s, loaded in %.1f s, template %s)",
-                 a.host, srv.server_address[1], name, pm.engine.name, pm.version, time.perf_counter() - t0,
-                 "cm2 tool ChatML" if pm.chat_template == TOOL_CHAT_TEMPLATE else "tokenizer's")
+        log.info(
+            "policy server on http://%s:%d/v1 (model %s, engine %s, version %s, loaded in %.1f s, template %s)",
+            a.host,
+            srv.server_address[1],
+            name,
+            pm.engine.name,
+            pm.version,
+            time.perf_counter() - t0,
+            "cm2 tool ChatML" if pm.chat_template == TOOL_CHAT_TEMPLATE else "tokenizer's",
+        )
         try:
             srv.serve_forever()
         except KeyboardInterrupt:

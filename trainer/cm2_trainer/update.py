@@ -125,8 +125,12 @@ def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tupl
     if base.kind == "gguf":
         # Dequantised once and cached as safetensors beside the GGUF (the policy server's loader): reading the
         # GGUF through transformers takes minutes on 2 cores and peaked at ~8 GB RSS for SmolLM2-135M.
-        name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
-                torch.float64: "float64"}[dtype]
+        name = {
+            torch.float32: "float32",
+            torch.bfloat16: "bfloat16",
+            torch.float16: "float16",
+            torch.float64: "float64",
+        }[dtype]
         model = load_base_model(str(path), name)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
@@ -138,8 +142,13 @@ def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tupl
 
 
 # -- the activity body ------------------------------------------------------------------------------------------
-def update_policy(req: UpdateRequest, *, heartbeat: Heartbeat | None = None, cache: ModelCache | None = None,
-                  defaults: TrainerConfig | None = None) -> UpdateResult:
+def update_policy(
+    req: UpdateRequest,
+    *,
+    heartbeat: Heartbeat | None = None,
+    cache: ModelCache | None = None,
+    defaults: TrainerConfig | None = None,
+) -> UpdateResult:
     t_start = time.perf_counter()
     beat = heartbeat or (lambda _p: None)
     store = Store(req.store_root)
@@ -158,7 +167,9 @@ def update_policy(req: UpdateRequest, *, heartbeat: Heartbeat | None = None, cac
         )
     parent = _load_manifest(store, req.parent, "request.parent") if req.parent is not None else None
     if parent is not None and parent["base"] != req.base.to_json():
-        raise ContractError(f"request.parent was trained on base {parent['base']}, request.base is {req.base.to_json()}")
+        raise ContractError(
+            f"request.parent was trained on base {parent['base']}, request.base is {req.base.to_json()}"
+        )
 
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
@@ -187,8 +198,9 @@ def update_policy(req: UpdateRequest, *, heartbeat: Heartbeat | None = None, cac
             try:
                 model, optimizer = _wrap(base_model, cfg, store, parent, tmp_path / "parent", device)
                 pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                metrics = apply_update(model, optimizer, rendered, cfg, seed=seed, pad_id=int(pad_id or 0),
-                                       device=device, heartbeat=beat)
+                metrics = apply_update(
+                    model, optimizer, rendered, cfg, seed=seed, pad_id=int(pad_id or 0), device=device, heartbeat=beat
+                )
                 beat({"phase": "save"})
                 t_trained = time.perf_counter()
                 files = _save(model, optimizer, store, tmp_path / "out")
@@ -236,20 +248,32 @@ def derive_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration) % (2**31 - 1)
 
 
-def _wrap(base_model: Any, cfg: TrainerConfig, store: Store, parent: dict[str, Any] | None, parent_dir: Path,
-          device: torch.device) -> tuple[Any, torch.optim.Optimizer]:
+def _wrap(
+    base_model: Any,
+    cfg: TrainerConfig,
+    store: Store,
+    parent: dict[str, Any] | None,
+    parent_dir: Path,
+    device: torch.device,
+) -> tuple[Any, torch.optim.Optimizer]:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if parent is None:
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
-        model = get_peft_model(base_model, lora)
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model: Any = get_peft_model(base_model, lora)
     else:
         parent_dir.mkdir(parents=True)
         for fname in ADAPTER_FILES:
             store.copy_to(_file_ref(parent, fname), parent_dir / fname)
         model = PeftModel.from_pretrained(base_model, str(parent_dir), is_trainable=True)
-        pc = model.peft_config["default"]
+        pc: Any = model.peft_config["default"]  # a LoraConfig (the parent was written by this trainer)
         if (pc.r, pc.lora_alpha) != (cfg.lora_rank, cfg.lora_alpha):
             # keep the parent's adapter shape; a silent reshape would throw the learned adapter away
             model.unload()
@@ -261,11 +285,12 @@ def _wrap(base_model: Any, cfg: TrainerConfig, store: Store, parent: dict[str, A
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
+    beta1, beta2 = cfg.betas
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if parent is not None and OPTIMIZER_FILE in parent["files"]:
-        state = torch.load(io.BytesIO(store.get_bytes(_file_ref(parent, OPTIMIZER_FILE))),
-                           map_location=device, weights_only=True)
+        state = torch.load(
+            io.BytesIO(store.get_bytes(_file_ref(parent, OPTIMIZER_FILE))), map_location=device, weights_only=True
+        )
         optimizer.load_state_dict(state)
         for g in optimizer.param_groups:  # this request's hyperparameters win over the saved ones
             g.update(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -302,4 +327,3 @@ def _load_manifest(store: Store, ref: Ref, where: str) -> dict[str, Any]:
 def _result_from_manifest(store: Store, ref: Ref, *, reused: bool) -> UpdateResult:
     m = _load_manifest(store, ref, "checkpoint")
     return UpdateResult(m["runId"], m["iteration"], m["version"], ref, reused, dict(m["metrics"]))
-

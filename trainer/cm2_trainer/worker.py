@@ -36,8 +36,13 @@ from .store import InvalidRef, MissingArtifact, StoreCorruption
 log = logging.getLogger("cm2_trainer.worker")
 
 
-def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: str | None = None,
-                         cache: Any = None, keepalive_s: float = 20.0) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def make_update_activity(
+    *,
+    defaults: TrainerConfig | None = None,
+    store_root: str | None = None,
+    cache: Any = None,
+    keepalive_s: float = 20.0,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Build the `updatePolicy` activity (a plain sync function run in the worker's thread pool)."""
     from .loss import TrainingDiverged
     from .update import ModelCache, update_policy
@@ -67,8 +72,13 @@ def make_update_activity(*, defaults: TrainerConfig | None = None, store_root: s
             raise ApplicationError(str(e), type=contract.ERR_TRAINING_DIVERGED, non_retryable=True) from e
         out = result.to_json()
         contract.decode_result(out)
-        log.info("updatePolicy run=%s iteration=%d reused=%s metrics=%s", req.run_id, req.iteration,
-                 result.reused, out["metrics"])
+        log.info(
+            "updatePolicy run=%s iteration=%d reused=%s metrics=%s",
+            req.run_id,
+            req.iteration,
+            result.reused,
+            out["metrics"],
+        )
         return out
 
     return update_policy_activity
@@ -149,9 +159,15 @@ class _Keepalive:
         self.thread.join(timeout=5)
 
 
-def build_worker(client: Client, executor: ThreadPoolExecutor, *, task_queue: str = contract.TASK_QUEUE,
-                 defaults: TrainerConfig | None = None, store_root: str | None = None,
-                 graceful_shutdown: timedelta = timedelta(seconds=30)) -> Worker:
+def build_worker(
+    client: Client,
+    executor: ThreadPoolExecutor,
+    *,
+    task_queue: str = contract.TASK_QUEUE,
+    defaults: TrainerConfig | None = None,
+    store_root: str | None = None,
+    graceful_shutdown: timedelta = timedelta(seconds=30),
+) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
@@ -166,32 +182,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m cm2_trainer.worker",
         description="cm2 trainer worker: hosts the Temporal activity `updatePolicy` (one policy update per "
-                    "run iteration, LoRA on the base model) on its own task queue.",
+        "run iteration, LoRA on the base model) on its own task queue.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Trainer defaults (a request's `trainer` object overrides lr, klCoef, clipLow, clipHigh, "
-               "clipRatioC, miniBatches, loraRank, loraAlpha, maxGradNorm, seed):\n" + help_text(),
+        "clipRatioC, miniBatches, loraRank, loraAlpha, maxGradNorm, seed):\n" + help_text(),
     )
-    p.add_argument("--address", default=os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
-                   help="Temporal frontend host:port (env TEMPORAL_ADDRESS, default 127.0.0.1:7233)")
-    p.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"),
-                   help="Temporal namespace (env TEMPORAL_NAMESPACE, default 'default')")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+        help="Temporal frontend host:port (env TEMPORAL_ADDRESS, default 127.0.0.1:7233)",
+    )
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        help="Temporal namespace (env TEMPORAL_NAMESPACE, default 'default')",
+    )
     p.add_argument("--task-queue", default=contract.TASK_QUEUE, help="task queue (default %(default)s)")
-    p.add_argument("--store-root", default=None,
-                   help="use this store root instead of each request's storeRoot (when the trainer host mounts "
-                        "the store at another path)")
+    p.add_argument(
+        "--store-root",
+        default=None,
+        help="use this store root instead of each request's storeRoot (when the trainer host mounts "
+        "the store at another path)",
+    )
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda:0")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--micro-batch-size", type=int, default=TrainerConfig.micro_batch_size,
-                   help="samples per forward/backward pass (memory knob; default %(default)s)")
-    p.add_argument("--pack-max-tokens", type=int, default=TrainerConfig.pack_max_tokens,
-                   help="pack samples that share a prompt into one row of at most this many tokens "
-                        "(0: off; default %(default)s)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="model dtype (auto: bfloat16 on GPU, float32 on CPU)",
+    )
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=TrainerConfig.micro_batch_size,
+        help="samples per forward/backward pass (memory knob; default %(default)s)",
+    )
+    p.add_argument(
+        "--pack-max-tokens",
+        type=int,
+        default=TrainerConfig.pack_max_tokens,
+        help="pack samples that share a prompt into one row of at most this many tokens (0: off; default %(default)s)",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (saves memory)")
-    p.add_argument("--rollout-is-cap", type=float, default=None,
-                   help="truncated importance sampling cap against serving log-probs (off by default; CM2: 2.0)")
-    p.add_argument("--graceful-shutdown-seconds", type=float, default=30.0,
-                   help="on SIGTERM/SIGINT, how long a running update may go on before it is cancelled")
+    p.add_argument(
+        "--rollout-is-cap",
+        type=float,
+        default=None,
+        help="truncated importance sampling cap against serving log-probs (off by default; CM2: 2.0)",
+    )
+    p.add_argument(
+        "--graceful-shutdown-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, how long a running update may go on before it is cancelled",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return p.parse_args(argv)
 
@@ -199,25 +243,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     from .update import resolve_device
 
-    defaults = TrainerConfig(device=args.device, dtype=args.dtype, micro_batch_size=args.micro_batch_size,
-                             pack_max_tokens=args.pack_max_tokens,
-                             gradient_checkpointing=args.gradient_checkpointing,
-                             rollout_is_cap=args.rollout_is_cap)
+    defaults = TrainerConfig(
+        device=args.device,
+        dtype=args.dtype,
+        micro_batch_size=args.micro_batch_size,
+        pack_max_tokens=args.pack_max_tokens,
+        gradient_checkpointing=args.gradient_checkpointing,
+        rollout_is_cap=args.rollout_is_cap,
+    )
     if resolve_device(defaults).type == "cpu":
-        log.info("CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
-                 "set" if tune_malloc() else "not glibc, left as is")
+        log.info(
+            "CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
+            "set" if tune_malloc() else "not glibc, left as is",
+        )
     client = await Client.connect(args.address, namespace=args.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm2-update") as executor:
-        worker = build_worker(client, executor, task_queue=args.task_queue, defaults=defaults,
-                              store_root=args.store_root,
-                              graceful_shutdown=timedelta(seconds=args.graceful_shutdown_seconds))
+        worker = build_worker(
+            client,
+            executor,
+            task_queue=args.task_queue,
+            defaults=defaults,
+            store_root=args.store_root,
+            graceful_shutdown=timedelta(seconds=args.graceful_shutdown_seconds),
+        )
         async with worker:
-            log.info("cm2 trainer worker polling task queue %r on %s namespace %r", args.task_queue,
-                     args.address, args.namespace)
+            log.info(
+                "cm2 trainer worker polling task queue %r on %s namespace %r",
+                args.task_queue,
+                args.address,
+                args.namespace,
+            )
             await stop.wait()
             log.info("Shutting down")
     log.info("Stopped")
@@ -225,8 +284,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(run(args))
 
 

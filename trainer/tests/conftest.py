@@ -32,8 +32,9 @@ def tok():
 def gguf_tok():
     p = gguf_path()
     if p is None:
-        pytest.skip("SmolLM2 GGUF not found: set CM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf "
-                    "(or put it at .cm2/models/)")
+        pytest.skip(
+            "SmolLM2 GGUF not found: set CM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (or put it at .cm2/models/)"
+        )
     from cm2_trainer.serve import load_tokenizer
 
     return load_tokenizer(str(p))  # the policy server's loader: converts once, then reads a disk cache

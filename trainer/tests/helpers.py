@@ -15,7 +15,7 @@ CHATML_TOOLS_TEMPLATE = (
     "<|im_end|>{{ '\\n' }}"
     "{% for m in rest %}"
     "{% if m.role == 'assistant' %}<|im_start|>assistant{{ '\\n' }}{{ m.content }}"
-    "{% for c in m.tool_calls or [] %}<tool_call>{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+    '{% for c in m.tool_calls or [] %}<tool_call>{"name": "{{ c.function.name }}", "arguments": '
     "{{ c.function.arguments | tojson }}}</tool_call>{% endfor %}<|im_end|>{{ '\\n' }}"
     "{% else %}<|im_start|>{{ m.role }}{{ '\\n' }}{{ m.content }}<|im_end|>{{ '\\n' }}{% endif %}"
     "{% endfor %}"
@@ -67,38 +67,63 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=2048,
-                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     return LlamaForCausalLM(cfg)
 
 
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 def transcript(city: str = "Paris", reply: str = "It is sunny in Paris.") -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": "You are a weather assistant."},
         {"role": "user", "content": f"Weather in {city}?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"temp_c": 21, "sky": "clear"})},
         {"role": "assistant", "content": reply},
     ]
 
 
-def batch_obj(run_id: str = "r1", iteration: int = 0, advantages: tuple[float, float] = (0.5, -0.5),
-              completions: bool = False, tokenizer: Any = None) -> dict[str, Any]:
+def batch_obj(
+    run_id: str = "r1",
+    iteration: int = 0,
+    advantages: tuple[float, float] = (0.5, -0.5),
+    completions: bool = False,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
     samples = []
-    for k, (city, a) in enumerate(zip(["Paris", "Oslo"], advantages)):
+    for k, (city, a) in enumerate(zip(["Paris", "Oslo"], advantages, strict=True)):
         s: dict[str, Any] = {
             "episodeId": f"{run_id}/it-{iteration}/task-0/ep-{k}",
             "groupId": "task-0",
@@ -113,14 +138,35 @@ def batch_obj(run_id: str = "r1", iteration: int = 0, advantages: tuple[float, f
     return {"schema": "cm2.batch/v1", "runId": run_id, "iteration": iteration, "samples": samples}
 
 
-def request_obj(store_root: Path, batch_ref: Any, base_dir: Path, *, run_id: str = "r1", iteration: int = 0,
-                parent: Any = None, **trainer: Any) -> dict[str, Any]:
-    t = {"lr": 1e-3, "klCoef": 0.0, "clipLow": 0.2, "clipHigh": 0.2, "clipRatioC": 3.0, "miniBatches": 1,
-         "loraRank": 4, "loraAlpha": 8, "maxGradNorm": 1.0, "seed": 0}
+def request_obj(
+    store_root: Path,
+    batch_ref: Any,
+    base_dir: Path,
+    *,
+    run_id: str = "r1",
+    iteration: int = 0,
+    parent: Any = None,
+    **trainer: Any,
+) -> dict[str, Any]:
+    t = {
+        "lr": 1e-3,
+        "klCoef": 0.0,
+        "clipLow": 0.2,
+        "clipHigh": 0.2,
+        "clipRatioC": 3.0,
+        "miniBatches": 1,
+        "loraRank": 4,
+        "loraAlpha": 8,
+        "maxGradNorm": 1.0,
+        "seed": 0,
+    }
     t.update(trainer)
     return {
-        "runId": run_id, "iteration": iteration, "batch": batch_ref.to_json(),
+        "runId": run_id,
+        "iteration": iteration,
+        "batch": batch_ref.to_json(),
         "base": {"kind": "hf", "path": str(base_dir)},
         "parent": parent.to_json() if parent is not None else None,
-        "storeRoot": str(store_root), "trainer": t,
+        "storeRoot": str(store_root),
+        "trainer": t,
     }

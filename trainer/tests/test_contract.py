@@ -3,6 +3,7 @@ import hashlib
 import json
 
 import pytest
+from conftest import CONTRACTS
 
 from cm2_trainer.contract import (
     ContractError,
@@ -12,7 +13,6 @@ from cm2_trainer.contract import (
     decode_update_request,
 )
 from cm2_trainer.render import render_sample
-from conftest import CONTRACTS
 
 
 def _load(name):
@@ -42,7 +42,7 @@ def test_batch_fixture_renders_with_the_smollm2_tokenizer(gguf_tok):
         warnings.simplefilter("ignore")
         rendered = [render_sample(s, gguf_tok, vocab_size=49152) for s in batch.samples]
     assert all(r.num_loss_tokens > 0 for r in rendered)
-    assert gguf_tok.decode(batch.samples[0].completions[2].token_ids).startswith('<tool_call>')
+    assert gguf_tok.decode(batch.samples[0].completions[2].token_ids).startswith("<tool_call>")
 
 
 def _mutate(obj, path, value):
@@ -57,20 +57,23 @@ def _mutate(obj, path, value):
     return obj
 
 
-@pytest.mark.parametrize("path,value,message", [
-    (("runId",), "../x", "request.runId is '../x'"),
-    (("iteration",), -1, "request.iteration is -1"),
-    (("iteration",), True, "request.iteration is True"),
-    (("base", "kind"), "onnx", "request.base.kind is 'onnx'"),
-    (("batch", "sha256"), "X" * 64, "request.batch.sha256"),
-    (("trainer", "lr"), float("nan"), "request.trainer.lr is nan"),
-    (("trainer", "lr"), 0, "lr is 0"),
-    (("trainer", "miniBatches"), 1.5, "request.trainer.miniBatches is 1.5"),
-    (("trainer", "clipRatioC"), 1.0, "clip_ratio_c is 1.0"),
-    (("trainer", "entropyCoef"), 0.0, "unknown fields ['entropyCoef']"),
-    (("storeRoot",), KeyError, "missing ['storeRoot']"),
-    (("extra",), 1, "unknown fields ['extra']"),
-])
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        (("runId",), "../x", "request.runId is '../x'"),
+        (("iteration",), -1, "request.iteration is -1"),
+        (("iteration",), True, "request.iteration is True"),
+        (("base", "kind"), "onnx", "request.base.kind is 'onnx'"),
+        (("batch", "sha256"), "X" * 64, "request.batch.sha256"),
+        (("trainer", "lr"), float("nan"), "request.trainer.lr is nan"),
+        (("trainer", "lr"), 0, "lr is 0"),
+        (("trainer", "miniBatches"), 1.5, "request.trainer.miniBatches is 1.5"),
+        (("trainer", "clipRatioC"), 1.0, "clip_ratio_c is 1.0"),
+        (("trainer", "entropyCoef"), 0.0, "unknown fields ['entropyCoef']"),
+        (("storeRoot",), KeyError, "missing ['storeRoot']"),
+        (("extra",), 1, "unknown fields ['extra']"),
+    ],
+)
 def test_bad_requests_name_the_field_and_value(path, value, message):
     with pytest.raises(ContractError, match=__import__("re").escape(message)):
         decode_update_request(_mutate(_load("update_request.json"), path, value))
@@ -79,21 +82,27 @@ def test_bad_requests_name_the_field_and_value(path, value, message):
 S = ("samples", 0)
 
 
-@pytest.mark.parametrize("path,value,message", [
-    (("schema",), "cm2.batch/v2", "batch.schema is 'cm2.batch/v2'"),
-    (("samples",), [], "batch.samples is empty"),
-    (S + ("advantages", 0, "messageIndex"), 1, "batch.samples[0].advantages[0].messageIndex is 1 (user)"),
-    (S + ("advantages", 0, "messageIndex"), 9, "messageIndex is 9 (out of range)"),
-    (S + ("advantages", 0, "advantage"), "0.5", "batch.samples[0].advantages[0].advantage is '0.5'"),
-    (S + ("completions", 0, "tokenIds", 3), -4, "batch.samples[0].completions[0].tokenIds[3] is -4"),
-    (S + ("completions", 0, "logprobs"), [0.0], "logprobs has 1 values for"),
-    (S + ("messages", 1, "role"), "developer", "batch.samples[0].messages[1].role is 'developer'"),
-    (S + ("messages", 2, "tool_calls", 0, "function", "arguments"), {"city": "Paris"},
-     "batch.samples[0].messages[2].tool_calls[0].function.arguments is {'city': 'Paris'}"),
-    (S + ("messages", 3, "tool_call_id"), KeyError, "batch.samples[0].messages[3].tool_call_id is None"),
-    (S + ("tools", 0, "type"), "retrieval", "batch.samples[0].tools[0].type is 'retrieval'"),
-    (S + ("groupId",), KeyError, "batch.samples[0] is missing ['groupId']"),
-])
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        (("schema",), "cm2.batch/v2", "batch.schema is 'cm2.batch/v2'"),
+        (("samples",), [], "batch.samples is empty"),
+        (S + ("advantages", 0, "messageIndex"), 1, "batch.samples[0].advantages[0].messageIndex is 1 (user)"),
+        (S + ("advantages", 0, "messageIndex"), 9, "messageIndex is 9 (out of range)"),
+        (S + ("advantages", 0, "advantage"), "0.5", "batch.samples[0].advantages[0].advantage is '0.5'"),
+        (S + ("completions", 0, "tokenIds", 3), -4, "batch.samples[0].completions[0].tokenIds[3] is -4"),
+        (S + ("completions", 0, "logprobs"), [0.0], "logprobs has 1 values for"),
+        (S + ("messages", 1, "role"), "developer", "batch.samples[0].messages[1].role is 'developer'"),
+        (
+            S + ("messages", 2, "tool_calls", 0, "function", "arguments"),
+            {"city": "Paris"},
+            "batch.samples[0].messages[2].tool_calls[0].function.arguments is {'city': 'Paris'}",
+        ),
+        (S + ("messages", 3, "tool_call_id"), KeyError, "batch.samples[0].messages[3].tool_call_id is None"),
+        (S + ("tools", 0, "type"), "retrieval", "batch.samples[0].tools[0].type is 'retrieval'"),
+        (S + ("groupId",), KeyError, "batch.samples[0] is missing ['groupId']"),
+    ],
+)
 def test_bad_batches_name_the_field_and_value(path, value, message):
     with pytest.raises(ContractError, match=__import__("re").escape(message)):
         decode_batch(_mutate(_load("batch.json"), path, value))

@@ -22,8 +22,17 @@ def test_worker_help_documents_the_flags(capsys):
         worker.parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--address", "TEMPORAL_ADDRESS", "--namespace", "TEMPORAL_NAMESPACE", "--task-queue",
-                 "--store-root", "--device", "--micro-batch-size", "kl_coef"):
+    for flag in (
+        "--address",
+        "TEMPORAL_ADDRESS",
+        "--namespace",
+        "TEMPORAL_NAMESPACE",
+        "--task-queue",
+        "--store-root",
+        "--device",
+        "--micro-batch-size",
+        "kl_coef",
+    ):
         assert flag in out, flag
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import tomllib
-from pathlib import Path
 
 import pytest
-
 from conftest import REPO, gguf_path
 
 

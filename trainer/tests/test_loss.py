@@ -2,13 +2,20 @@ import math
 
 import pytest
 import torch
+from helpers import assert_same_update, batch_obj, tiny_llama, trainable
 
 from cm2_trainer.config import TrainerConfig
 from cm2_trainer.contract import decode_batch
-from cm2_trainer.loss import (apply_update, k3_kl_per_token, make_micro_batch, make_packed_batch, pg_loss_per_token,
-                              plan_batches, token_logprobs)
+from cm2_trainer.loss import (
+    apply_update,
+    k3_kl_per_token,
+    make_micro_batch,
+    make_packed_batch,
+    pg_loss_per_token,
+    plan_batches,
+    token_logprobs,
+)
 from cm2_trainer.render import RenderedSample, render_sample
-from helpers import assert_same_update, batch_obj, tiny_llama, trainable
 
 CFG = TrainerConfig()
 
@@ -20,13 +27,16 @@ def test_pg_loss_on_policy_is_minus_advantage():
     assert torch.allclose(loss, -adv) and not clipped.any()
 
 
-@pytest.mark.parametrize("ratio,adv,expected,was_clipped", [
-    (1.5, 1.0, -1.2, True),    # positive advantage: ratio capped at 1 + clip_high
-    (0.5, 1.0, -0.5, False),   # below 1 - clip_low with A > 0: the pessimistic (unclipped) term wins
-    (0.5, -1.0, 0.8, True),    # negative advantage: ratio floored at 1 - clip_low
-    (1.5, -1.0, 1.5, False),   # negative advantage, ratio above the clip: unclipped
-    (4.0, -1.0, 3.0, True),    # dual clip: loss capped at -A * clip_ratio_c
-])
+@pytest.mark.parametrize(
+    "ratio,adv,expected,was_clipped",
+    [
+        (1.5, 1.0, -1.2, True),  # positive advantage: ratio capped at 1 + clip_high
+        (0.5, 1.0, -0.5, False),  # below 1 - clip_low with A > 0: the pessimistic (unclipped) term wins
+        (0.5, -1.0, 0.8, True),  # negative advantage: ratio floored at 1 - clip_low
+        (1.5, -1.0, 1.5, False),  # negative advantage, ratio above the clip: unclipped
+        (4.0, -1.0, 3.0, True),  # dual clip: loss capped at -A * clip_ratio_c
+    ],
+)
 def test_pg_loss_clipping_and_dual_clip(ratio, adv, expected, was_clipped):
     old = torch.tensor([-1.0])
     loss, clipped = pg_loss_per_token(old + math.log(ratio), old, torch.tensor([adv]), CFG)
@@ -103,8 +113,9 @@ def test_packed_update_equals_the_unpacked_update(tok):
         torch.manual_seed(0)
         base = tiny_llama(len(tok)).double()  # float64: see assert_same_update
         cfg = TrainerConfig(lr=1e-1, kl_coef=0.05, lora_rank=4, lora_alpha=8, pack_max_tokens=pack)
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules,
-                                                task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+        )
         before = trainable(model)
         # plain SGD: the test is about the gradient; Adam's first steps are ~lr * sign(g), which turns rounding
         # noise in near-zero gradient entries into differences the size of the step
@@ -141,8 +152,9 @@ def _setup(tok, adv=(1.0, 1.0), lr=1e-2, dtype=torch.float32, sgd=False):
     for p in base.parameters():
         p.requires_grad_(False)
     cfg = TrainerConfig(lr=lr, kl_coef=0.0, lora_rank=4, lora_alpha=8, weight_decay=0.0)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules,
-                                            task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    )
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trained, lr=cfg.lr) if sgd else torch.optim.AdamW(trained, lr=cfg.lr)
     rendered = [render_sample(s, tok) for s in decode_batch(batch_obj(advantages=adv)).samples]
@@ -212,11 +224,25 @@ def test_rollout_importance_weights_are_truncated_at_the_cap(tok):
     model, opt, cfg, rendered = _setup(tok, adv=(1.0, 1.0))
     for r in rendered:  # serving log-probs far below the trainer's: the weight exp(old - rollout) hits the cap
         r.rollout_logprobs = [-50.0 if m else None for m in r.loss_mask]
-    m = apply_update(model, opt, rendered, cfg.replace(rollout_is_cap=2.0), seed=0, pad_id=tok.pad_token_id,
-                     device=torch.device("cpu"))
+    m = apply_update(
+        model,
+        opt,
+        rendered,
+        cfg.replace(rollout_is_cap=2.0),
+        seed=0,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+    )
     assert m["pg_loss"] == pytest.approx(-2.0, rel=1e-5)
     # and unknown log-probs weigh 1
     model, opt, cfg, rendered = _setup(tok, adv=(1.0, 1.0))
-    m = apply_update(model, opt, rendered, cfg.replace(rollout_is_cap=2.0), seed=0, pad_id=tok.pad_token_id,
-                     device=torch.device("cpu"))
+    m = apply_update(
+        model,
+        opt,
+        rendered,
+        cfg.replace(rollout_is_cap=2.0),
+        seed=0,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+    )
     assert m["pg_loss"] == pytest.approx(-1.0, rel=1e-5)

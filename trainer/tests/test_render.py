@@ -1,10 +1,10 @@
 import warnings
 
 import pytest
+from helpers import TOOLS, batch_obj
 
 from cm2_trainer.contract import decode_batch
 from cm2_trainer.render import TemplateError, TemplateToolsIgnored, render_sample, template_messages
-from helpers import TOOLS, batch_obj, transcript
 
 
 def _sample(**kw):
@@ -27,15 +27,18 @@ def test_template_path_reproduces_the_chat_template_and_masks_assistant_tokens(t
     r = render_sample(s, tok)
     full = tok.apply_chat_template(template_messages(s.messages), tools=TOOLS, return_dict=False)
     # the whole transcript ends with an assistant message: the sequence is the template minus the final "\n"
-    assert r.input_ids == full[: len(r.input_ids)] and full[len(r.input_ids):] == tok.encode("\n")
+    assert r.input_ids == full[: len(r.input_ids)] and full[len(r.input_ids) :] == tok.encode("\n")
     texts = [tok.decode(r.input_ids[a:b]) for a, b in _spans(r.loss_mask)]
-    assert texts == ['<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>',
-                     "It is sunny in Paris.<|im_end|>"]
-    assert {a for a, m in zip(r.advantages, r.loss_mask) if m} == {0.5}
-    assert all(a == 0.0 for a, m in zip(r.advantages, r.loss_mask) if not m)
+    assert texts == [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>',
+        "It is sunny in Paris.<|im_end|>",
+    ]
+    assert {a for a, m in zip(r.advantages, r.loss_mask, strict=True) if m} == {0.5}
+    assert all(a == 0.0 for a, m in zip(r.advantages, r.loss_mask, strict=True) if not m)
     # the context before the first assistant message is exactly the generation prompt
-    prompt = tok.apply_chat_template(template_messages(s.messages[:2]), tools=TOOLS, add_generation_prompt=True,
-                                     return_dict=False)
+    prompt = tok.apply_chat_template(
+        template_messages(s.messages[:2]), tools=TOOLS, add_generation_prompt=True, return_dict=False
+    )
     assert r.input_ids[: len(prompt)] == prompt and r.loss_mask.index(1) == len(prompt)
 
 
@@ -55,26 +58,26 @@ def test_completion_token_ids_are_used_verbatim(tok):
     a, b = _spans(r.loss_mask)[0]
     assert r.input_ids[a:b] == ids
     assert r.rollout_logprobs[a:b] == [-0.5] * len(ids)
-    assert tok.decode(r.input_ids[b:b + 1]) == "\n"  # template glue after <|im_end|> is context
+    assert tok.decode(r.input_ids[b : b + 1]) == "\n"  # template glue after <|im_end|> is context
 
 
 def test_length_cut_completion_does_not_train_end_of_turn(tok):
     obj = batch_obj()
-    ids = tok.encode("<tool_call>{\"name\": \"get_wea")
+    ids = tok.encode('<tool_call>{"name": "get_wea')
     obj["samples"][0]["completions"] = [{"messageIndex": 2, "tokenIds": ids}]
     r = render_sample(decode_batch(obj).samples[0], tok)
     a, b = _spans(r.loss_mask)[0]
     assert r.input_ids[a:b] == ids
-    assert tok.decode(r.input_ids[b:b + 2]) == "<|im_end|>\n" and r.loss_mask[b] == 0
+    assert tok.decode(r.input_ids[b : b + 2]) == "<|im_end|>\n" and r.loss_mask[b] == 0
 
 
 def test_not_prefix_stable_template_raises_naming_sample_and_message(tok):
     from helpers import CHATML_TOOLS_TEMPLATE
 
     # earlier assistant turns are rewritten once they are not last (like templates that drop old reasoning)
-    unstable = CHATML_TOOLS_TEMPLATE.replace("{{ m.content }}{% for c in", "{{ m.content if loop.last else '' }}"
-                                             "{% if loop.last %}{% for c in").replace(
-        "{% endfor %}<|im_end|>{{ '\\n' }}{% else %}", "{% endfor %}{% endif %}<|im_end|>{{ '\\n' }}{% else %}")
+    unstable = CHATML_TOOLS_TEMPLATE.replace(
+        "{{ m.content }}{% for c in", "{{ m.content if loop.last else '' }}{% if loop.last %}{% for c in"
+    ).replace("{% endfor %}<|im_end|>{{ '\\n' }}{% else %}", "{% endfor %}{% endif %}<|im_end|>{{ '\\n' }}{% else %}")
     assert unstable != CHATML_TOOLS_TEMPLATE
     with pytest.raises(TemplateError, match=r"not prefix-stable for sample 'r1/it-0/task-0/ep-0'.*messages\[4\]"):
         render_sample(_sample(), tok, chat_template=unstable)
@@ -101,15 +104,23 @@ def test_smollm2_transcript_with_tool_call_reproduces_the_chat_template_prompt(g
     p2, f2, p4, f4 = tmpl(2, True), tmpl(3, False), tmpl(4, True), tmpl(5, False)
     call_ids = s.completions[2].token_ids
     # prompt before the tool call, the verbatim tool call, the template's context, the template's reply
-    expected = p2 + call_ids + f2[len(p2):][len(tok.encode("<|im_end|>", add_special_tokens=False)):] \
-        + p4[len(f2):] + f4[len(p4):]
+    expected = (
+        p2
+        + call_ids
+        + f2[len(p2) :][len(tok.encode("<|im_end|>", add_special_tokens=False)) :]
+        + p4[len(f2) :]
+        + f4[len(p4) :]
+    )
     assert r.input_ids == expected[: len(r.input_ids)]
-    assert tok.decode(r.input_ids[: len(p2)]) == tok.apply_chat_template(msgs[:2], add_generation_prompt=True,
-                                                                         tokenize=False)
+    assert tok.decode(r.input_ids[: len(p2)]) == tok.apply_chat_template(
+        msgs[:2], add_generation_prompt=True, tokenize=False
+    )
     texts = [tok.decode(r.input_ids[a:b]) for a, b in _spans(r.loss_mask)]
-    assert texts == ['<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>',
-                     "It is sunny in Paris.<|im_end|>"]
-    ctx = tok.decode(r.input_ids[_spans(r.loss_mask)[0][1]:_spans(r.loss_mask)[1][0]])
+    assert texts == [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>',
+        "It is sunny in Paris.<|im_end|>",
+    ]
+    ctx = tok.decode(r.input_ids[_spans(r.loss_mask)[0][1] : _spans(r.loss_mask)[1][0]])
     assert ctx == '\n<|im_start|>tool\n{"temp_c": 21, "sky": "clear"}<|im_end|>\n<|im_start|>assistant\n'
 
 
@@ -133,10 +144,15 @@ def test_smollm2_with_the_serving_template_matches_the_policy_server_prompts(ggu
         warnings.simplefilter("error", TemplateToolsIgnored)
         r = render_sample(s, gguf_tok, chat_template=tmpl)
     spans = _spans(r.loss_mask)
-    for (start, _), i in zip(spans, (2, 4)):
-        prompt = gguf_tok.apply_chat_template(normalize_messages(s.messages[:i]), tools=normalize_tools(s.tools),
-                                              chat_template=tmpl, add_generation_prompt=True, return_dict=False)
+    for (start, _), i in zip(spans, (2, 4), strict=False):
+        prompt = gguf_tok.apply_chat_template(
+            normalize_messages(s.messages[:i]),
+            tools=normalize_tools(s.tools),
+            chat_template=tmpl,
+            add_generation_prompt=True,
+            return_dict=False,
+        )
         assert r.input_ids[:start] == list(prompt)
-    call = gguf_tok.decode(r.input_ids[spans[0][0]:spans[0][1]])
+    call = gguf_tok.decode(r.input_ids[spans[0][0] : spans[0][1]])
     assert call == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
-    assert "# Tools" in gguf_tok.decode(r.input_ids[:spans[0][0]])
+    assert "# Tools" in gguf_tok.decode(r.input_ids[: spans[0][0]])

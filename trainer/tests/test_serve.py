@@ -27,8 +27,10 @@ needs_gguf = pytest.mark.skipif(not GGUF or not Path(GGUF).is_file(), reason="CM
 
 # -- tool-call parsing (no model) -----------------------------------------------------------------------------
 def test_parse_tool_calls_turns_blocks_into_openai_calls() -> None:
-    text = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
-            '<tool_call>{"name": "get_time", "parameters": {"tz": "CET"}}</tool_call>')
+    text = (
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>{"name": "get_time", "parameters": {"tz": "CET"}}</tool_call>'
+    )
     content, calls = parse_tool_calls(text)
     assert content == "Let me check."
     assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
@@ -39,8 +41,12 @@ def test_parse_tool_calls_turns_blocks_into_openai_calls() -> None:
 
 
 def test_parse_tool_calls_keeps_invalid_blocks_as_content() -> None:
-    for text in ["no calls here", "<tool_call>{not json}</tool_call>", '<tool_call>{"arguments": {}}</tool_call>',
-                 '<tool_call>["get_weather"]</tool_call>']:
+    for text in [
+        "no calls here",
+        "<tool_call>{not json}</tool_call>",
+        '<tool_call>{"arguments": {}}</tool_call>',
+        '<tool_call>["get_weather"]</tool_call>',
+    ]:
         content, calls = parse_tool_calls(text)
         assert calls == [] and content == text
 
@@ -65,9 +71,19 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -77,8 +93,12 @@ def make_adapter(base: Any, out: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                                        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    pm = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]
+        ),
+    )
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_" in n:
@@ -93,8 +113,9 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"content-type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read())
@@ -128,8 +149,15 @@ def greedy_ids(client: Client) -> tuple[list[int], str]:
 @needs_gguf
 def test_serves_a_completion_over_http(served: Any) -> None:
     pm, client = served
-    status, headers, r = client.chat(temperature=1.0, top_p=0.9, max_tokens=6, seed=7, return_token_ids=True,
-                                     logprobs=True, return_tokens_as_token_ids=True)
+    status, headers, r = client.chat(
+        temperature=1.0,
+        top_p=0.9,
+        max_tokens=6,
+        seed=7,
+        return_token_ids=True,
+        logprobs=True,
+        return_tokens_as_token_ids=True,
+    )
     assert status == 200, r
     assert headers[POLICY_VERSION_HEADER] == "0" and r["system_fingerprint"] == "0"
     choice = r["choices"][0]
@@ -156,8 +184,9 @@ def test_loading_an_adapter_changes_the_version_and_the_outputs(served: Any, tmp
     before, v0 = greedy_ids(client)
     assert v0 == "0"
     adapter = make_adapter(pm.base, tmp_path / "a1", seed=1)
-    status, headers, st = client.call("POST", "/load_lora_adapter",
-                                      {"lora_name": "run-v1", "lora_path": str(adapter), "version": 1})
+    status, headers, st = client.call(
+        "POST", "/load_lora_adapter", {"lora_name": "run-v1", "lora_path": str(adapter), "version": 1}
+    )
     assert status == 200, st
     assert st["version"] == 1 and st["lora_name"] == "run-v1" and headers[POLICY_VERSION_HEADER] == "1"
     assert client.call("GET", "/policy_version")[2]["version"] == 1
@@ -181,15 +210,21 @@ def test_loads_an_adapter_from_a_checkpoint_ref_in_the_store(served: Any, tmp_pa
     store = Store(tmp_path / "store")
     files = {f.name: store.put_file(f).to_json() for f in adapter.iterdir() if f.is_file()}
     ref = store.put_json({"schema": "cm2.checkpoint/v1", "files": files})
-    status, headers, st = client.call("POST", "/load_lora_adapter", {
-        "lora_name": "run-v2", "checkpoint": ref.to_json(), "store_root": str(tmp_path / "store"), "version": 2})
+    status, headers, st = client.call(
+        "POST",
+        "/load_lora_adapter",
+        {"lora_name": "run-v2", "checkpoint": ref.to_json(), "store_root": str(tmp_path / "store"), "version": 2},
+    )
     assert status == 200, st
     assert st["version"] == 2 and headers[POLICY_VERSION_HEADER] == "2"
     assert greedy_ids(client) == (via_path, "2")  # same adapter files, same outputs
     # A ref to nothing is a 400 and leaves the live adapter alone.
     bad = dict(ref.to_json(), sha256="0" * 64, uri="cm2://sha256/" + "0" * 64)
-    status, _, err = client.call("POST", "/load_lora_adapter", {
-        "lora_name": "x", "checkpoint": bad, "store_root": str(tmp_path / "store"), "version": 3})
+    status, _, err = client.call(
+        "POST",
+        "/load_lora_adapter",
+        {"lora_name": "x", "checkpoint": bad, "store_root": str(tmp_path / "store"), "version": 3},
+    )
     assert status == 400 and "not in the store" in err["error"]["message"]
     assert client.call("GET", "/policy_version")[2]["version"] == 2
 
@@ -207,9 +242,16 @@ def test_tool_calls_in_the_output_become_openai_tool_calls(served: Any, monkeypa
         return {"token_ids": ids, "logprobs": None, "version": pm.version, "max_new": 64, "seconds": 0.1}
 
     monkeypatch.setattr(pm, "generate", fake_generate)
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     status, _, r = client.chat(tools=tools, return_token_ids=True)
     assert status == 200, r
     choice = r["choices"][0]
@@ -243,8 +285,13 @@ def test_real_smollm2_answers(tokenizer: Any) -> None:
     srv, _ = serve_in_thread(pm)
     try:
         status, _, r = Client(srv.server_address[1]).chat(
-            messages=[{"role": "system", "content": "You are a helpful assistant."},
-                      {"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=16)
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+            temperature=0,
+            max_tokens=16,
+        )
         assert status == 200 and "Paris" in r["choices"][0]["message"]["content"]
     finally:
         srv.shutdown()

@@ -37,8 +37,9 @@ def test_names_roundtrip_and_first_writer_wins(tmp_path):
     assert s.get_name("latest") == b
 
 
-@pytest.mark.parametrize("name", ["../x", "a/../b", "/abs", "a//b", ".hidden", "a/", "", "a\\b", "a/./b",
-                                  "a/..", "..", "a b", "ü"])
+@pytest.mark.parametrize(
+    "name", ["../x", "a/../b", "/abs", "a//b", ".hidden", "a/", "", "a\\b", "a/./b", "a/..", "..", "a b", "ü"]
+)
 def test_rejects_escaping_or_malformed_names(tmp_path, name):
     s = Store(tmp_path)
     ref = s.put_bytes(b"x")
@@ -51,18 +52,21 @@ def test_rejects_escaping_or_malformed_names(tmp_path, name):
 GOOD = "ab" * 32
 
 
-@pytest.mark.parametrize("obj", [
-    {"uri": f"cm2://sha256/{GOOD.upper()}", "sha256": GOOD.upper(), "bytes": 1},
-    {"uri": f"cm2://sha256/{GOOD[:-1]}", "sha256": GOOD[:-1], "bytes": 1},
-    {"uri": "cm2://sha256/../../etc/passwd", "sha256": "../../etc/passwd", "bytes": 1},
-    {"uri": f"cm2://sha256/{'cd' * 32}", "sha256": GOOD, "bytes": 1},
-    {"uri": f"file:///{GOOD}", "sha256": GOOD, "bytes": 1},
-    {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD, "bytes": -1},
-    {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD, "bytes": True},
-    {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD, "bytes": 1, "extra": 1},
-    {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD},
-    "cm2://sha256/" + GOOD,
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"uri": f"cm2://sha256/{GOOD.upper()}", "sha256": GOOD.upper(), "bytes": 1},
+        {"uri": f"cm2://sha256/{GOOD[:-1]}", "sha256": GOOD[:-1], "bytes": 1},
+        {"uri": "cm2://sha256/../../etc/passwd", "sha256": "../../etc/passwd", "bytes": 1},
+        {"uri": f"cm2://sha256/{'cd' * 32}", "sha256": GOOD, "bytes": 1},
+        {"uri": f"file:///{GOOD}", "sha256": GOOD, "bytes": 1},
+        {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD, "bytes": -1},
+        {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD, "bytes": True},
+        {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD, "bytes": 1, "extra": 1},
+        {"uri": f"cm2://sha256/{GOOD}", "sha256": GOOD},
+        "cm2://sha256/" + GOOD,
+    ],
+)
 def test_rejects_bad_refs(obj):
     with pytest.raises(InvalidRef):
         Ref.from_json(obj)

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
+from helpers import assert_same_update, batch_obj, request_obj
 from safetensors.torch import load as load_safetensors
 
 from cm2_trainer.contract import ContractError, decode_result, decode_update_request
 from cm2_trainer.store import Store
 from cm2_trainer.update import ModelCache, checkpoint_name, update_policy
-from helpers import assert_same_update, batch_obj, request_obj
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,9 @@ def cache():
 
 def _req(store, base_dir, *, iteration=0, parent=None, advantages=(0.5, -0.5), run_id="r1", **trainer):
     ref = store.put_json(batch_obj(run_id=run_id, iteration=iteration, advantages=advantages))
-    return decode_update_request(request_obj(store.root, ref, base_dir, run_id=run_id, iteration=iteration,
-                                             parent=parent, **trainer))
+    return decode_update_request(
+        request_obj(store.root, ref, base_dir, run_id=run_id, iteration=iteration, parent=parent, **trainer)
+    )
 
 
 def _manifest(store, ref):
@@ -65,8 +66,11 @@ def test_idempotent_retry_does_not_update_twice(tmp_path, base_dir, cache, monke
     req = _req(store, base_dir)
     first = update_policy(req, cache=cache)
     objects = sorted(p.name for p in (tmp_path / "objects").rglob("*") if p.is_file())
-    adapter_blob = tmp_path / "objects/sha256" / _manifest(store, first.checkpoint)["files"][
-        "adapter_model.safetensors"]["sha256"][:2]
+    adapter_blob = (
+        tmp_path
+        / "objects/sha256"
+        / _manifest(store, first.checkpoint)["files"]["adapter_model.safetensors"]["sha256"][:2]
+    )
     mtimes = {p: p.stat().st_mtime_ns for p in adapter_blob.iterdir()}
 
     import cm2_trainer.update as upd
@@ -116,8 +120,9 @@ def test_resume_from_parent_loads_adapter_and_optimizer_state(tmp_path, base_dir
 def test_zero_advantages_and_zero_kl_leave_the_weights_unchanged(tmp_path, base_dir, cache):
     store = Store(tmp_path)
     it0 = update_policy(_req(store, base_dir), cache=cache)
-    it1 = update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint, advantages=(0.0, 0.0),
-                             klCoef=0.0), cache=cache)
+    it1 = update_policy(
+        _req(store, base_dir, iteration=1, parent=it0.checkpoint, advantages=(0.0, 0.0), klCoef=0.0), cache=cache
+    )
     w0, w1 = _adapter(store, it0.checkpoint), _adapter(store, it1.checkpoint)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the parent adapter was loaded and not moved
     assert it1.metrics["gradNorm"] == 0.0 and it1.metrics["loss"] == 0.0
@@ -160,8 +165,13 @@ def test_real_smollm2_gguf_update_with_the_contract_batch(tmp_path):
     batch = json.loads((CONTRACTS / "batch.json").read_text())
     batch["iteration"] = 0
     req = json.loads((CONTRACTS / "update_request.json").read_text())
-    req.update(iteration=0, parent=None, batch=store.put_json(batch).to_json(), storeRoot=str(tmp_path),
-               base={"kind": "gguf", "path": str(g)})
+    req.update(
+        iteration=0,
+        parent=None,
+        batch=store.put_json(batch).to_json(),
+        storeRoot=str(tmp_path),
+        base={"kind": "gguf", "path": str(g)},
+    )
     res = update_policy(decode_update_request(req))
     assert res.metrics["tokens"] > 0 and res.metrics["gradNorm"] > 0
     assert _manifest(store, res.checkpoint)["stats"]["chatTemplate"] == "cm2-tool-chatml"
@@ -175,8 +185,11 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, base_dir):
     for ckpt in (False, True):
         store = Store(tmp_path / str(ckpt))
         # float64: the two orders of computation must agree on any CPU's kernels (see assert_same_update)
-        res = update_policy(_req(store, base_dir), cache=ModelCache(),
-                            defaults=TrainerConfig(gradient_checkpointing=ckpt, dtype="float64"))
+        res = update_policy(
+            _req(store, base_dir),
+            cache=ModelCache(),
+            defaults=TrainerConfig(gradient_checkpointing=ckpt, dtype="float64"),
+        )
         assert res.metrics["gradNorm"] > 0
         adapters.append(_adapter(store, res.checkpoint))
     plain, ckpt = adapters

@@ -3,13 +3,13 @@
 import time
 
 import pytest
+from helpers import batch_obj, request_obj
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import cm2_trainer.update as upd
 from cm2_trainer.store import Store
 from cm2_trainer.worker import make_update_activity
-from helpers import batch_obj, request_obj
 
 
 def test_keepalive_heartbeats_during_phases_without_progress(tmp_path, base_dir, monkeypatch):
@@ -31,10 +31,17 @@ def test_keepalive_heartbeats_during_phases_without_progress(tmp_path, base_dir,
     assert len(beats) >= 3
 
 
-@pytest.mark.parametrize("mutate,type_,message", [
-    (lambda r: r.update(iteration="1"), "InvalidBatch", "request.iteration is '1'"),
-    (lambda r: r["batch"].update(sha256="0" * 64, uri="cm2://sha256/" + "0" * 64), "MissingArtifact", "not in the store"),
-])
+@pytest.mark.parametrize(
+    "mutate,type_,message",
+    [
+        (lambda r: r.update(iteration="1"), "InvalidBatch", "request.iteration is '1'"),
+        (
+            lambda r: r["batch"].update(sha256="0" * 64, uri="cm2://sha256/" + "0" * 64),
+            "MissingArtifact",
+            "not in the store",
+        ),
+    ],
+)
 def test_errors_are_typed_and_non_retryable(tmp_path, base_dir, mutate, type_, message):
     store = Store(tmp_path)
     req = request_obj(store.root, store.put_json(batch_obj()), base_dir)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from helpers import batch_obj, request_obj
 from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
@@ -22,7 +23,6 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from cm2_trainer.contract import decode_result
 from cm2_trainer.serve import free_port
 from cm2_trainer.store import Store
-from helpers import batch_obj, request_obj
 
 pytestmark = pytest.mark.temporal
 
@@ -34,10 +34,14 @@ class CallUpdate:
     @workflow.run
     async def run(self, request: dict) -> dict:
         return await workflow.execute_activity(
-            "updatePolicy", request, task_queue="cm2-trainer",
-            start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=timedelta(seconds=60),
+            "updatePolicy",
+            request,
+            task_queue="cm2-trainer",
+            start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=60),
             retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(milliseconds=100)),
         )
+
 
 WF_QUEUE = "cm2-trainer-test-workflows"
 
@@ -56,10 +60,26 @@ def dev_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("temporal")
     log = open(d / "server.log", "wb")
     proc = subprocess.Popen(
-        [cli, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-         "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-         "--db-filename", str(d / "temporal.db"), "--log-level", "error"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            cli,
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--db-filename",
+            str(d / "temporal.db"),
+            "--log-level",
+            "error",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -93,12 +113,17 @@ def test_update_policy_activity_through_a_real_worker(dev_server, tmp_path, base
         client = await Client.connect(dev_server)
         with ThreadPoolExecutor(max_workers=1) as ex:
             trainer = build_worker(client, ex, graceful_shutdown=timedelta(seconds=5))
-            wf_worker = Worker(client, task_queue=WF_QUEUE, workflows=[CallUpdate],
-                               workflow_runner=UnsandboxedWorkflowRunner())
+            wf_worker = Worker(
+                client, task_queue=WF_QUEUE, workflows=[CallUpdate], workflow_runner=UnsandboxedWorkflowRunner()
+            )
             async with trainer, wf_worker:
                 run = lambda req: client.execute_workflow(  # noqa: E731
-                    CallUpdate.run, req, id=f"test-{uuid.uuid4()}", task_queue=WF_QUEUE,
-                    execution_timeout=timedelta(seconds=90))
+                    CallUpdate.run,
+                    req,
+                    id=f"test-{uuid.uuid4()}",
+                    task_queue=WF_QUEUE,
+                    execution_timeout=timedelta(seconds=90),
+                )
                 first = await run(good)
                 again = await run(good)
                 with pytest.raises(WorkflowFailureError) as err:
