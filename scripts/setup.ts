@@ -151,7 +151,7 @@ export async function setup(opts: { log?: (s: string) => void; force?: boolean }
   // policy server then load the cache in seconds).
   await run(PYTHON, [
     "-c",
-    "import sys; from cm2_trainer.serve import load_base_model, load_tokenizer; " +
+    "import sys; from cm2_trainer.models import load_base_model, load_tokenizer; " +
     "load_tokenizer(sys.argv[1]); load_base_model(sys.argv[1])",
     GGUF_PATH,
   ], { quiet: true, env: { PYTHONPATH: path.join(ROOT, "trainer") } });

@@ -79,34 +79,36 @@ def end_of_turn_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def template_tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:
+    """One tool call in the shape chat templates expect, the one definition for the trainer and the policy
+    server: id (``call_<index>`` when missing), type function, and ``arguments`` parsed to an object when they
+    are a JSON-object string (any other string is kept as it is: the template renders it verbatim)."""
+    fn = call["function"]
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            args = parsed
+    return {
+        "id": call.get("id") or f"call_{index}",
+        "type": "function",
+        "function": {"name": fn["name"], "arguments": copy.deepcopy(args)},
+    }
+
+
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of the messages in the shape chat templates expect, exactly as the policy server
-    (`serve.normalize_messages`) passes them: role, content ("" for null), tool_calls with `arguments`
+    (`chat.normalize_messages`) passes them: role, content ("" for null), tool_calls with `arguments`
     parsed to an object when it is a JSON object, tool_call_id. Other keys are dropped, as there."""
     out = []
     for m in messages:
         msg: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
         calls = m.get("tool_calls")
         if m["role"] == "assistant" and calls:
-            norm = []
-            for k, c in enumerate(calls):
-                fn = c["function"]
-                args = fn.get("arguments", {})
-                if isinstance(args, str):
-                    try:
-                        parsed = json.loads(args) if args.strip() else {}
-                    except json.JSONDecodeError:
-                        parsed = None
-                    if isinstance(parsed, dict):
-                        args = parsed
-                norm.append(
-                    {
-                        "id": c.get("id") or f"call_{k}",
-                        "type": "function",
-                        "function": {"name": fn["name"], "arguments": copy.deepcopy(args)},
-                    }
-                )
-            msg["tool_calls"] = norm
+            msg["tool_calls"] = [template_tool_call(c, k) for k, c in enumerate(calls)]
         if m["role"] == "tool" and m.get("tool_call_id") is not None:
             msg["tool_call_id"] = str(m["tool_call_id"])
         out.append(msg)

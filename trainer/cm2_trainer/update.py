@@ -113,7 +113,8 @@ def load_base(base: BaseModel, device: torch.device, dtype: torch.dtype) -> tupl
     """(model with frozen weights, tokenizer, chat template the policy server renders with)."""
     from transformers import AutoModelForCausalLM
 
-    from .serve import load_base_model, load_tokenizer, serving_chat_template
+    from .chat import serving_chat_template
+    from .models import load_base_model, load_tokenizer
 
     path = Path(base.path)
     if base.kind == "gguf":

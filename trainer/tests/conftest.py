@@ -35,7 +35,7 @@ def gguf_tok():
         pytest.skip(
             "SmolLM2 GGUF not found: set CM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (or put it at .cm2/models/)"
         )
-    from cm2_trainer.serve import load_tokenizer
+    from cm2_trainer.models import load_tokenizer
 
     return load_tokenizer(str(p))  # the policy server's loader: converts once, then reads a disk cache
 

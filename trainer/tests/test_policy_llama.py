@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 from conftest import gguf_path
 
+from cm2_trainer.engines import LlamaCppEngine, default_llama_server
 from cm2_trainer.lora_gguf import LoraConversionError, _permute_rows, convert_adapter
-from cm2_trainer.serve import POLICY_VERSION_HEADER, LlamaCppEngine, PolicyModel, _default_llama_server, serve_in_thread
+from cm2_trainer.policy import PolicyModel
+from cm2_trainer.serve import POLICY_VERSION_HEADER, serve_in_thread
 
 GGUF = gguf_path()
 needs_gguf = pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF not found (CM2_GGUF or .cm2/models/)")
@@ -39,7 +41,7 @@ def llama_server_binary() -> str:
     if env:
         assert Path(env).is_file(), f"CM2_LLAMA_SERVER={env} does not exist (deno task setup builds it)"
         return env
-    found = _default_llama_server()
+    found = default_llama_server()
     if not found:
         pytest.skip("llama-server is not built (deno task setup builds it; or set CM2_LLAMA_SERVER)")
     return found
@@ -50,7 +52,7 @@ def smollm2() -> Any:
     """The SmolLM2 base as transformers sees it (dequantised from the GGUF, cached beside it)."""
     if GGUF is None:
         pytest.skip("SmolLM2 GGUF not found")
-    from cm2_trainer.serve import load_base_model, load_tokenizer
+    from cm2_trainer.models import load_base_model, load_tokenizer
 
     return load_base_model(str(GGUF)), load_tokenizer(str(GGUF))
 

@@ -135,7 +135,7 @@ def test_smollm2_template_cannot_render_tool_calls_without_token_ids(gguf_tok):
 def test_smollm2_with_the_serving_template_matches_the_policy_server_prompts(gguf_tok):
     """Training renders what serve.py rendered: for every assistant message, the context before it equals the
     server's prompt for the messages before it (same normalisation, same tool-aware template)."""
-    from cm2_trainer.serve import TOOL_CHAT_TEMPLATE, normalize_messages, normalize_tools, serving_chat_template
+    from cm2_trainer.chat import TOOL_CHAT_TEMPLATE, normalize_messages, normalize_tools, serving_chat_template
 
     tmpl = serving_chat_template(gguf_tok)
     assert tmpl == TOOL_CHAT_TEMPLATE  # SmolLM2's own template ignores tools

@@ -13,13 +13,9 @@ from typing import Any
 
 import pytest
 
-from cm2_trainer.serve import (
-    POLICY_VERSION_HEADER,
-    TOOL_CHAT_TEMPLATE,
-    PolicyModel,
-    parse_tool_calls,
-    serve_in_thread,
-)
+from cm2_trainer.chat import TOOL_CHAT_TEMPLATE, parse_tool_calls
+from cm2_trainer.policy import PolicyModel
+from cm2_trainer.serve import POLICY_VERSION_HEADER, serve_in_thread
 
 GGUF = os.environ.get("CM2_GGUF")
 needs_gguf = pytest.mark.skipif(not GGUF or not Path(GGUF).is_file(), reason="CM2_GGUF is not set to a GGUF file")
@@ -61,7 +57,7 @@ def test_parse_tool_calls_accepts_a_final_block_cut_before_its_closing_tag() -> 
 def tokenizer() -> Any:
     if not GGUF or not Path(GGUF).is_file():
         pytest.skip("CM2_GGUF is not set to a GGUF file")
-    from cm2_trainer.serve import load_tokenizer
+    from cm2_trainer.models import load_tokenizer
 
     return load_tokenizer(GGUF)
 
@@ -279,7 +275,7 @@ def test_bad_requests_are_400_with_the_field_named(served: Any) -> None:
 @pytest.mark.skipif(os.environ.get("CM2_RUN_SLOW") != "1", reason="CM2_RUN_SLOW=1 runs the real-model test")
 @needs_gguf
 def test_real_smollm2_answers(tokenizer: Any) -> None:
-    from cm2_trainer.serve import load_base_model
+    from cm2_trainer.models import load_base_model
 
     pm = PolicyModel(load_base_model(GGUF), tokenizer, version=0, name="smollm2")
     srv, _ = serve_in_thread(pm)

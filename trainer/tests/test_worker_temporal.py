@@ -21,7 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from cm2_trainer.contract import decode_result
-from cm2_trainer.serve import free_port
+from cm2_trainer.engines import free_port
 from cm2_trainer.store import Store
 
 pytestmark = pytest.mark.temporal
