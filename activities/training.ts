@@ -1,7 +1,8 @@
 /**
- * Activities of the training loop: thin I/O wrappers over `core/` (episode state machine,
- * simulator, judge, rewards), `llm/` (one model call per activity) and `store/` (every large value
- * lives there; activities take and return refs plus small decisions).
+ * Activities of the training loop over `core/` (episode state machine, simulator, judge, rewards), `llm/`
+ * (one model call per activity) and `store/` (every large value lives there; activities take and return
+ * refs plus small decisions). Not thin yet: episode settling (`settle`), batch assembly in
+ * `computeRewards` and policy publishing live here and are to move to `core/` and a policy room.
  *
  * Idempotency: each activity reads immutable blobs and writes content-addressed ones, so a retry
  * recomputes the same refs. The only named pointers written are first-writer-wins caches
@@ -38,7 +39,7 @@ import {
 } from "../core/episode.ts";
 import { importFiles } from "../core/importers/mod.ts";
 import { type ChatModel, LlmError, type Role } from "../core/llm_types.ts";
-import { computeAdvantages, itemPassRate, resolveRewardOptions } from "../core/rewards.ts";
+import { computeAdvantages, itemPassRate, resolveRewardOptions, rewardOptionsOf } from "../core/rewards.ts";
 import {
   cacheKey,
   emptyCache,
@@ -90,7 +91,7 @@ function nextOf(n: Next): Step["next"] {
 /** Episode options from the run config (limits, judge, simulator, unfinished-turn rule of the preset). */
 export function episodeOptions(config: RunConfig): EpisodeOptions {
   const c = config.cm2;
-  const reward = resolveRewardOptions({ preset: c.preset, level: c.advantageLevel });
+  const reward = resolveRewardOptions(rewardOptionsOf(c));
   return {
     maxAssistantSteps: c.limits.maxAssistantSteps,
     maxUserTurns: c.limits.maxUserTurns,
@@ -589,15 +590,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
       validation: boolean;
     }) {
       const config = await cfg(input.configRef);
-      const c = config.cm2;
-      const options = {
-        preset: c.preset,
-        level: c.advantageLevel,
-        fnorm: c.fnorm,
-        failedEpisodes: c.failedEpisodes,
-        minGroupSupport: c.minGroupSupport,
-        eta: c.eta,
-      };
+      const options = rewardOptionsOf(config.cm2);
       const samples: BatchSample[] = [];
       const perGroup = [];
       let rewardSum = 0;

@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { valueAt } from "./records.ts";
+import { REWARD_LEVELS, REWARD_PRESET_NAMES } from "./rewards.ts";
 
 /** Sampling defaults of one role. */
 export const SamplingSchema = z.object({
@@ -66,8 +67,8 @@ export const Cm2Schema = z.object({
   tasksPerIteration: z.number().int().positive().default(2),
   groupSize: z.number().int().positive().default(4),
   iterations: z.number().int().positive().default(3),
-  advantageLevel: z.enum(["trajectory", "turn", "step"]).default("trajectory"),
-  preset: z.enum(["paper", "reference", "fixed"]).default("fixed"),
+  advantageLevel: z.enum(REWARD_LEVELS).default("trajectory"),
+  preset: z.enum(REWARD_PRESET_NAMES).default("fixed"),
   /** Overrides of the preset's switches; unset means the preset's value (see core/rewards.ts). */
   fnorm: z.union([z.literal("std"), z.literal(1)]).optional(),
   failedEpisodes: z.enum(["keep-zero", "drop"]).optional(),

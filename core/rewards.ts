@@ -76,11 +76,15 @@ export interface RewardGroup {
   readonly episodes: readonly EpisodeVerdicts[];
 }
 
+/** The reward levels; the config's `advantageLevel` enum is made from this list. */
+export const REWARD_LEVELS = ["trajectory", "turn", "step"] as const;
 /** Where rewards are assigned: one advantage per episode, per (episode, turn) or per (episode, step). */
-export type RewardLevel = "trajectory" | "turn" | "step";
+export type RewardLevel = (typeof REWARD_LEVELS)[number];
 
+/** The preset names, in the order of {@link REWARD_PRESETS}; the config's `preset` enum is made from it. */
+export const REWARD_PRESET_NAMES = ["paper", "reference", "fixed"] as const;
 /** Named switch sets; see {@link REWARD_PRESETS}. */
-export type RewardPreset = "paper" | "reference" | "fixed";
+export type RewardPreset = (typeof REWARD_PRESET_NAMES)[number];
 
 /**
  * The semantic switches. Each preset sets all of them; each can be overridden on its own.
@@ -235,6 +239,28 @@ export const REWARD_PRESETS: Readonly<Record<RewardPreset, Readonly<RewardSwitch
 
 /** Added to the standard deviation when `fnorm` is `"std"` (as verl). */
 export const STD_EPSILON = 1e-6;
+
+/**
+ * The reward options a run config asks for: its preset and level plus the overrides it sets (unset ones come
+ * from the preset). The one place they are read from the config, for episodes and rewards alike.
+ */
+export function rewardOptionsOf(cm2: {
+  readonly preset: RewardPreset;
+  readonly advantageLevel: RewardLevel;
+  readonly fnorm?: RewardOptions["fnorm"] | undefined;
+  readonly failedEpisodes?: RewardOptions["failedEpisodes"] | undefined;
+  readonly minGroupSupport?: number | undefined;
+  readonly eta?: number | undefined;
+}): RewardOptionsInput {
+  return {
+    preset: cm2.preset,
+    level: cm2.advantageLevel,
+    fnorm: cm2.fnorm,
+    failedEpisodes: cm2.failedEpisodes,
+    minGroupSupport: cm2.minGroupSupport,
+    eta: cm2.eta,
+  };
+}
 
 const WEIGHT_TOLERANCE = 1e-6;
 

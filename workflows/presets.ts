@@ -1,5 +1,6 @@
 /**
- * Named timeout and retry presets for activities (`llm`, `tool`, `store`, `train`). Workflows
+ * Named timeout and retry presets for activities (`LLM`, `STORE`, `TRAIN`, `PUBLISH`, `BULK`, and the
+ * local-activity `LOCAL_STORE`). Workflows
  * pick a preset; they never spell out timeouts inline. Every preset that runs on the orchestrator
  * worker has a heartbeat timeout: its activities heartbeat every second (`activities/mod.ts`), so a
  * killed worker's activities are retried elsewhere within seconds, not minutes.
