@@ -12,7 +12,7 @@ import * as path from "node:path";
 import type { RunConfig } from "../core/config.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT, TEMPORAL_BIN } from "./paths.ts";
 import { isBuilt, LLAMA_CHECK_FILE, LLAMA_SERVER_BIN } from "./llama_server_build.ts";
-import { cpuInfo, readCheck } from "./llama_server_check.ts";
+import { cpuInfo, readCheck, smokeTest } from "./llama_server_check.ts";
 import { lastLines } from "./proc.ts";
 import { isListening } from "./temporal_server.ts";
 
@@ -95,6 +95,18 @@ export async function checkLlama(): Promise<Finding> {
     };
   }
   const launcher = await fs.stat(LLAMA_SERVER_BIN).then(() => true, () => false);
+  if (launcher) {
+    // the stored check says it passed; prove the launcher still runs (about a second)
+    const r = await smokeTest({ binary: LLAMA_SERVER_BIN, gguf: GGUF_PATH, nPredict: 2, timeoutMs: 60_000 });
+    if (!r.ok) {
+      return {
+        check: "llama-server",
+        status: "fail",
+        detail: `passed its smoke test here on ${check.checkedAt}, but fails now: ${r.reason}\n${r.logTail}`,
+        fix: recheck,
+      };
+    }
+  }
   return {
     check: "llama-server",
     status: launcher ? "ok" : "warn",

@@ -49,6 +49,8 @@ const LOG_DIR = path.join(ROOT, ".cm2", "logs");
 const children: { name: string; proc: Deno.ChildProcess; status?: Deno.CommandStatus }[] = [];
 let devServer: DevServer | undefined;
 let stopping = false;
+/** Children whose start `waitHttp` is watching: it reports their death itself. */
+const awaited = new Set<string>();
 
 function log(line: string): void {
   console.log(`[cm2] ${line}`);
@@ -60,6 +62,8 @@ async function spawn(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<void> {
+  // The model servers' start is awaited by `waitHttp`, which reports a death during it itself.
+  if (name === "llama-server" || name === "policy-server") awaited.add(name);
   await fs.mkdir(LOG_DIR, { recursive: true });
   const logFile = path.join(LOG_DIR, `${name}.log`);
   // The shell redirects straight into the log and then becomes the program (`exec`), so signals
@@ -77,7 +81,7 @@ async function spawn(
   // A child that dies while the stack should be up says how, with the end of its log.
   proc.status.then(async (status) => {
     child.status = status;
-    if (stopping) return;
+    if (stopping || awaited.has(name)) return;
     log(`${name} stopped unexpectedly (${describeExit(status)}); last lines of ${logFile}:`);
     console.log(await tailFile(logFile, 15));
   });
@@ -94,6 +98,14 @@ async function deathOf(name: string): Promise<string> {
 
 async function waitHttp(name: string, url: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  try {
+    return await waitUp(name, url, deadline, timeoutMs);
+  } finally {
+    awaited.delete(name);
+  }
+}
+
+async function waitUp(name: string, url: string, deadline: number, timeoutMs: number): Promise<void> {
   while (Date.now() < deadline) {
     const child = children.find((c) => c.name === name);
     const exited = await Promise.race([
@@ -111,7 +123,13 @@ async function waitHttp(name: string, url: string, timeoutMs: number): Promise<v
     } catch { /* not up yet */ }
     await new Promise((r) => setTimeout(r, 500));
   }
-  throw new Error(`${name} did not answer ${url} in ${timeoutMs / 1000} s; see .cm2/logs/${name}.log`);
+  const file = path.join(LOG_DIR, `${name}.log`);
+  throw new Error(
+    `${name} did not answer ${url} in ${timeoutMs / 1000} s; last lines of ${file}:\n${await tailFile(
+      file,
+      15,
+    )}`,
+  );
 }
 
 /**
