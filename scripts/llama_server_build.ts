@@ -124,9 +124,11 @@ export function progressOf(line: string): { done: number; total: number } | unde
   return make ? { done: Number(make[1]), total: 100 } : undefined;
 }
 
-function mmss(s: number): string {
-  const m = Math.floor(s / 60);
-  return m ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${Math.round(s)}s`;
+/** Seconds as `7m05s` (or `42s`). */
+export function mmss(seconds: number): string {
+  const total = Math.round(seconds);
+  const m = Math.floor(total / 60);
+  return m ? `${m}m${String(total % 60).padStart(2, "0")}s` : `${total}s`;
 }
 
 /**

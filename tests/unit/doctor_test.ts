@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { checkCpu, checkDisk, checkMemory, DEMO_MEMORY_BYTES, formatFindings } from "../../scripts/doctor.ts";
 import { cpuInfo } from "../../scripts/llama_server_check.ts";
 import { describeExit, exitSignal, lastLines } from "../../scripts/proc.ts";
-import { progressOf } from "../../scripts/llama_server_build.ts";
+import { mmss, progressOf } from "../../scripts/llama_server_build.ts";
 
 const meminfo = (availKb: number) =>
   `MemTotal:       24000000 kB\nMemFree:        1000 kB\nMemAvailable:   ${availKb} kB\n`;
@@ -56,4 +56,7 @@ Deno.test("build progress is read from ninja's and make's lines", () => {
   assert.deepEqual(progressOf("[12/444] Building CXX object x.o"), { done: 12, total: 444 });
   assert.deepEqual(progressOf("[ 45%] Building CXX object x.o"), { done: 45, total: 100 });
   assert.equal(progressOf("warning: x"), undefined);
+  assert.equal(mmss(599.6), "10m00s"); // not 9m60s
+  assert.equal(mmss(65), "1m05s");
+  assert.equal(mmss(42.2), "42s");
 });
