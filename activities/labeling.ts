@@ -36,8 +36,7 @@ import {
   saveDataset,
 } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
-import type { ModelFactory } from "./training.ts";
-import { toFailure } from "./training.ts";
+import { type ModelFactory, toFailure } from "./common.ts";
 
 /** What the labeling activities need. */
 export interface LabelingDeps {

@@ -5,7 +5,8 @@
  * @module
  */
 import { Context } from "@temporalio/activity";
-import { createTrainingActivities, type ModelFactory } from "./training.ts";
+import type { ModelFactory } from "./common.ts";
+import { createTrainingActivities } from "./training.ts";
 import { createLabelingActivities } from "./labeling.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 

@@ -48,11 +48,9 @@ import {
   simulationRequest,
 } from "../core/simulator.ts";
 import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
+import { type ModelFactory, sha256Hex, toFailure } from "./common.ts";
 import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
-
-/** Builds the model client of a role from the run config (keys from the environment only). */
-export type ModelFactory = (role: Role, config: RunConfig) => ChatModel;
 
 /** What the training activities need. */
 export interface TrainingDeps {
@@ -60,11 +58,6 @@ export interface TrainingDeps {
   models: ModelFactory;
   /** Root that relative dataset paths in configs resolve against. */
   root: string;
-}
-
-/** Hex SHA-256 of a string. */
-export function sha256Hex(text: string): string {
-  return createHash("sha256").update(text).digest("hex");
 }
 
 type Step = { stateRef: Ref; next: "policy" | "tools" | "judge" | "end" };
@@ -116,21 +109,6 @@ function callKey(what: string): string {
     wf = Context.current().info.workflowExecution?.workflowId ?? wf;
   } catch { /* outside an activity */ }
   return `${wf}/${what}`;
-}
-
-/** Turns a model failure into an activity failure: retryable ones carry Retry-After as the next delay. */
-export function toFailure(err: unknown): never {
-  if (err instanceof LlmError) {
-    if (err.retryable) {
-      throw ApplicationFailure.create({
-        type: err.type,
-        message: err.message,
-        ...(err.retryAfterMs !== undefined ? { nextRetryDelay: err.retryAfterMs } : {}),
-      });
-    }
-    throw ApplicationFailure.nonRetryable(err.message, err.type);
-  }
-  throw err;
 }
 
 /**

@@ -1,0 +1,33 @@
+/**
+ * What the orchestrator's activity modules share (neither owns it): the model factory type, how a model
+ * failure becomes an activity failure, and hashing.
+ *
+ * @module
+ */
+import { ApplicationFailure } from "@temporalio/activity";
+import { createHash } from "node:crypto";
+import type { RunConfig } from "../core/config.ts";
+import { type ChatModel, LlmError, type Role } from "../core/llm_types.ts";
+
+/** Builds the model client of a role from the run config (keys from the environment only). */
+export type ModelFactory = (role: Role, config: RunConfig) => ChatModel;
+
+/** Hex SHA-256 of a string. */
+export function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** Turns a model failure into an activity failure: retryable ones carry Retry-After as the next delay. */
+export function toFailure(err: unknown): never {
+  if (err instanceof LlmError) {
+    if (err.retryable) {
+      throw ApplicationFailure.create({
+        type: err.type,
+        message: err.message,
+        ...(err.retryAfterMs !== undefined ? { nextRetryDelay: err.retryAfterMs } : {}),
+      });
+    }
+    throw ApplicationFailure.nonRetryable(err.message, err.type);
+  }
+  throw err;
+}
