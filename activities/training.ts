@@ -48,6 +48,7 @@ import {
   simulationRequest,
 } from "../core/simulator.ts";
 import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
+import { storeNames } from "../core/names.ts";
 import { type ModelFactory, sha256Hex, toFailure } from "./common.ts";
 import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
@@ -745,7 +746,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         update: input.updateMetrics,
       });
       const kind = input.summary.validation ? "val" : "it";
-      await store.setName(`runs/${input.runName}/metrics/${kind}-${input.summary.iteration}`, metricsRef);
+      await store.setName(storeNames.metrics(input.runName, kind, input.summary.iteration), metricsRef);
       return { metricsRef };
     },
   };

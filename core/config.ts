@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { valueAt } from "./records.ts";
+import { ORCHESTRATOR_QUEUE, TRAINER_QUEUE } from "./names.ts";
 import { REWARD_LEVELS, REWARD_PRESET_NAMES } from "./rewards.ts";
 
 /** Sampling defaults of one role. */
@@ -100,7 +101,7 @@ export const Cm2Schema = z.object({
 
 /** Trainer settings, sent to the Python trainer worker with every update. */
 export const TrainerSchema = z.object({
-  taskQueue: z.string().default("cm2-trainer"),
+  taskQueue: z.string().default(TRAINER_QUEUE),
   base: z.object({
     kind: z.enum(["hf", "gguf"]).default("gguf"),
     path: z.string().default(".cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -153,7 +154,7 @@ export const RunConfigSchema = z.object({
   trainer: TrainerSchema,
   store: z.object({ kind: z.literal("fs").default("fs"), root: z.string().default(".cm2/store") }).strict()
     .prefault({}),
-  temporal: z.object({ taskQueue: z.string().default("cm2-orchestrator") }).strict().prefault({}),
+  temporal: z.object({ taskQueue: z.string().default(ORCHESTRATOR_QUEUE) }).strict().prefault({}),
   labeling: LabelingSchema,
 }).strict();
 

@@ -53,11 +53,4 @@ export function permutation(seed: number, n: number): number[] {
   return p;
 }
 
-/** Readable, deterministic workflow ids: `run/<name>`, `run/<name>/it-<n>`, `…/task-<k>/ep-<g>`. */
-export const workflowIds = {
-  run: (name: string) => `run/${name}`,
-  iteration: (name: string, it: number) => `run/${name}/it-${it}`,
-  validation: (name: string, it: number) => `run/${name}/val-${it}`,
-  episode: (name: string, it: number, task: number, g: number, prefix = "it") =>
-    `run/${name}/${prefix}-${it}/task-${task}/ep-${g}`,
-};
+export { workflowIds } from "./names.ts";

@@ -28,11 +28,3 @@ export const PINS = {
   cmake: "cmake==4.4.5",
   ninja: "ninja==1.13.2",
 } as const;
-
-/** Custom search attributes registered on the embedded dev server for cm2 runs. */
-export const SEARCH_ATTRIBUTES = {
-  Cm2RunName: "Keyword",
-  Cm2Iteration: "Int",
-  Cm2MeanReward: "Double",
-  Cm2Status: "Keyword",
-} as const;

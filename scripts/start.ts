@@ -22,7 +22,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { configSummary, type RunConfig } from "../core/config.ts";
-import { workflowIds } from "../core/sampling.ts";
+import { storeNames, workflowIds } from "../core/names.ts";
 import { loadRunConfig } from "../config.ts";
 import { FsStore } from "../store/fs_store.ts";
 import { getJson } from "../store/mod.ts";
@@ -405,7 +405,7 @@ async function main(): Promise<number> {
   await sample();
 
   const store = new FsStore(storeRoot);
-  const checkpoints = await store.listNames(`runs/${config.name}/checkpoints/`);
+  const checkpoints = await store.listNames(storeNames.checkpoints(config.name));
   const served = await fetch(`${config.models.policy.baseURL.replace(/\/$/, "")}/policy_version`)
     .then((r) => r.json() as Promise<{ version: number }>)
     .catch(() => ({ version: NaN }));

@@ -5,7 +5,8 @@
  * @module
  */
 import * as net from "node:net";
-import { SEARCH_ATTRIBUTES, TEMPORAL_BIN, TEMPORAL_DB } from "./paths.ts";
+import { SEARCH_ATTRIBUTES } from "../core/names.ts";
+import { TEMPORAL_BIN, TEMPORAL_DB } from "./paths.ts";
 
 /** A running (or reused) dev server. */
 export interface DevServer {

@@ -22,6 +22,7 @@ import type { RunConfig } from "../core/config.ts";
 import type { Activities } from "../activities/mod.ts";
 import type { LabelSummary } from "../activities/labeling.ts";
 import type { Ref } from "../store/mod.ts";
+import { workflowIds } from "../core/names.ts";
 import { BULK, LLM, STORE } from "./presets.ts";
 import { boundedMap } from "./training.ts";
 
@@ -31,7 +32,7 @@ const bulk = proxyActivities<Activities>(BULK);
 
 /** Workflow id of the labeling run that writes dataset `out`. */
 export function labelWorkflowId(out: string): string {
-  return `label/${out}`;
+  return workflowIds.label(out);
 }
 
 /** A spend limit for this run's labeler calls; `null` or absent means no limit. */

@@ -1,11 +1,7 @@
 /**
- * Names that cross the wire: task queues, workflow types, signals, queries, updates and
- * workflow-id formats. They are API: never rename them casually (running histories use them).
+ * Names that cross the wire, for workflow code and its callers: re-exported from `core/names.ts`, whose
+ * list (`core/wire_names.json`) the Python trainer reads too.
  *
  * @module
  */
-
-/** Default task queue of the orchestrator worker (workflows + non-GPU activities). */
-export const ORCHESTRATOR_QUEUE = "cm2-orchestrator";
-/** Default task queue of the Python trainer worker. */
-export const TRAINER_QUEUE = "cm2-trainer";
+export { ORCHESTRATOR_QUEUE, TRAINER_QUEUE } from "../core/names.ts";

@@ -19,7 +19,8 @@ import {
   upsertSearchAttributes,
 } from "@temporalio/workflow";
 import type { RunConfig } from "../core/config.ts";
-import { sampleTasks, workflowIds } from "../core/sampling.ts";
+import { storeNames, workflowIds } from "../core/names.ts";
+import { sampleTasks } from "../core/sampling.ts";
 import type { Activities } from "../activities/mod.ts";
 import type { Advance } from "../activities/training.ts";
 import type { Ref } from "../store/mod.ts";
@@ -198,7 +199,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       k,
       g,
       id: workflowIds.episode(runName, iteration, k, g, prefix),
-      groupKey: `runs/${runName}/${prefix}-${iteration}/task-${k}`,
+      groupKey: storeNames.group(runName, prefix, iteration, k),
     }))
   );
   const progress: IterationProgress = {

@@ -9,9 +9,11 @@ messages and tools are checked for what rendering needs and otherwise passed thr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import WIRE_FIELDS, TrainerConfig
@@ -19,8 +21,17 @@ from .store import InvalidRef, Ref
 
 BATCH_SCHEMA = "cm2.batch/v1"
 CHECKPOINT_SCHEMA = "cm2.checkpoint/v1"
-ACTIVITY_NAME = "updatePolicy"
-TASK_QUEUE = "cm2-trainer"
+# Names that cross the wire: the one list both languages read (core/wire_names.json, beside the TypeScript that
+# uses it; the trainer runs from the repository checkout).
+WIRE_NAMES: dict[str, Any] = json.loads((Path(__file__).resolve().parents[2] / "core" / "wire_names.json").read_text())
+ACTIVITY_NAME: str = WIRE_NAMES["activities"]["updatePolicy"]
+TASK_QUEUE: str = WIRE_NAMES["taskQueues"]["trainer"]
+
+
+def wire_name(kind: str, key: str, **fields: Any) -> str:
+    """A name from the shared list with its ``{field}`` placeholders filled (e.g. a checkpoint's store name)."""
+    return str(WIRE_NAMES[kind][key]).format(**fields)
+
 
 # ApplicationError types raised by the activity (closed list; the orchestrator branches on these).
 ERR_INVALID_BATCH = "InvalidBatch"  # bad request or batch content: non-retryable

@@ -40,6 +40,7 @@ from .contract import (
     decode_batch,
     decode_manifest,
     encode_result,
+    wire_name,
 )
 from .loss import Heartbeat, apply_update
 from .render import RenderedSample, TemplateError, render_sample
@@ -52,7 +53,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 
 
 def checkpoint_name(run_id: str, iteration: int) -> str:
-    return f"runs/{run_id}/checkpoints/it-{iteration}"
+    return wire_name("storeNames", "checkpoint", run=run_id, iteration=iteration)
 
 
 @dataclass(frozen=True)

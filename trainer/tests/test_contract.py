@@ -111,3 +111,16 @@ def test_bad_batches_name_the_field_and_value(path, value, message):
 def test_result_version_must_follow_iteration():
     with pytest.raises(ContractError, match="version is 5, expected iteration \\+ 1 = 2"):
         decode_result(_mutate(_load("update_result.json"), ("version",), 5))
+
+
+def test_wire_names_come_from_the_list_the_typescript_side_reads() -> None:
+    import json
+    from pathlib import Path
+
+    from cm2_trainer import contract
+    from cm2_trainer.update import checkpoint_name
+
+    shared = json.loads((Path(__file__).resolve().parents[2] / "core" / "wire_names.json").read_text())
+    assert contract.TASK_QUEUE == shared["taskQueues"]["trainer"] == "cm2-trainer"
+    assert contract.ACTIVITY_NAME == shared["activities"]["updatePolicy"] == "updatePolicy"
+    assert checkpoint_name("r1", 3) == "runs/r1/checkpoints/it-3"  # the format stored runs already use
