@@ -21,6 +21,7 @@ import {
 import type { RunConfig } from "../core/config.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import { sampleTasks } from "../core/sampling.ts";
+import { hyperparamsOf } from "../core/trainer_params.ts";
 import type { Activities } from "../activities/mod.ts";
 import type { Advance } from "../activities/training.ts";
 import type { Ref } from "../store/mod.ts";
@@ -257,18 +258,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       base: config.trainer.base,
       parent: input.parent,
       storeRoot: config.store.root,
-      trainer: {
-        lr: config.trainer.lr,
-        klCoef: config.trainer.klCoef,
-        clipLow: config.trainer.clipLow,
-        clipHigh: config.trainer.clipHigh,
-        clipRatioC: config.trainer.clipRatioC,
-        miniBatches: config.trainer.miniBatches,
-        loraRank: config.trainer.loraRank,
-        loraAlpha: config.trainer.loraAlpha,
-        maxGradNorm: config.trainer.maxGradNorm,
-        seed: config.cm2.seed + iteration,
-      },
+      trainer: { ...hyperparamsOf(config.trainer), seed: config.cm2.seed + iteration },
     });
     progress.phase = "publish";
     const published = await publish.publishPolicy({

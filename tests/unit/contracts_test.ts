@@ -31,3 +31,17 @@ Deno.test("the TypeScript contract rejects a request with a missing field, namin
   assert.equal(parsed.success, false);
   assert.ok(!parsed.success && parsed.error.issues.some((i) => i.path.join(".") === "batch"));
 });
+
+Deno.test("trainer hyperparameters: one key list for config, wire and workflow; defaults pinned by the shared fixture", async () => {
+  const { TRAINER_HYPERPARAM_KEYS, hyperparamsOf } = await import("../../core/trainer_params.ts");
+  const { TrainerParamsSchema } = await import("../../core/trainer_contract.ts");
+  const { parseRunConfig } = await import("../../core/config.ts");
+  assert.deepEqual(
+    Object.keys(TrainerParamsSchema.shape).sort(),
+    [...TRAINER_HYPERPARAM_KEYS, "seed"].sort(),
+  );
+  const parsed = parseRunConfig({});
+  assert.ok(parsed.ok);
+  // the bridge to Python: trainer/tests/test_contract.py pins TrainerConfig's defaults to the same file
+  assert.deepEqual(hyperparamsOf(parsed.config.trainer), await load("trainer_defaults.json"));
+});

@@ -64,8 +64,8 @@ class TrainerConfig:
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (verl default 0.01).")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas (verl default 0.9, 0.999).")
     eps: float = _f(1e-8, "AdamW epsilon.")
-    lora_rank: int = _f(16, "LoRA rank r. CM2 trains all weights; cm2 trains a LoRA adapter on the base.")
-    lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / rank).")
+    lora_rank: int = _f(8, "LoRA rank r. CM2 trains all weights; cm2 trains a LoRA adapter on the base.")
+    lora_alpha: int = _f(16, "LoRA alpha (scaling = alpha / rank).")
     lora_dropout: float = _f(
         0.0,
         "LoRA dropout. Keep 0: with dropout the training forward differs from the no-grad passes that "

@@ -124,3 +124,14 @@ def test_wire_names_come_from_the_list_the_typescript_side_reads() -> None:
     assert contract.TASK_QUEUE == shared["taskQueues"]["trainer"] == "cm2-trainer"
     assert contract.ACTIVITY_NAME == shared["activities"]["updatePolicy"] == "updatePolicy"
     assert checkpoint_name("r1", 3) == "runs/r1/checkpoints/it-3"  # the format stored runs already use
+
+
+def test_trainer_defaults_match_the_typescript_config_through_the_shared_fixture() -> None:
+    """tests/contracts/trainer_defaults.json holds the config's defaults (tests/unit/contracts_test.ts pins the
+    TypeScript side to it): the worker's own defaults, used when it runs without a request, are the same."""
+    from cm2_trainer.config import WIRE_FIELDS, TrainerConfig
+
+    defaults = json.loads((CONTRACTS / "trainer_defaults.json").read_text())
+    cfg = TrainerConfig()
+    assert set(defaults) == set(WIRE_FIELDS) - {"seed"}
+    assert {k: getattr(cfg, WIRE_FIELDS[k]) for k in defaults} == defaults
