@@ -11,7 +11,6 @@
  * @module
  */
 import { ApplicationFailure, Context } from "@temporalio/activity";
-import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { RunConfig } from "../core/config.ts";
@@ -38,7 +37,7 @@ import {
   verdictFromResult,
 } from "../core/episode.ts";
 import { importFiles } from "../core/importers/mod.ts";
-import { type ChatModel, LlmError, type Role } from "../core/llm_types.ts";
+import { LlmError } from "../core/llm_types.ts";
 import { computeAdvantages, itemPassRate, resolveRewardOptions, rewardOptionsOf } from "../core/rewards.ts";
 import {
   cacheKey,
@@ -49,6 +48,7 @@ import {
 } from "../core/simulator.ts";
 import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
 import { storeNames } from "../core/names.ts";
+import { CachedStore } from "../store/cached.ts";
 import { type ModelFactory, sha256Hex, toFailure } from "./common.ts";
 import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
@@ -112,44 +112,6 @@ function callKey(what: string): string {
   return `${wf}/${what}`;
 }
 
-/**
- * JSON blobs this worker read or wrote lately, by sha256, up to `maxChars` of text (least recently
- * used out first). Blobs are content-addressed, so an entry is never stale: the cache only saves
- * store round trips. The next activity of an episode usually runs on the worker that wrote its
- * state, and the judge calls of a round all read the same plan.
- */
-export class BlobCache {
-  #entries = new Map<string, { ref: Ref; text: string }>();
-  #chars = 0;
-
-  constructor(readonly maxChars: number) {}
-
-  get(sha256: string): { ref: Ref; text: string } | undefined {
-    const e = this.#entries.get(sha256);
-    if (e) {
-      this.#entries.delete(sha256);
-      this.#entries.set(sha256, e);
-    }
-    return e;
-  }
-
-  set(ref: Ref, text: string): void {
-    if (text.length > this.maxChars / 8 || this.#entries.has(ref.sha256)) return;
-    this.#entries.set(ref.sha256, { ref, text });
-    this.#chars += text.length;
-    for (const [k, v] of this.#entries) {
-      if (this.#chars <= this.maxChars) break;
-      this.#entries.delete(k);
-      this.#chars -= v.text.length;
-    }
-  }
-}
-
-/** Text of the blobs cached per worker (JSON of episode states, plans, verdicts). */
-const BLOB_CACHE_CHARS = 32 * 2 ** 20;
-/** First-writer-wins cache entries (simulated results, judge verdicts) remembered per worker. */
-const NAME_CACHE_ENTRIES = 100_000;
-
 /** The model name rollouts ask for at a policy version (vLLM/SGLang serve adapters by name). */
 export function policyModelName(config: RunConfig, version: number): string {
   const api = config.models.policy.adapterApi;
@@ -186,59 +148,17 @@ export async function materializeAdapter(
 /** Builds the training activities over their dependencies. */
 export function createTrainingActivities(deps: TrainingDeps) {
   const { store } = deps;
-  const blobs = new BlobCache(BLOB_CACHE_CHARS);
-  /** Reads a JSON blob, from the cache when this worker saw it lately. */
-  async function readJson<T>(ref: Ref): Promise<T> {
-    let text = blobs.get(ref.sha256)?.text;
-    if (text === undefined) {
-      text = new TextDecoder().decode(await store.get(ref));
-      blobs.set(ref, text);
-    }
-    return JSON.parse(text) as T;
-  }
-  /** Writes a JSON blob (the same bytes as `putJson`); one this worker wrote or read lately is not written again. */
-  async function writeJson(value: unknown): Promise<Ref> {
-    const text = JSON.stringify(value);
-    const hit = blobs.get(sha256Hex(text));
-    if (hit) return hit.ref;
-    const ref = await store.put(new TextEncoder().encode(text));
-    blobs.set(ref, text);
-    return ref;
-  }
+  const cached = new CachedStore(store);
+  const readJson = <T>(ref: Ref) => cached.readJson<T>(ref);
+  const writeJson = (value: unknown) => cached.writeJson(value);
   const loadState = (ref: Ref) => readJson<EpisodeState>(ref);
   const saveState = (state: EpisodeState) => writeJson(state);
   const simName = (groupKey: string, key: string) => `${groupKey}/sim/${sha256Hex(key)}`;
   const judgeName = (key: string) => `judge-cache/${key.slice(0, 2)}/${key}`;
 
-  const configs = new Map<string, RunConfig>();
-  /** Loads a run config by ref (immutable, so cached per worker). */
-  async function cfg(ref: Ref): Promise<RunConfig> {
-    let c = configs.get(ref.sha256);
-    if (!c) {
-      c = await getJson<RunConfig>(store, ref);
-      configs.set(ref.sha256, c);
-    }
-    return c;
-  }
-
-  /**
-   * First-writer-wins names (`setNameIfAbsent`) never change once set, so the ones this worker has
-   * seen are remembered: a cache hit then costs no store read. Misses always ask the store.
-   */
-  const settled = new Map<string, string>();
-  const remember = (name: string, text: string) => {
-    settled.set(name, text);
-    if (settled.size > NAME_CACHE_ENTRIES) settled.delete(settled.keys().next().value!);
-  };
-  async function readCached(name: string): Promise<string | undefined> {
-    const known = settled.get(name);
-    if (known !== undefined) return known;
-    const ref = await store.getName(name);
-    if (!ref) return undefined;
-    const text = new TextDecoder().decode(await store.get(ref));
-    remember(name, text);
-    return text;
-  }
+  /** A run config by ref (immutable: parsed once per worker). */
+  const cfg = (ref: Ref) => cached.memo<RunConfig>(ref);
+  const readCached = (name: string) => cached.settledText(name);
 
   /**
    * Runs the pure transitions that follow a model call (or the episode start) until the episode
@@ -440,15 +360,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
         result = toolResultFromSimulation(call, parsed);
         if (parsed.ok && index.options.cache) {
           const mine = await store.put(new TextEncoder().encode(parsed.content));
-          const winner = await store.setNameIfAbsent(name, mine);
-          if (winner.sha256 !== mine.sha256) {
-            result = {
-              index: call.index,
-              kind: "cached",
-              content: new TextDecoder().decode(await store.get(winner)),
-            };
-          }
-          remember(name, result.content);
+          const { winner, text } = await cached.settle(name, mine);
+          if (winner.sha256 !== mine.sha256) result = { index: call.index, kind: "cached", content: text };
         }
       }
       return { callIndex: input.callIndex, resultRef: await writeJson(result) };
@@ -497,10 +410,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         } else toFailure(err);
       }
       const name = judgeName(task.key);
-      if (verdict.ok && !settled.has(name)) {
-        const winner = await store.setNameIfAbsent(name, await writeJson(verdict.answers));
-        remember(name, blobs.get(winner.sha256)?.text ?? new TextDecoder().decode(await store.get(winner)));
-      }
+      if (verdict.ok && !cached.isSettled(name)) await cached.settle(name, await writeJson(verdict.answers));
       return { ...verdict, task: input.task };
     },
 
