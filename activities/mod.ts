@@ -6,6 +6,8 @@
  */
 import { Context } from "@temporalio/activity";
 import type { ModelFactory } from "./common.ts";
+import { CachedStore } from "../store/cached.ts";
+import { createPolicyActivities } from "./policy.ts";
 import { createTrainingActivities } from "./training.ts";
 import { createLabelingActivities } from "./labeling.ts";
 import type { ArtifactStore } from "../store/mod.ts";
@@ -52,12 +54,14 @@ export function withHeartbeats<T extends Record<string, (input: never) => Promis
 
 /** Builds the activity functions over their dependencies. */
 export function createActivities(deps: ActivityDeps) {
+  const cached = new CachedStore(deps.store); // one set of caches per worker, shared by every activity
   return withHeartbeats({
     /** Echoes its input; used by the smoke workflow to prove the round trip. */
     smokeEcho(input: { text: string }): Promise<{ text: string }> {
       return Promise.resolve({ text: input.text });
     },
-    ...createTrainingActivities(deps),
+    ...createTrainingActivities({ ...deps, cached }),
+    ...createPolicyActivities({ store: deps.store, cached }),
     ...createLabelingActivities(deps),
   });
 }

@@ -49,9 +49,10 @@ import {
 import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
 import { storeNames } from "../core/names.ts";
 import { CachedStore } from "../store/cached.ts";
+import { policyModelName } from "./policy.ts";
 import { type ModelFactory, sha256Hex, toFailure } from "./common.ts";
 import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
-import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
+import { type ArtifactStore, putJson, type Ref } from "../store/mod.ts";
 
 /** What the training activities need. */
 export interface TrainingDeps {
@@ -59,6 +60,8 @@ export interface TrainingDeps {
   models: ModelFactory;
   /** Root that relative dataset paths in configs resolve against. */
   root: string;
+  /** The worker's caches over the store (shared with the policy activities); made here when absent. */
+  cached?: CachedStore;
 }
 
 type Step = { stateRef: Ref; next: "policy" | "tools" | "judge" | "end" };
@@ -112,43 +115,10 @@ function callKey(what: string): string {
   return `${wf}/${what}`;
 }
 
-/** The model name rollouts ask for at a policy version (vLLM/SGLang serve adapters by name). */
-export function policyModelName(config: RunConfig, version: number): string {
-  const api = config.models.policy.adapterApi;
-  return version > 0 && (api === "vllm" || api === "sglang")
-    ? `${config.name}-v${version}`
-    : config.models.policy.model;
-}
-
-/** Writes a checkpoint's adapter files to `<store>/adapters/<run>/v<n>/` (idempotent) and returns the directory. */
-export async function materializeAdapter(
-  store: ArtifactStore,
-  config: RunConfig,
-  checkpoint: Ref,
-  version: number,
-): Promise<string> {
-  const manifest = await getJson<{ files: Record<string, Ref> }>(store, checkpoint);
-  const dir = path.join(config.store.root, "adapters", config.name, `v${version}`);
-  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  const done = await fs.stat(path.join(dir, ".complete")).then(() => true, () => false);
-  if (done) return dir;
-  await fs.mkdir(tmp, { recursive: true });
-  for (const [name, ref] of Object.entries(manifest.files)) {
-    if (name.includes("/") || name.startsWith(".")) {
-      throw ApplicationFailure.nonRetryable(`Bad adapter file name ${name}`, "InvalidInput");
-    }
-    await fs.writeFile(path.join(tmp, name), await store.get(ref));
-  }
-  await fs.writeFile(path.join(tmp, ".complete"), checkpoint.uri);
-  await fs.rm(dir, { recursive: true, force: true });
-  await fs.rename(tmp, dir);
-  return dir;
-}
-
 /** Builds the training activities over their dependencies. */
 export function createTrainingActivities(deps: TrainingDeps) {
   const { store } = deps;
-  const cached = new CachedStore(store);
+  const cached = deps.cached ?? new CachedStore(store);
   const readJson = <T>(ref: Ref) => cached.readJson<T>(ref);
   const writeJson = (value: unknown) => cached.writeJson(value);
   const loadState = (ref: Ref) => readJson<EpisodeState>(ref);
@@ -570,76 +540,6 @@ export function createTrainingActivities(deps: TrainingDeps) {
         replayHits,
         samples: samples.length,
       };
-    },
-
-    /**
-     * Makes a checkpoint live on the policy server and verifies it before the next rollouts (see
-     * `adapterApi` in core/config.ts). Returns the version and the model name rollouts must ask for.
-     */
-    async publishPolicy(
-      input: { configRef: Ref; checkpoint: Ref; version: number },
-    ): Promise<{ version: number; model: string }> {
-      const config = await cfg(input.configRef);
-      const policy = config.models.policy;
-      if (policy.adapterApi === "none") return { version: input.version, model: policy.model };
-      const base = policy.baseURL.replace(/\/$/, "");
-      const loraName = policyModelName(config, input.version);
-      let url: string;
-      let body: Record<string, unknown>;
-      if (policy.adapterApi === "cm2") {
-        url = `${base}/load_lora_adapter`;
-        body = {
-          lora_name: loraName,
-          checkpoint: input.checkpoint,
-          store_root: config.store.root,
-          version: input.version,
-        };
-      } else {
-        const dir = await materializeAdapter(store, config, input.checkpoint, input.version);
-        url = policy.adapterApi === "vllm"
-          ? `${base}/load_lora_adapter`
-          : `${base.replace(/\/v1$/, "")}/load_lora_adapter`;
-        body = { lora_name: loraName, lora_path: dir };
-      }
-      const res = await fetch(url, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(120_000),
-      });
-      const text = await res.text();
-      // vLLM answers 400 when the name is already loaded: a retry after a crash, which is fine.
-      const already = res.status === 400 && /already/i.test(text);
-      if (!res.ok && !already) {
-        const type = res.status >= 500 || res.status === 429 ? "ServerError" : "BadRequest";
-        throw ApplicationFailure.create({
-          type,
-          message: `Policy server refused adapter v${input.version}: HTTP ${res.status} ${
-            text.slice(0, 300)
-          }`,
-          nonRetryable: type === "BadRequest",
-        });
-      }
-      if (policy.adapterApi === "cm2") {
-        const check = await fetch(`${base}/policy_version`, { signal: AbortSignal.timeout(30_000) });
-        const served = await check.json() as { version?: number | string };
-        if (Number(served.version) !== input.version) {
-          throw ApplicationFailure.create({
-            type: "ServerError",
-            message: `Policy server serves version ${served.version} after loading ${input.version}`,
-          });
-        }
-        return { version: input.version, model: policy.model };
-      }
-      const models = await fetch(`${base}/models`, { signal: AbortSignal.timeout(30_000) });
-      const listed = await models.json() as { data?: { id?: string }[] };
-      if (!(listed.data ?? []).some((m) => m.id === loraName)) {
-        throw ApplicationFailure.create({
-          type: "ServerError",
-          message: `Policy server does not list adapter ${loraName} after loading it`,
-        });
-      }
-      return { version: input.version, model: loraName };
     },
 
     /** Stores the iteration's metrics and points `runs/<name>/metrics/it-<n>` at them. */
