@@ -22,7 +22,6 @@ import {
   type EpisodeOptions,
   type EpisodeState,
   episodeToolIndex,
-  episodeVerdicts,
   judgeRoundRequests,
   type JudgeTask,
   type JudgeVerdict,
@@ -38,7 +37,7 @@ import {
 } from "../core/episode.ts";
 import { importFiles } from "../core/importers/mod.ts";
 import { LlmError } from "../core/llm_types.ts";
-import { computeAdvantages, itemPassRate, resolveRewardOptions, rewardOptionsOf } from "../core/rewards.ts";
+import { resolveRewardOptions, rewardOptionsOf } from "../core/rewards.ts";
 import {
   cacheKey,
   emptyCache,
@@ -46,9 +45,10 @@ import {
   resolveToolCall,
   simulationRequest,
 } from "../core/simulator.ts";
-import type { Batch, BatchSample, UpdateMetrics } from "../core/trainer_contract.ts";
+import type { Batch, UpdateMetrics } from "../core/trainer_contract.ts";
 import { storeNames } from "../core/names.ts";
 import { CachedStore } from "../store/cached.ts";
+import { scoreGroups } from "../core/batch.ts";
 import { policyModelName } from "./policy.ts";
 import { type ModelFactory, sha256Hex, toFailure } from "./common.ts";
 import { datasetRef as namedDataset, loadManifest, loadRecord, saveDataset } from "../store/datasets.ts";
@@ -450,75 +450,24 @@ export function createTrainingActivities(deps: TrainingDeps) {
     }) {
       const config = await cfg(input.configRef);
       const options = rewardOptionsOf(config.cm2);
-      const samples: BatchSample[] = [];
-      const perGroup = [];
-      let rewardSum = 0;
-      let rewardCount = 0;
-      let passed = 0;
-      let reached = 0;
-      let judgeCalls = 0;
-      let simulatorCalls = 0;
-      let replayHits = 0;
-      for (const group of input.groups) {
-        const states = await Promise.all(group.episodes.map(loadState));
-        const checklist = states[0]!.record.checklists[0]!;
-        const verdicts = states.map((s) => episodeVerdicts(s));
-        const adv = computeAdvantages({ checklist, episodes: verdicts }, options);
-        for (const row of itemPassRate(checklist, verdicts)) {
-          for (const item of row) {
-            passed += item.passed;
-            reached += item.reached;
-          }
-        }
-        states.forEach((s, e) => {
-          judgeCalls += s.metrics.judgeVerdicts;
-          simulatorCalls += s.metrics.simulated;
-          replayHits += s.metrics.replayHits;
-          const a = adv.episodes[e]!;
-          if (verdicts[e]!.ok) {
-            rewardSum += a.reward;
-            rewardCount++;
-          }
-          if (a.excluded) return;
-          const completions = s.meta.flatMap((m, i) =>
-            m.completion ? [{ messageIndex: i, ...m.completion }] : []
-          );
-          samples.push({
-            episodeId: group.episodes[e]!.sha256.slice(0, 16),
-            groupId: `task-${group.taskIndex}`,
-            tools: s.tools as unknown as Record<string, unknown>[],
-            messages: s.messages.map((m) => ({
-              role: m.role,
-              content: m.content,
-              ...(m.tool_calls && m.tool_calls.length > 0 ? { tool_calls: m.tool_calls } : {}),
-              ...(m.tool_call_id ? { tool_call_id: m.tool_call_id } : {}),
-            })),
-            advantages: a.advantages.map((x) => ({ ...x })),
-            ...(completions.length > 0 ? { completions } : {}),
-          });
-        });
-        perGroup.push({
-          taskIndex: group.taskIndex,
-          recordIndex: group.recordIndex,
-          uuid: states[0]!.record.uuid,
-          episodes: states.map((s, e) => ({
-            state: group.episodes[e]!,
-            ok: s.end?.ok ?? false,
-            endReason: s.end?.reason ?? null,
-            reward: adv.episodes[e]!.reward,
-            turnScores: adv.episodes[e]!.turnScores,
-            excluded: adv.episodes[e]!.excluded,
-            steps: s.assistantSteps,
-          })),
-          stats: adv.stats,
-        });
-      }
+      const scored = scoreGroups(
+        await Promise.all(input.groups.map(async (g) => ({
+          taskIndex: g.taskIndex,
+          recordIndex: g.recordIndex,
+          episodes: await Promise.all(g.episodes.map(async (ref) => ({
+            id: ref.sha256.slice(0, 16),
+            stateRef: ref,
+            state: await loadState(ref),
+          }))),
+        }))),
+        options,
+      );
       const rewardsRef = await putJson(store, {
         schema: "cm2.rewards/v1",
         runName: input.runName,
         iteration: input.iteration,
         options,
-        groups: perGroup,
+        groups: scored.groups,
       });
       let batchRef: Ref | null = null;
       if (!input.validation) {
@@ -526,19 +475,19 @@ export function createTrainingActivities(deps: TrainingDeps) {
           schema: "cm2.batch/v1",
           runId: input.runName,
           iteration: input.iteration,
-          samples,
+          samples: scored.samples,
         };
         batchRef = await putJson(store, batch);
       }
       return {
         rewardsRef,
         batchRef,
-        meanReward: rewardCount > 0 ? rewardSum / rewardCount : 0,
-        itemPassRate: reached > 0 ? passed / reached : 0,
-        judgeCalls,
-        simulatorCalls,
-        replayHits,
-        samples: samples.length,
+        meanReward: scored.meanReward,
+        itemPassRate: scored.itemPassRate,
+        judgeCalls: scored.judgeCalls,
+        simulatorCalls: scored.simulatorCalls,
+        replayHits: scored.replayHits,
+        samples: scored.samples.length,
       };
     },
 

@@ -643,3 +643,33 @@ Deno.test("END_REASONS is the closed list of end reasons", () => {
     "unknown-tool",
   ]);
 });
+
+Deno.test("scoreGroups() turns a group's finished episodes into batch samples, rewards and the summary", async () => {
+  const { scoreGroups } = await import("../../core/batch.ts");
+  const { episodeVerdicts } = await import("../../core/episode.ts");
+  const good = (await runEpisode(record(), models(happyPolicy(), judgeAll(true)), { hash: sha256 })).state;
+  const bad = (await runEpisode(record(), models(happyPolicy(), judgeAll(false)), { hash: sha256 })).state;
+  const options = { preset: "fixed" as const, level: "trajectory" as const };
+  const scored = scoreGroups([{
+    taskIndex: 3,
+    recordIndex: 0,
+    episodes: [{ id: "e0", stateRef: "ref-0", state: good }, { id: "e1", stateRef: "ref-1", state: bad }],
+  }], options);
+  const adv = computeAdvantages(
+    { checklist: good.record.checklists[0]!, episodes: [good, bad].map((s) => episodeVerdicts(s)) },
+    options,
+  );
+  assert.deepEqual(scored.groups[0]!.episodes.map((e) => [e.state, e.reward]), [
+    ["ref-0", adv.episodes[0]!.reward],
+    ["ref-1", adv.episodes[1]!.reward],
+  ]);
+  assert.ok(adv.episodes[0]!.reward > adv.episodes[1]!.reward, "the judged-good episode earns more");
+  assert.equal(scored.meanReward, (adv.episodes[0]!.reward + adv.episodes[1]!.reward) / 2);
+  const kept = adv.episodes.filter((e) => !e.excluded).length;
+  assert.equal(scored.samples.length, kept);
+  assert.equal(scored.samples[0]!.groupId, "task-3");
+  assert.equal(scored.samples[0]!.episodeId, "e0");
+  assert.equal(scored.samples[0]!.messages.length, good.messages.length);
+  assert.deepEqual(scored.samples[0]!.advantages, adv.episodes[0]!.advantages);
+  assert.ok(scored.judgeCalls > 0 && scored.itemPassRate > 0 && scored.itemPassRate < 1);
+});

@@ -1,0 +1,132 @@
+/**
+ * From an iteration's finished episodes to what the trainer and the run viewer need, purely: each group's
+ * CM2 advantages (`rewards.ts`), the trainer batch's samples (the episodes a group did not exclude, with
+ * their per-message advantages and the policy's own completion token ids), the per-group record of rewards,
+ * and the iteration's summary numbers. The activity only loads the states and stores the results.
+ *
+ * @module
+ */
+import { type EpisodeState, episodeVerdicts } from "./episode.ts";
+import { computeAdvantages, type GroupAdvantages, itemPassRate, type RewardOptionsInput } from "./rewards.ts";
+import type { BatchSample } from "./trainer_contract.ts";
+
+/** One group's finished episodes, in episode order; `id` names an episode in the batch. */
+export interface ScoredGroupInput<R> {
+  taskIndex: number;
+  recordIndex: number;
+  episodes: { id: string; stateRef: R; state: EpisodeState }[];
+}
+
+/** What `scoreGroups` returns: the batch samples, the per-group rewards record and the summary. */
+export interface ScoredIteration<R> {
+  samples: BatchSample[];
+  groups: {
+    taskIndex: number;
+    recordIndex: number;
+    uuid: string;
+    episodes: {
+      state: R;
+      ok: boolean;
+      endReason: string | null;
+      reward: number;
+      turnScores: readonly number[];
+      excluded: boolean;
+      steps: number;
+    }[];
+    stats: GroupAdvantages["stats"];
+  }[];
+  /** Mean reward over the episodes whose verdicts are usable (not failed). */
+  meanReward: number;
+  /** Share of reached checklist items that passed. */
+  itemPassRate: number;
+  judgeCalls: number;
+  simulatorCalls: number;
+  replayHits: number;
+}
+
+/** The batch sample of one episode: its transcript, advantages and the completion ids the policy sampled. */
+export function batchSample(
+  id: string,
+  groupId: string,
+  s: EpisodeState,
+  advantages: readonly { messageIndex: number; advantage: number }[],
+): BatchSample {
+  const completions = s.meta.flatMap((m, i) => m.completion ? [{ messageIndex: i, ...m.completion }] : []);
+  const sample: BatchSample = {
+    episodeId: id,
+    groupId,
+    tools: s.tools as unknown as Record<string, unknown>[],
+    messages: s.messages.map((m) => ({
+      role: m.role,
+      content: m.content,
+      ...(m.tool_calls && m.tool_calls.length > 0 ? { tool_calls: m.tool_calls } : {}),
+      ...(m.tool_call_id ? { tool_call_id: m.tool_call_id } : {}),
+    })),
+    advantages: advantages.map((x) => ({ ...x })),
+    ...(completions.length > 0 ? { completions } : {}),
+  };
+  return sample;
+}
+
+/** Scores every group of an iteration (checklist variant 0) under `options`. */
+export function scoreGroups<R>(
+  groups: ScoredGroupInput<R>[],
+  options: RewardOptionsInput,
+): ScoredIteration<R> {
+  const out: ScoredIteration<R> = {
+    samples: [],
+    groups: [],
+    meanReward: 0,
+    itemPassRate: 0,
+    judgeCalls: 0,
+    simulatorCalls: 0,
+    replayHits: 0,
+  };
+  let rewardSum = 0;
+  let rewardCount = 0;
+  let passed = 0;
+  let reached = 0;
+  for (const group of groups) {
+    const states = group.episodes.map((e) => e.state);
+    const checklist = states[0]!.record.checklists[0]!;
+    const verdicts = states.map((s) => episodeVerdicts(s));
+    const adv = computeAdvantages({ checklist, episodes: verdicts }, options);
+    for (const row of itemPassRate(checklist, verdicts)) {
+      for (const item of row) {
+        passed += item.passed;
+        reached += item.reached;
+      }
+    }
+    states.forEach((s, e) => {
+      out.judgeCalls += s.metrics.judgeVerdicts;
+      out.simulatorCalls += s.metrics.simulated;
+      out.replayHits += s.metrics.replayHits;
+      const a = adv.episodes[e]!;
+      if (verdicts[e]!.ok) {
+        rewardSum += a.reward;
+        rewardCount++;
+      }
+      if (!a.excluded) {
+        out.samples.push(batchSample(group.episodes[e]!.id, `task-${group.taskIndex}`, s, a.advantages));
+      }
+    });
+    out.groups.push({
+      taskIndex: group.taskIndex,
+      recordIndex: group.recordIndex,
+      uuid: states[0]!.record.uuid,
+      episodes: states.map((s, e) => ({
+        state: group.episodes[e]!.stateRef,
+        ok: s.end?.ok ?? false,
+        endReason: s.end?.reason ?? null,
+        reward: adv.episodes[e]!.reward,
+        turnScores: adv.episodes[e]!.turnScores,
+        excluded: adv.episodes[e]!.excluded,
+        steps: s.assistantSteps,
+      })),
+      stats: adv.stats,
+    });
+  }
+  out.meanReward = rewardCount > 0 ? rewardSum / rewardCount : 0;
+  out.itemPassRate = reached > 0 ? passed / reached : 0;
+  return out;
+}
