@@ -6,7 +6,7 @@
  * @module
  */
 import { z } from "zod";
-import { RefSchema } from "../store/mod.ts";
+import { RefSchema } from "./ref.ts";
 
 /** Trainer hyperparameters sent with every update. */
 export const TrainerParamsSchema = z.object({

@@ -10,15 +10,9 @@
  */
 import { z } from "zod";
 
-/** A reference to one immutable blob. */
-export const RefSchema = z.object({
-  uri: z.string().regex(/^cm2:\/\/sha256\/[0-9a-f]{64}$/),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  bytes: z.number().int().min(0),
-});
+import { type Ref, RefSchema } from "../core/ref.ts";
 
-/** A reference to one immutable blob: `{ uri: "cm2://sha256/<hex>", sha256, bytes }`. */
-export type Ref = z.infer<typeof RefSchema>;
+export { type Ref, RefSchema };
 
 /** A blob whose bytes do not match its ref, or a ref that does not resolve. */
 export class StoreError extends Error {

@@ -21,7 +21,7 @@ import {
 import type { RunConfig } from "../core/config.ts";
 import type { Activities } from "../activities/mod.ts";
 import type { LabelSummary } from "../activities/labeling.ts";
-import type { Ref } from "../store/mod.ts";
+import type { Ref } from "../core/ref.ts";
 import { workflowIds } from "../core/names.ts";
 import { BULK, LLM, STORE } from "./presets.ts";
 import { boundedMap } from "./training.ts";

@@ -24,7 +24,7 @@ import { sampleTasks } from "../core/sampling.ts";
 import { hyperparamsOf } from "../core/trainer_params.ts";
 import type { Activities } from "../activities/mod.ts";
 import type { Advance } from "../activities/training.ts";
-import type { Ref } from "../store/mod.ts";
+import type { Ref } from "../core/ref.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
 import { LLM, LOCAL_STORE, PUBLISH, STORE, TRAIN } from "./presets.ts";
 
