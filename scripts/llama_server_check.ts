@@ -391,9 +391,11 @@ export async function checkBuild(opts: {
       crashed = r;
     }
     const v = crashed?.variant;
-    if (!v || excluded.includes(v)) { // a build without loadable variants: nothing lower to try
+    if (!v || excluded.includes(v)) { // no loadable variants, or none named: nothing lower to try
       return result(false, {
-        reason: `every CPU variant of the build crashed on this machine (last: ${crashed?.reason ?? "?"})`,
+        reason: `${
+          variants.length ? "it crashed, and which CPU variant ran could not be told" : "the build crashed"
+        } (last: ${crashed?.reason ?? "?"}); nothing lower to try`,
       });
     }
     excluded.push(v);
