@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { episodeVerdicts, runEpisode, type RunEpisodeOptions } from "../../core/episode.ts";
+import { episodeVerdicts } from "../../core/episode.ts";
+import { runEpisode, type RunEpisodeOptions } from "../../core/episode_loop.ts";
 import type { ChatModel } from "../../core/llm_types.ts";
 import { type TrajectoryRecord, validateRecord } from "../../core/records.ts";
 import { computeAdvantages } from "../../core/rewards.ts";

@@ -5,7 +5,6 @@ import {
   applyPolicyResult,
   applyToolResults,
   END_REASONS,
-  type EpisodeModels,
   type EpisodeOptions,
   type EpisodeState,
   episodeToolIndex,
@@ -13,13 +12,13 @@ import {
   estimateTokens,
   judgeRoundRequests,
   policyRequest,
-  runEpisode,
   startEpisode,
   toolCallsToRun,
   toolResultFromResolution,
   toolResultFromSimulation,
   verdictFromResult,
 } from "../../core/episode.ts";
+import { type EpisodeModels, runEpisode } from "../../core/episode_loop.ts";
 import type { ChatModel, ChatRequest, ChatResult, ChatToolCall } from "../../core/llm_types.ts";
 import type { ChecklistItem, TrajectoryRecord } from "../../core/records.ts";
 import { computeAdvantages } from "../../core/rewards.ts";
