@@ -97,6 +97,8 @@ export const Cm2Schema = z.object({
   validationTasks: z.number().int().min(0).default(2),
   /** Continue-as-new every K iterations. */
   continueAsNewEvery: z.number().int().positive().default(10),
+  /** An episode continues as new once its history has this many events (Temporal warns at 10,240). */
+  episodeHistoryEvents: z.number().int().min(10).max(10_000).default(4_000),
 }).strict().prefault({});
 
 /** Trainer settings, sent to the Python trainer worker with every update. */

@@ -34,6 +34,8 @@ export const workflowIds = {
   validation: (name: string, iteration: number) => fillName(WIRE.workflowIds.validation, { name, iteration }),
   episode: (name: string, iteration: number, task: number, episode: number, kind = "it") =>
     fillName(WIRE.workflowIds.episode, { name, kind, iteration, task, episode }),
+  group: (name: string, iteration: number, task: number, kind = "it") =>
+    fillName(WIRE.workflowIds.group, { name, kind, iteration, task }),
   label: (out: string) => fillName(WIRE.workflowIds.label, { out }),
 };
 

@@ -5,5 +5,5 @@
  * @module
  */
 export { smokeWorkflow } from "./smoke.ts";
-export { episodeWorkflow, iterationWorkflow, trainingRun } from "./training.ts";
+export { episodeWorkflow, iterationWorkflow, taskGroupWorkflow, trainingRun } from "./training.ts";
 export { labelDataset } from "./labeling.ts";

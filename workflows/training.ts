@@ -1,6 +1,11 @@
 /**
- * The durable training loop: `trainingRun` → `iteration` → `episode` workflows. Deterministic
+ * The durable training loop: `trainingRun` → `iteration` → `taskGroup` → `episode` workflows. Deterministic
  * wiring only; every model call is its own activity, every large value is a store ref.
+ *
+ * History sizes stay bounded at the paper's scale (128 tasks × G = 48 per iteration): an iteration's history
+ * grows with its tasks (one child per task group), a task group's with G (one child per episode), and an
+ * episode continues as new once its history passes `cm2.episodeHistoryEvents` (or when the server suggests
+ * it), carrying only where it stands (a state ref). No history grows with tasks × G.
  *
  * @module
  */
@@ -13,10 +18,12 @@ import {
   defineSignal,
   defineUpdate,
   executeChild,
+  patched,
   proxyActivities,
   proxyLocalActivities,
   setHandler,
   upsertSearchAttributes,
+  workflowInfo,
 } from "@temporalio/workflow";
 import type { RunConfig } from "../core/config.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
@@ -50,7 +57,17 @@ export interface EpisodeInput {
   episodeId: string;
   /** Name prefix in the store shared by the G episodes of a group (simulator consistency cache). */
   groupKey: string;
+  /** Continue as new once the history has this many events (default {@linkcode EPISODE_HISTORY_EVENTS}). */
+  historyEvents?: number;
+  /** Where a continued episode stands (set by continue-as-new; absent at the start). */
+  resume?: Advance;
 }
+
+/**
+ * Events after which an episode continues as new: far below Temporal's 10,240-event warning, so one step's
+ * events (a policy call, its tools, a judge round with its calls) always fit after the check.
+ */
+export const EPISODE_HISTORY_EVENTS = 4_000;
 
 /** What an episode hands back: a ref to its final state plus small facts. */
 export interface EpisodeOutcome {
@@ -70,17 +87,23 @@ export interface EpisodeOutcome {
  */
 export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
   const base = { configRef: input.configRef, groupKey: input.groupKey };
-  let at: Advance = await local.startEpisode({
+  let at: Advance = input.resume ?? await local.startEpisode({
     ...base,
     datasetRef: input.datasetRef,
     recordIndex: input.recordIndex,
     episodeId: input.episodeId,
   });
+  const limit = input.historyEvents ?? EPISODE_HISTORY_EVENTS;
   const fail = async (stateRef: Ref, reason: string, err: unknown) => {
     const message = err instanceof Error ? err.message : String(err);
     at = await local.failEpisode({ ...base, stateRef, reason, message });
   };
   while (at.next !== "end") {
+    const info = workflowInfo();
+    if (info.historyLength >= limit || info.continueAsNewSuggested) {
+      // Only the state ref travels: the history starts over, the episode goes on where it stands.
+      await continueAsNew<typeof episodeWorkflow>({ ...input, resume: at });
+    }
     const { stateRef } = at;
     if (at.next === "policy") {
       try {
@@ -184,6 +207,54 @@ export interface IterationProgress {
 /** Query: progress of an iteration. */
 export const iterationProgressQuery = defineQuery<IterationProgress>("iterationProgress");
 
+/** Input of {@linkcode taskGroupWorkflow}: one task's G episodes. */
+export interface TaskGroupInput {
+  runName: string;
+  configRef: Ref;
+  judgeConcurrency: number;
+  policyVersion?: number;
+  datasetRef: Ref;
+  recordIndex: number;
+  /** The task's index in its iteration, and the iteration's number and kind (`it` or `val`). */
+  taskIndex: number;
+  iteration: number;
+  kind: string;
+  groupSize: number;
+  /** Episodes of this group in flight. */
+  concurrency: number;
+  historyEvents: number;
+}
+
+/**
+ * Rolls out one task's G episodes as child workflows, at most `concurrency` at a time, and returns their
+ * outcomes in episode order. A group is its own workflow so that no history holds tasks × G children.
+ */
+export async function taskGroupWorkflow(input: TaskGroupInput): Promise<EpisodeOutcome[]> {
+  const { runName, iteration, taskIndex: k, kind } = input;
+  const groupKey = storeNames.group(runName, kind, iteration, k);
+  return await boundedMap(
+    Array.from({ length: input.groupSize }, (_, g) => g),
+    input.concurrency,
+    async (g) => {
+      const id = workflowIds.episode(runName, iteration, k, g, kind);
+      return await executeChild(episodeWorkflow, {
+        workflowId: id,
+        args: [{
+          runName,
+          configRef: input.configRef,
+          judgeConcurrency: input.judgeConcurrency,
+          ...(input.policyVersion !== undefined ? { policyVersion: input.policyVersion } : {}),
+          datasetRef: input.datasetRef,
+          recordIndex: input.recordIndex,
+          episodeId: id,
+          groupKey,
+          historyEvents: input.historyEvents,
+        }],
+      });
+    },
+  );
+}
+
 /** Samples tasks, rolls out G episodes each, scores them, updates and publishes the policy. */
 export async function iterationWorkflow(input: IterationInput): Promise<IterationSummary> {
   const started = Date.now();
@@ -212,24 +283,63 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
   };
   setHandler(iterationProgressQuery, () => progress);
 
-  const outcomes = await boundedMap(jobs, c.episodeConcurrency, async (job) => {
-    const outcome = await executeChild(episodeWorkflow, {
-      workflowId: job.id,
-      args: [{
-        runName,
-        configRef: input.configRef,
-        judgeConcurrency: config.models.judge.concurrency,
-        policyVersion: input.policyVersion,
-        datasetRef: input.datasetRef,
-        recordIndex: job.recordIndex,
-        episodeId: job.id,
-        groupKey: job.groupKey,
-      }],
+  let outcomes: (EpisodeOutcome & { k: number })[];
+  if (patched("cm2-task-groups")) {
+    // One child per task (a task group of G episodes): this history grows with tasks, not tasks × G.
+    const perGroup = Math.min(c.groupSize, c.episodeConcurrency);
+    const groupsInFlight = Math.max(1, Math.floor(c.episodeConcurrency / perGroup));
+    const byGroup = await boundedMap(
+      tasks.map((recordIndex, k) => ({ recordIndex, k })),
+      groupsInFlight,
+      async (t) => {
+        const group = await executeChild(taskGroupWorkflow, {
+          workflowId: workflowIds.group(runName, iteration, t.k, prefix),
+          args: [{
+            runName,
+            configRef: input.configRef,
+            judgeConcurrency: config.models.judge.concurrency,
+            ...(input.policyVersion !== undefined ? { policyVersion: input.policyVersion } : {}),
+            datasetRef: input.datasetRef,
+            recordIndex: t.recordIndex,
+            taskIndex: t.k,
+            iteration,
+            kind: prefix,
+            groupSize: c.groupSize,
+            concurrency: perGroup,
+            historyEvents: c.episodeHistoryEvents,
+          }],
+        });
+        progress.episodesDone += group.length;
+        progress.failed += group.filter((o) => !o.ok).length;
+        return group.map((o) => ({ ...o, k: t.k }));
+      },
+    );
+    outcomes = byGroup.flat();
+  } else {
+    // Iterations started before task groups existed replay the flat shape (one child per episode).
+    outcomes = await flatEpisodes();
+  }
+
+  async function flatEpisodes() {
+    return await boundedMap(jobs, c.episodeConcurrency, async (job) => {
+      const outcome = await executeChild(episodeWorkflow, {
+        workflowId: job.id,
+        args: [{
+          runName,
+          configRef: input.configRef,
+          judgeConcurrency: config.models.judge.concurrency,
+          policyVersion: input.policyVersion,
+          datasetRef: input.datasetRef,
+          recordIndex: job.recordIndex,
+          episodeId: job.id,
+          groupKey: job.groupKey,
+        }],
+      });
+      progress.episodesDone++;
+      if (!outcome.ok) progress.failed++;
+      return { ...outcome, k: job.k };
     });
-    progress.episodesDone++;
-    if (!outcome.ok) progress.failed++;
-    return { ...outcome, k: job.k };
-  });
+  }
 
   progress.phase = "rewards";
   const groups = tasks.map((recordIndex, k) => ({
