@@ -43,8 +43,8 @@ const publish = proxyActivities<Activities>(PUBLISH);
 // ---------------------------------------------------------------------------------------------
 // Episode
 
-/** Input of {@linkcode episodeWorkflow}. */
-export interface EpisodeInput {
+/** What an episode and its task group both take: the run, the task's record, the policy to roll out. */
+export interface RolloutInput {
   runName: string;
   /** The run config in the store (activities load it; keeps every activity payload small). */
   configRef: Ref;
@@ -54,6 +54,10 @@ export interface EpisodeInput {
   policyVersion?: number;
   datasetRef: Ref;
   recordIndex: number;
+}
+
+/** Input of {@linkcode episodeWorkflow}. */
+export interface EpisodeInput extends RolloutInput {
   episodeId: string;
   /** Name prefix in the store shared by the G episodes of a group (simulator consistency cache). */
   groupKey: string;
@@ -208,13 +212,7 @@ export interface IterationProgress {
 export const iterationProgressQuery = defineQuery<IterationProgress>("iterationProgress");
 
 /** Input of {@linkcode taskGroupWorkflow}: one task's G episodes. */
-export interface TaskGroupInput {
-  runName: string;
-  configRef: Ref;
-  judgeConcurrency: number;
-  policyVersion?: number;
-  datasetRef: Ref;
-  recordIndex: number;
+export interface TaskGroupInput extends RolloutInput {
   /** The task's index in its iteration, and the iteration's number and kind (`it` or `val`). */
   taskIndex: number;
   iteration: number;
