@@ -14,6 +14,7 @@ import { CM2_DIR, GGUF_PATH, PYTHON, ROOT, TEMPORAL_BIN } from "./paths.ts";
 import { isBuilt, LLAMA_CHECK_FILE, LLAMA_SERVER_BIN } from "./llama_server_build.ts";
 import { cpuInfo, readCheck, smokeTest } from "./llama_server_check.ts";
 import { lastLines } from "./proc.ts";
+import { duBytes } from "./setup.ts";
 import { isListening } from "./temporal_server.ts";
 
 /** One finding: `fail` stops `task start`, `warn` may, `ok` is information. */
@@ -142,19 +143,6 @@ export async function freeBytes(dir: string): Promise<number> {
   const out = await new Deno.Command("df", { args: ["-Pk", dir], stdout: "piped", stderr: "null" }).output();
   const fields = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)?.split(/\s+/) ?? [];
   return Number(fields[3]) * 1024;
-}
-
-async function duBytes(dir: string): Promise<number> {
-  let total = 0;
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) total += (await fs.stat(p)).size;
-    }
-  };
-  await walk(dir);
-  return total;
 }
 
 /** Free disk against what `.cm2` still needs: the install when it is not there yet, and room to run. */

@@ -68,7 +68,8 @@ async function stampValue(): Promise<string> {
   return createHash("sha256").update(JSON.stringify(PINS)).update(pyproject).digest("hex");
 }
 
-async function duBytes(dir: string): Promise<number> {
+/** Bytes of the regular files under `dir` (0 when it does not exist). */
+export async function duBytes(dir: string): Promise<number> {
   let total = 0;
   const walk = async (d: string): Promise<void> => {
     for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
