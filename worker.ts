@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { createActivities } from "./activities/mod.ts";
 import { connectWorker, modelFactory, resolvePath, ROOT } from "./config.ts";
 import { FsStore } from "./store/fs_store.ts";
-import { ORCHESTRATOR_QUEUE } from "./workflows/names.ts";
+import { ORCHESTRATOR_QUEUE } from "./core/names.ts";
 
 /** Options of {@linkcode runWorker}. */
 export interface WorkerOptions {

@@ -8,9 +8,9 @@ import { type Client, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundErro
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import { configSummary, type RunConfig } from "../core/config.ts";
-import { workflowIds } from "../core/sampling.ts";
+import { workflowIds } from "../core/names.ts";
 import { ConfigError, loadRunConfig } from "../config.ts";
-import { ORCHESTRATOR_QUEUE } from "../workflows/names.ts";
+import { ORCHESTRATOR_QUEUE } from "../core/names.ts";
 import {
   iterationProgressQuery,
   pauseSignal,

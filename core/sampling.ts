@@ -52,5 +52,3 @@ export function permutation(seed: number, n: number): number[] {
   }
   return p;
 }
-
-export { workflowIds } from "./names.ts";

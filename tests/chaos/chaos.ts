@@ -24,7 +24,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 
-import { prng, workflowIds } from "../../core/sampling.ts";
+import { workflowIds } from "../../core/names.ts";
+import { prng } from "../../core/sampling.ts";
 import { FsStore } from "../../store/fs_store.ts";
 import { getJson } from "../../store/mod.ts";
 import { trainingRun } from "../../workflows/training.ts";

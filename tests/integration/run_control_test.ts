@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as path from "node:path";
 import { ROOT } from "../../config.ts";
-import { workflowIds } from "../../core/sampling.ts";
+import { workflowIds } from "../../core/names.ts";
 import { resumeSignal, statusQuery, stopSignal, trainingRun } from "../../workflows/training.ts";
 import { useTemporal } from "../harness/temporal.ts";
 import { scriptedConfig, trainingStack } from "../harness/training.ts";

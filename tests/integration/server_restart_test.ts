@@ -5,7 +5,7 @@ import * as path from "node:path";
 import { Client } from "@temporalio/client";
 import { NativeConnection } from "@temporalio/worker";
 import { ROOT } from "../../config.ts";
-import { workflowIds } from "../../core/sampling.ts";
+import { workflowIds } from "../../core/names.ts";
 import { freePort, startDevServer } from "../../scripts/temporal_server.ts";
 import { spawnWorker } from "../../scripts/worker_process.ts";
 import { FsStore } from "../../store/fs_store.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { workflowIds } from "../../core/sampling.ts";
+import { workflowIds } from "../../core/names.ts";
 import { statusQuery, trainingRun } from "../../workflows/training.ts";
 import { useTemporal } from "../harness/temporal.ts";
 import { scriptedConfig, trainingStack } from "../harness/training.ts";

@@ -9,7 +9,7 @@
  */
 import * as fs from "node:fs/promises";
 import { historyToJSON } from "@temporalio/common/lib/proto-utils.js";
-import { workflowIds } from "../../core/sampling.ts";
+import { workflowIds } from "../../core/names.ts";
 import { smokeWorkflow } from "../../workflows/smoke.ts";
 import { trainingRun } from "../../workflows/training.ts";
 import { labelDataset, labelWorkflowId } from "../../workflows/labeling.ts";
