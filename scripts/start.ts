@@ -46,7 +46,7 @@ const { values } = parseArgs({
 });
 
 const LOG_DIR = path.join(ROOT, ".cm2", "logs");
-const children: { name: string; proc: Deno.ChildProcess; status?: Deno.CommandStatus }[] = [];
+const children: { name: string; proc: Deno.ChildProcess }[] = [];
 let devServer: DevServer | undefined;
 let stopping = false;
 /** Children whose start `waitHttp` is watching: it reports their death itself. */
@@ -76,60 +76,44 @@ async function spawn(
     stdout: "null",
     stderr: "null",
   }).spawn();
-  const child: (typeof children)[number] = { name, proc };
-  children.push(child);
+  children.push({ name, proc });
   // A child that dies while the stack should be up says how, with the end of its log.
   proc.status.then(async (status) => {
-    child.status = status;
     if (stopping || awaited.has(name)) return;
-    log(`${name} stopped unexpectedly (${describeExit(status)}); last lines of ${logFile}:`);
-    console.log(await tailFile(logFile, 15));
+    log(`${name} stopped unexpectedly (${describeExit(status)}); ${await logTail(name)}`);
   });
 }
 
-/** How a child that has exited died, with the end of its log, for an error message. */
-async function deathOf(name: string): Promise<string> {
-  const c = children.find((c) => c.name === name);
-  const status = c?.status ?? await c?.proc.status;
+/** "last lines of <its log>:" and those lines, for a message about a child. */
+async function logTail(name: string): Promise<string> {
   const file = path.join(LOG_DIR, `${name}.log`);
-  const how = status ? describeExit(status) : "exited";
-  return `${name} died during start (${how}); last lines of ${file}:\n${await tailFile(file, 15)}`;
+  return `last lines of ${file}:\n${await tailFile(file, 15)}`;
 }
 
+/** Waits until a model server answers `url`; a death or a time-out on the way is an error saying how. */
 async function waitHttp(name: string, url: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const child = children.find((c) => c.name === name)!;
   try {
-    return await waitUp(name, url, deadline, timeoutMs);
+    while (Date.now() < deadline) {
+      const status = await Promise.race([
+        child.proc.status,
+        new Promise<undefined>((r) => setTimeout(() => r(undefined), 10)),
+      ]);
+      if (status) {
+        throw new Error(`${name} died during start (${describeExit(status)}); ${await logTail(name)}`);
+      }
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+        await res.body?.cancel();
+        if (res.ok) return;
+      } catch { /* not up yet */ }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    throw new Error(`${name} did not answer ${url} in ${timeoutMs / 1000} s; ${await logTail(name)}`);
   } finally {
     awaited.delete(name);
   }
-}
-
-async function waitUp(name: string, url: string, deadline: number, timeoutMs: number): Promise<void> {
-  while (Date.now() < deadline) {
-    const child = children.find((c) => c.name === name);
-    const exited = await Promise.race([
-      child?.proc.status.then(() => true),
-      new Promise((r) => setTimeout(() => r(false), 10)),
-    ]);
-    if (exited) {
-      stopping = true; // reported here, with the reason; not again by the watcher
-      throw new Error(await deathOf(name));
-    }
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
-      await res.body?.cancel();
-      if (res.ok) return;
-    } catch { /* not up yet */ }
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  const file = path.join(LOG_DIR, `${name}.log`);
-  throw new Error(
-    `${name} did not answer ${url} in ${timeoutMs / 1000} s; last lines of ${file}:\n${await tailFile(
-      file,
-      15,
-    )}`,
-  );
 }
 
 /**
