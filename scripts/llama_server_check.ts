@@ -428,9 +428,14 @@ if [ "$(${SHELL_CPU_FINGERPRINT})" != ${shQuote(expected)} ]; then
 fi
 exec ${shQuote(path.join(runDir, "llama-server"))}${extra} "$@"
 `;
-  const tmp = `${launcher}.tmp-${Deno.pid}`;
-  await fs.writeFile(tmp, text, { mode: 0o755 });
-  await fs.rename(tmp, launcher);
+  await writeAtomic(launcher, text, 0o755);
+}
+
+/** Writes a file whole or not at all (a temporary file renamed over it). */
+async function writeAtomic(file: string, text: string, mode = 0o644): Promise<void> {
+  const tmp = `${file}.tmp-${Deno.pid}`;
+  await fs.writeFile(tmp, text, { mode });
+  await fs.rename(tmp, file);
 }
 
 /** Reads a stored check; undefined when there is none or it is unreadable. */
@@ -445,7 +450,5 @@ export async function readCheck(file: string): Promise<LlamaCheck | undefined> {
 
 /** Writes a check atomically. */
 export async function writeCheck(file: string, check: LlamaCheck): Promise<void> {
-  const tmp = `${file}.tmp-${Deno.pid}`;
-  await fs.writeFile(tmp, JSON.stringify(check, null, 2) + "\n");
-  await fs.rename(tmp, file);
+  await writeAtomic(file, JSON.stringify(check, null, 2) + "\n");
 }

@@ -4,7 +4,8 @@
  * both binaries once, alternating, on a ~1k-token prompt and a 64-token completion; it prints the median
  * prompt and decode tokens/s of each and their ratios as one JSON line.
  *
- * The other build is given by path: e.g. a native one, made from `.cm2/llama.cpp/src` with
+ * The other build is given by path. For the comparison in docs/decisions.md it was a native one, built by
+ * hand for this machine only (cm2 itself never builds for the build machine's CPU), from `.cm2/llama.cpp/src` with
  * `cmake -B /tmp/native -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF && cmake --build /tmp/native
  * --target llama-server` (what cm2 built before the portable build).
  *
