@@ -15,7 +15,9 @@
  *     same reward math.
  *
  * Progress goes to stderr; the last line on stdout is one JSON object:
- * `{"episodes","temporal_s","plain_s","ratio","worker_rss_mb","calls_temporal","calls_plain","latency_ms","concurrency"}`.
+ * `{"episodes","temporal_s","plain_s","ratio","worker_rss_mb","store_kib_per_policy_call","worker_cpu_ms_per_call",
+ * "calls_temporal","calls_plain","latency_ms","concurrency"}` (store growth: every blob the run wrote, datasets
+ * and config included, over the policy calls).
  *
  * Other options: `--group-size 8`, `--deviate-every 3` (0: the policy always follows the reference),
  * `--db FILE` (SQLite file for the dev server; default in memory), `--only temporal|plain`,
@@ -324,6 +326,7 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
       }`,
     );
     await sample();
+    const storeBytes = await objectBytes(storeRoot);
     const summary = result.recent.at(-1);
     log(
       `temporal: done in ${round(seconds)} s (iteration ${round(summary?.seconds ?? 0)} s), ` +
@@ -337,9 +340,19 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
     await analyze(client, name, Number(values.analyze));
     const serverMem = server.child ? await memoryOf(server.child.pid) : null;
     if (serverMem) log(`temporal: dev server VmHWM ${round(serverMem.hwm, 0)} MiB`);
+    const policyCalls = (after.byModel["policy-model"] ?? 0) - (before.byModel["policy-model"] ?? 0);
+    log(
+      `temporal: store ${round(storeBytes / 2 ** 20, 1)} MiB of blobs written, ${
+        round(storeBytes / Math.max(1, policyCalls) / 1024, 2)
+      } KiB per policy call; worker ${
+        round((cpu[0]! * 1000) / Math.max(1, after.calls - before.calls), 2)
+      } ms CPU per model call`,
+    );
     return {
       seconds,
       calls: after.calls - before.calls,
+      storeKbPerPolicyCall: storeBytes / Math.max(1, policyCalls) / 1024,
+      workerCpuMsPerCall: (cpu[0]! * 1000) / Math.max(1, after.calls - before.calls),
       rssMb: Math.max(hwm, peakRss),
       startRssMb: startRss,
       meanReward: summary?.meanReward ?? 0,
@@ -358,6 +371,20 @@ async function runTemporal(modelUrl: string, stats: () => Promise<ServerStats>, 
     await server.stop();
     await fs.rm(tmp, { recursive: true, force: true });
   }
+}
+
+/** Bytes of every blob in a file store (`objects/`), the store's growth over a fresh run. */
+async function objectBytes(root: string): Promise<number> {
+  let total = 0;
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await fs.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) await walk(p);
+      else total += (await fs.stat(p)).size;
+    }
+  };
+  await walk(path.join(root, "objects"));
+  return total;
 }
 
 /**
@@ -571,6 +598,8 @@ console.log(JSON.stringify({
   plain_s: plain ? round(plain.seconds) : null,
   ratio: temporal && plain ? round(temporal.seconds / plain.seconds, 3) : null,
   worker_rss_mb: temporal ? round(temporal.rssMb, 1) : null,
+  store_kib_per_policy_call: temporal ? round(temporal.storeKbPerPolicyCall, 2) : null,
+  worker_cpu_ms_per_call: temporal ? round(temporal.workerCpuMsPerCall, 2) : null,
   calls_temporal: temporal?.calls ?? null,
   calls_plain: plain?.calls ?? null,
   latency_ms: latencyMs,
