@@ -8,10 +8,11 @@
  *   run start [CONFIG]                  start a training run (prints its id and Web UI link)
  *   run list | status | watch | pause | resume | stop | set
  *   label DATASET                       label records with checklists (labeling workflow)
+ *   store gc [--dry-run]                collect intermediate episode states of finished iterations
  *   doctor [--config FILE]              check this machine and the services a run needs, with fixes
  *
  * Each command group is registered from its own file under `cli/` (`config`, `data`, `run`, `label`,
- * `doctor`); the Temporal connection comes from `config.ts` (`connectClient`), used through
+ * `store`, `doctor`); the Temporal connection comes from `config.ts` (`connectClient`), used through
  * `cli/common.ts`'s `withClient`.
  *
  * @module
@@ -22,6 +23,7 @@ import { registerDataCommands } from "./cli/data.ts";
 import { registerDoctorCommand } from "./cli/doctor.ts";
 import { registerLabelCommands } from "./cli/label.ts";
 import { registerRunCommands } from "./cli/run.ts";
+import { registerStoreCommands } from "./cli/store.ts";
 
 /** The whole command line: each group lives in its own file under `cli/`. */
 export function buildProgram(): Command {
@@ -32,6 +34,7 @@ export function buildProgram(): Command {
   registerDataCommands(program);
   registerRunCommands(program);
   registerLabelCommands(program);
+  registerStoreCommands(program);
   registerDoctorCommand(program);
   return program;
 }

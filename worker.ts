@@ -4,7 +4,8 @@
  * from Temporal's standard environment configuration; model endpoints and keys from the run
  * config each workflow carries (keys only ever from the environment).
  *
- * Usage: `deno task worker [--task-queue NAME] [--store DIR]`
+ * Usage: `deno task worker [--task-queue NAME] [--store URL]` (default `$CM2_STORE_URL` or `file:.cm2/store`;
+ * every worker of a deployment and each run's `store.url` name the same store).
  *
  * @module
  */
@@ -12,14 +13,15 @@ import { DefaultLogger, Runtime, Worker } from "@temporalio/worker";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { createActivities } from "./activities/mod.ts";
-import { connectWorker, modelFactory, resolvePath, ROOT } from "./config.ts";
-import { FsStore } from "./store/fs_store.ts";
+import { connectWorker, modelFactory, ROOT } from "./config.ts";
+import { openStore } from "./store/open.ts";
 import { ORCHESTRATOR_QUEUE } from "./core/names.ts";
 
 /** Options of {@linkcode runWorker}. */
 export interface WorkerOptions {
   taskQueue: string;
-  storeRoot: string;
+  /** Store URL (`file:…`, a path, or `s3://…`; relative paths from the project root). */
+  store: string;
   /** Activity slots (default 256): mostly model calls waiting on HTTP, so far more than cores. */
   maxConcurrentActivities?: number;
   /** Workflow task slots (SDK default when unset). */
@@ -30,13 +32,14 @@ export interface WorkerOptions {
 
 /** Creates the orchestrator worker and runs it until SIGINT/SIGTERM. */
 export async function runWorker(opts: WorkerOptions): Promise<void> {
+  const store = openStore(opts.store, ROOT);
   const { connection, namespace } = await connectWorker();
   const worker = await Worker.create({
     connection,
     namespace,
     taskQueue: opts.taskQueue,
     workflowsPath: fileURLToPath(new URL("./workflows/mod.ts", import.meta.url)),
-    activities: createActivities({ store: new FsStore(opts.storeRoot), models: modelFactory, root: ROOT }),
+    activities: createActivities({ store, models: modelFactory, root: ROOT }),
     maxConcurrentActivityTaskExecutions: opts.maxConcurrentActivities ?? 256,
     ...(opts.maxConcurrentWorkflowTasks
       ? { maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks }
@@ -44,7 +47,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     ...(opts.workflowThreads ? { workflowThreadPoolSize: opts.workflowThreads } : {}),
     shutdownGraceTime: "10 seconds",
   });
-  console.log(`cm2 worker on task queue ${opts.taskQueue} (namespace ${namespace}); store ${opts.storeRoot}`);
+  console.log(`cm2 worker on task queue ${opts.taskQueue} (namespace ${namespace}); store ${store.url}`);
   await worker.run();
   await connection.close();
 }
@@ -54,7 +57,7 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       "task-queue": { type: "string", default: ORCHESTRATOR_QUEUE },
-      store: { type: "string", default: ".cm2/store" },
+      store: { type: "string", default: Deno.env.get("CM2_STORE_URL") ?? "file:.cm2/store" },
       "log-level": { type: "string", default: "WARN" },
       "max-activities": { type: "string" },
       "max-workflow-tasks": { type: "string" },
@@ -65,7 +68,7 @@ if (import.meta.main) {
   Runtime.install({ logger: new DefaultLogger(values["log-level"] as "WARN") });
   await runWorker({
     taskQueue: values["task-queue"],
-    storeRoot: resolvePath(values.store),
+    store: values.store,
     ...(values["max-activities"] ? { maxConcurrentActivities: int(values["max-activities"])! } : {}),
     ...(values["max-workflow-tasks"]
       ? { maxConcurrentWorkflowTasks: int(values["max-workflow-tasks"])! }

@@ -8,7 +8,9 @@ import { Context } from "@temporalio/activity";
 import type { ModelFactory } from "./common.ts";
 import { CachedStore } from "../store/cached.ts";
 import { createPolicyActivities } from "./policy.ts";
-import { createTrainingActivities } from "./training.ts";
+import { createDatasetActivities } from "./dataset.ts";
+import { createEpisodeActivities } from "./episode.ts";
+import { createRewardActivities } from "./rewards.ts";
 import { createLabelingActivities } from "./labeling.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 
@@ -60,8 +62,10 @@ export function createActivities(deps: ActivityDeps) {
     smokeEcho(input: { text: string }): Promise<{ text: string }> {
       return Promise.resolve({ text: input.text });
     },
-    ...createTrainingActivities({ ...deps, cached }),
-    ...createPolicyActivities({ store: deps.store, cached }),
+    ...createDatasetActivities(deps),
+    ...createEpisodeActivities({ ...deps, cached }),
+    ...createRewardActivities({ store: deps.store, cached }),
+    ...createPolicyActivities({ store: deps.store, cached, root: deps.root }),
     ...createLabelingActivities(deps),
   });
 }

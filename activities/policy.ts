@@ -1,7 +1,7 @@
 /**
  * Policy publishing: making a new adapter live on the policy server before the next rollouts, and proving
  * that it is (the served version, or the listed adapter name). Three adapter APIs: cm2's own policy server
- * (the checkpoint ref goes over, the server fetches and verifies it), vLLM and SGLang (the adapter files are
+ * (the checkpoint ref and the store URL go over, the server fetches and verifies it), vLLM and SGLang (the adapter files are
  * written to a directory the server reads).
  *
  * @module
@@ -11,6 +11,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { RunConfig } from "../core/config.ts";
 import type { CachedStore } from "../store/cached.ts";
+import { FsStore } from "../store/fs_store.ts";
 import { type ArtifactStore, getJson, type Ref } from "../store/mod.ts";
 
 /** The model name rollouts ask for at a policy version (vLLM/SGLang serve adapters by name). */
@@ -21,15 +22,26 @@ export function policyModelName(config: RunConfig, version: number): string {
     : config.models.policy.model;
 }
 
-/** Writes a checkpoint's adapter files to `<store>/adapters/<run>/v<n>/` (idempotent) and returns the directory. */
+/**
+ * The local directory vLLM/SGLang read adapters from: `<root>/adapters` of a file store, else
+ * `<project>/.cm2/adapters` (the policy server must see the same directory).
+ */
+export function adapterDirOf(store: ArtifactStore, projectRoot: string): string {
+  return store instanceof FsStore
+    ? path.join(store.root, "adapters")
+    : path.join(projectRoot, ".cm2", "adapters");
+}
+
+/** Writes a checkpoint's adapter files to `<adapterDir>/<run>/v<n>/` (idempotent) and returns the directory. */
 export async function materializeAdapter(
   store: ArtifactStore,
+  adapterDir: string,
   config: RunConfig,
   checkpoint: Ref,
   version: number,
 ): Promise<string> {
   const manifest = await getJson<{ files: Record<string, Ref> }>(store, checkpoint);
-  const dir = path.join(config.store.root, "adapters", config.name, `v${version}`);
+  const dir = path.join(adapterDir, config.name, `v${version}`);
   const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   const done = await fs.stat(path.join(dir, ".complete")).then(() => true, () => false);
   if (done) return dir;
@@ -47,8 +59,9 @@ export async function materializeAdapter(
 }
 
 /** Builds the policy activities over the worker's store and caches. */
-export function createPolicyActivities(deps: { store: ArtifactStore; cached: CachedStore }) {
+export function createPolicyActivities(deps: { store: ArtifactStore; cached: CachedStore; root: string }) {
   const { store, cached } = deps;
+  const adapterDir = adapterDirOf(store, deps.root);
   const cfg = (ref: Ref) => cached.memo<RunConfig>(ref);
   return {
     /**
@@ -70,11 +83,11 @@ export function createPolicyActivities(deps: { store: ArtifactStore; cached: Cac
         body = {
           lora_name: loraName,
           checkpoint: input.checkpoint,
-          store_root: config.store.root,
+          store_url: store.url,
           version: input.version,
         };
       } else {
-        const dir = await materializeAdapter(store, config, input.checkpoint, input.version);
+        const dir = await materializeAdapter(store, adapterDir, config, input.checkpoint, input.version);
         url = policy.adapterApi === "vllm"
           ? `${base}/load_lora_adapter`
           : `${base.replace(/\/v1$/, "")}/load_lora_adapter`;

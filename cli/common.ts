@@ -5,8 +5,9 @@
  */
 import { InvalidArgumentError } from "commander";
 import * as fs from "node:fs/promises";
-import { connectClient, resolvePath, temporalAddress, webUiUrl } from "../config.ts";
-import { FsStore } from "../store/fs_store.ts";
+import { connectClient, ROOT, temporalAddress, webUiUrl } from "../config.ts";
+import type { ArtifactStore } from "../store/mod.ts";
+import { openStore } from "../store/open.ts";
 
 /** Option parser: a positive integer. */
 export function positiveInt(v: string): number {
@@ -30,9 +31,9 @@ export function fail(message: string): never {
   Deno.exit(1);
 }
 
-/** The store named by `--store` (default `.cm2/store`). */
-export function storeFrom(opts: { store?: string }): FsStore {
-  return new FsStore(resolvePath(opts.store ?? ".cm2/store"));
+/** The store named by `--store` (a URL or path; default `$CM2_STORE_URL` or `file:.cm2/store`). */
+export function storeFrom(opts: { store?: string }): ArtifactStore {
+  return openStore(opts.store ?? Deno.env.get("CM2_STORE_URL") ?? "file:.cm2/store", ROOT);
 }
 
 /** A file's text. */

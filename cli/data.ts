@@ -11,12 +11,12 @@ import { IMPORT_FORMATS, importFiles, type ImportFormat } from "../core/importer
 import { inspectDataset } from "../core/inspect.ts";
 import type { TrajectoryRecord } from "../core/records.ts";
 import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
-import type { FsStore } from "../store/fs_store.ts";
+import type { ArtifactStore } from "../store/mod.ts";
 import { fail, readText, storeFrom } from "./common.ts";
 
 /** Loads records from a store dataset name or a dataset file. */
 async function loadRecords(
-  store: FsStore,
+  store: ArtifactStore,
   nameOrFile: string,
 ): Promise<{ name: string; records: TrajectoryRecord[] }> {
   const ref = await datasetRef(store, nameOrFile).catch(() => undefined);
@@ -24,7 +24,7 @@ async function loadRecords(
   try {
     await fs.stat(nameOrFile);
   } catch {
-    fail(`No dataset named ${JSON.stringify(nameOrFile)} in ${store.root} and no such file`);
+    fail(`No dataset named ${JSON.stringify(nameOrFile)} in ${store.url} and no such file`);
   }
   const report = await importFiles([nameOrFile], readText);
   for (const e of report.errors) printImportError(e);
@@ -71,7 +71,7 @@ export function registerDataCommands(program: Command): void {
     .argument("<paths...>", "files to import (CM2 JSON/JSONL, OpenAI chat JSONL, ToolTalk, τ-bench)")
     .requiredOption("--name <name>", "dataset name in the store")
     .option("--format <format>", `force a format: ${IMPORT_FORMATS.join(", ")}`)
-    .option("--store <dir>", "store root", ".cm2/store")
+    .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
     .description("import records into the store as a normalised dataset with a manifest")
     .action(async (paths: string[], opts: { name: string; format?: string; store: string }) => {
       if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
@@ -113,12 +113,12 @@ export function registerDataCommands(program: Command): void {
         `imported ${report.records.length} records from ${files.length} file(s) ` +
           `(${[...byFormat].map(([f, n]) => `${f}: ${n}`).join(", ")}), ${report.errors.length} error(s)`,
       );
-      console.log(`dataset ${opts.name} → ${ref.uri} (${store.root})`);
+      console.log(`dataset ${opts.name} → ${ref.uri} (${store.url})`);
     });
 
   data.command("inspect")
     .argument("<dataset>", "dataset name in the store, or a file")
-    .option("--store <dir>", "store root", ".cm2/store")
+    .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
     .option("--json", "print JSON")
     .description("summarise records, turns, steps, tools and checklist coverage")
     .action(async (name: string, opts: { store: string; json?: boolean }) => {
@@ -135,7 +135,7 @@ export function registerDataCommands(program: Command): void {
     .argument("<dataset>", "dataset name in the store, or a file")
     .option("--out <name>", "store the kept records as this dataset")
     .option("--disable <criteria>", `comma-separated criteria to skip (of ${FILTER_CRITERIA.join(", ")})`)
-    .option("--store <dir>", "store root", ".cm2/store")
+    .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
     .description("apply CM2's seven rule-based filters; print counts per criterion")
     .action(async (name: string, opts: { out?: string; disable?: string; store: string }) => {
       const store = storeFrom(opts);

@@ -14,13 +14,12 @@ import { type Client, WorkflowNotFoundError } from "@temporalio/client";
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import type { LabelReport, LabelSummary } from "../activities/labeling.ts";
-import { ConfigError, connectClient, loadRunConfig, resolvePath, webUiUrl } from "../config.ts";
+import { ConfigError, connectClient, loadRunConfig, webUiUrl } from "../config.ts";
 import type { RunConfig } from "../core/config.ts";
 import { LABEL_PROMPT_VERSION, REPAIR_KINDS } from "../core/labeling.ts";
 import { datasetRef } from "../store/datasets.ts";
-import { FsStore } from "../store/fs_store.ts";
-import { getJson, parseRef } from "../store/mod.ts";
-import { nonNegative, positiveInt } from "./common.ts";
+import { type ArtifactStore, getJson, parseRef } from "../store/mod.ts";
+import { nonNegative, positiveInt, storeFrom } from "./common.ts";
 import {
   type LabelBudget,
   labelDataset,
@@ -71,7 +70,7 @@ export function registerLabelCommands(program: Command): void {
     .option("--budget-tokens <n>", "pause when this run's labeler calls reach n tokens", nonNegative)
     .option("--concurrency <n>", "labeler calls in flight", positiveInt)
     .option("--attempts <n>", "calls per record-variant before it is rejected", positiveInt)
-    .option("--store <dir>", "store root (default: the config's store.root)")
+    .option("--store <url>", "store URL or path (default: the config's store.url)")
     .option("--task-queue <queue>", "orchestrator task queue (default: the config's temporal.taskQueue)")
     .option("--stop", "stop a running labeling: finish calls in flight, write the output")
     .option("--detach", "start (or update) the labeling and return without watching")
@@ -124,10 +123,10 @@ export async function labelCommand(dataset: string, opts: LabelCommandOptions): 
       "A USD budget needs prices: set models.labeler.prices {input, output} (USD per 1M tokens) in the config",
     );
   }
-  const store = new FsStore(resolvePath(opts.store ?? config.store.root));
+  const store = storeFrom({ store: opts.store ?? config.store.url });
   if (!(await datasetRef(store, dataset))) {
     throw new CliError(
-      `No dataset named ${JSON.stringify(dataset)} in ${store.root}; import it with \`cm2 data import\``,
+      `No dataset named ${JSON.stringify(dataset)} in ${store.url}; import it with \`cm2 data import\``,
     );
   }
   const id = labelWorkflowId(input.out);
@@ -192,7 +191,12 @@ function describeBudget(b: LabelBudget): string {
   return parts.length > 0 ? parts.join(" and ") : "unlimited";
 }
 
-async function watch(client: Client, id: string, store: FsStore, opts: LabelCommandOptions): Promise<number> {
+async function watch(
+  client: Client,
+  id: string,
+  store: ArtifactStore,
+  opts: LabelCommandOptions,
+): Promise<number> {
   const handle = client.workflow.getHandle(id);
   const bar = new cliProgress.SingleBar({
     format: "label [{bar}] {value}/{total} | labeled {labeled} rejected {rejected} failed {failed} | {spend}",

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { type EpisodeState, episodeVerdicts } from "./episode.ts";
+import type { EpisodeState } from "./episode.ts";
+import { episodeVerdicts } from "./episode_judge.ts";
 import { computeAdvantages, type GroupAdvantages, itemPassRate, type RewardOptionsInput } from "./rewards.ts";
 import type { BatchSample } from "./trainer_contract.ts";
 

@@ -136,6 +136,24 @@ export const LabelingSchema = z.object({
 }).strict().prefault({});
 
 /** The full run configuration. */
+/**
+ * Where the run's artifacts live: `file:<dir>` (relative to the project root), `file:///abs/dir`, or
+ * `s3://bucket[/prefix][?endpoint=…&region=…]` (see `store/open.ts`). The orchestrator workers must be
+ * started on the same store (`deno task worker --store <url>`); the trainer gets the URL with each update.
+ * The older `{ "root": "<dir>" }` form is read as `{ "url": "<dir>" }`.
+ */
+const StoreSchema = z.preprocess(
+  (v) => {
+    if (v === undefined) return {};
+    if (v && typeof v === "object" && !("url" in v) && "root" in v) {
+      const { root, kind: _kind, ...rest } = v as { root: unknown; kind?: unknown };
+      return { ...rest, url: root };
+    }
+    return v;
+  },
+  z.object({ url: z.string().min(1).default("file:.cm2/store") }).strict(),
+);
+
 export const RunConfigSchema = z.object({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, "must be lowercase letters, digits and dashes").default(
     "demo",
@@ -154,8 +172,7 @@ export const RunConfigSchema = z.object({
   }).strict().prefault({}),
   cm2: Cm2Schema,
   trainer: TrainerSchema,
-  store: z.object({ kind: z.literal("fs").default("fs"), root: z.string().default(".cm2/store") }).strict()
-    .prefault({}),
+  store: StoreSchema,
   temporal: z.object({ taskQueue: z.string().default(ORCHESTRATOR_QUEUE) }).strict().prefault({}),
   labeling: LabelingSchema,
 }).strict();

@@ -28,8 +28,6 @@
  *
  * @module
  */
-import type { EpisodeVerdicts } from "./rewards.ts";
-import { turnPassed } from "./rewards.ts";
 import type { ChatMessage, ChatRequest, ChatResult, ChatTool, Sampling } from "./llm_types.ts";
 import type { ChecklistItem, TrajectoryRecord } from "./records.ts";
 import {
@@ -49,19 +47,7 @@ import {
   toChatToolCalls,
   toolCallErrorContent,
 } from "./tool_calls.ts";
-import {
-  fillSkipped,
-  judgeCacheKey,
-  type JudgeMode,
-  judgeRequest,
-  majority,
-  parseVerdicts,
-  promptVersionFor,
-  roundCells,
-  type SatMatrix,
-  type SkipBasis,
-} from "./judge.ts";
-import { judgeContext } from "./transcript.ts";
+import { fillSkipped, type JudgeMode, type SatMatrix, type SkipBasis } from "./judge.ts";
 
 /** Closed list of the ways an episode ends. */
 export const END_REASONS = [
@@ -227,19 +213,14 @@ export interface EpisodeState {
   turns: TurnState[];
   /** Calls of the last assistant step, while `phase` is `tools`. */
   pendingCalls: PendingCall[];
+  /** While waiting for tools: the results known without a model, by call position (null: simulating). */
+  toolResults?: (ToolResult | null)[];
+  /** While waiting for the judge: answers of the round's tasks found in the verdict cache (null: asked). */
+  judgeAnswers?: (boolean[] | null)[];
   /** Set while an unfinished turn is judged before the episode ends with this reason. */
   pendingEnd: EpisodeEnd | null;
   end: EpisodeEnd | null;
   metrics: EpisodeMetrics;
-}
-
-/** Where a transition leads. */
-export type Next = "policy" | "tools" | "judge-turn" | "end";
-
-/** A transition's result. */
-export interface Transition {
-  state: EpisodeState;
-  next: Next;
 }
 
 /**
@@ -285,12 +266,14 @@ export function resolveEpisodeOptions(opts: EpisodeOptions = {}): ResolvedEpisod
 }
 
 /** The recorded user messages of a record, in order (the user replay of §2.2). */
-function recordedUsers(record: TrajectoryRecord): string[] {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function recordedUsers(record: TrajectoryRecord): string[] {
   return record.messages.filter((m) => m.role === "user").map((m) => m.content);
 }
 
 /** Items of turn `t` in variant `v`. */
-function itemsOf(state: EpisodeState, v: number, t: number): ChecklistItem[] {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function itemsOf(state: EpisodeState, v: number, t: number): ChecklistItem[] {
   const items = state.record.checklists[v]?.[t];
   if (!items) {
     throw new Error(`Record ${state.record.uuid} has no checklist items for variant ${v}, turn ${t}`);
@@ -302,22 +285,40 @@ function variantCount(state: EpisodeState): number {
   return Math.min(state.options.variants, state.record.checklists.length);
 }
 
-function referenceTurns(state: EpisodeState): number {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function referenceTurns(state: EpisodeState): number {
   return state.record.checklists[0]!.length;
 }
 
-/** Deep copy through JSON: the state is plain JSON by design, and this works in any sandbox. */
-function clone(state: EpisodeState): EpisodeState {
-  return JSON.parse(JSON.stringify(state)) as EpisodeState;
+/**
+ * Deep copy through JSON (the state is plain JSON by design, and this works in any sandbox), except the record
+ * and the tools, which no transition changes and which are shared. Also used by the engine and the store.
+ */
+export function clone(state: EpisodeState): EpisodeState {
+  const { record, tools, ...rest } = state;
+  return { ...JSON.parse(JSON.stringify(rest)), record, tools } as EpisodeState;
 }
 
-function newTurn(userIndex: number, state: EpisodeState, t: number): TurnState {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function newTurn(userIndex: number, state: EpisodeState, t: number): TurnState {
   const sat: SatMatrix[] = [];
   for (let v = 0; v < variantCount(state); v++) {
     itemsOf(state, v, t);
     sat.push([]);
   }
   return { userIndex, steps: [], complete: false, judged: false, passed: null, sat };
+}
+
+/** The record's tools as the policy sees them. */
+export function toolsOf(record: TrajectoryRecord): ChatTool[] {
+  return record.tools.map((t) => ({
+    type: "function",
+    function: {
+      name: t.function.name,
+      description: t.function.description,
+      parameters: t.function.parameters,
+    },
+  }));
 }
 
 /**
@@ -343,14 +344,7 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
   }
   messages.push({ role: "user", content: users[0]! });
   meta.push({ turn: 0, step: null, source: "record" });
-  const tools: ChatTool[] = record.tools.map((t) => ({
-    type: "function",
-    function: {
-      name: t.function.name,
-      description: t.function.description,
-      parameters: t.function.parameters,
-    },
-  }));
+  const tools = toolsOf(record);
   const state: EpisodeState = {
     version: 1,
     record,
@@ -382,11 +376,12 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
     },
   };
   state.turns.push(newTurn(messages.length - 1, state, 0));
-  if (state.contextTokens + 1 >= options.maxContextTokens) return finish(state, "limit-context").state;
+  if (state.contextTokens + 1 >= options.maxContextTokens) return finish(state, "limit-context");
   return state;
 }
 
-function expectPhase(state: EpisodeState, phase: EpisodeState["phase"], what: string): void {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function expectPhase(state: EpisodeState, phase: EpisodeState["phase"], what: string): void {
   if (state.phase !== phase) {
     throw new Error(`${what} needs phase ${phase}, the episode is in phase ${state.phase}`);
   }
@@ -420,7 +415,7 @@ export function policyRequest(state: EpisodeState): ChatRequest {
  * malformed call appends an `error_tool_call` tool message and ends with `format-error`; a `length`
  * finish ends with `limit-context`; calls lead to `tools`; a reply ends the turn (`judge-turn`).
  */
-export function applyPolicyResult(state0: EpisodeState, result: ChatResult): Transition {
+export function applyPolicyResult(state0: EpisodeState, result: ChatResult): EpisodeState {
   expectPhase(state0, "policy", "applyPolicyResult()");
   const state = clone(state0);
   const turn = state.turns[state.turn]!;
@@ -469,7 +464,7 @@ export function applyPolicyResult(state0: EpisodeState, result: ChatResult): Tra
       turn: state.turn,
     }));
     state.phase = "tools";
-    return { state, next: "tools" };
+    return state;
   }
   turn.complete = true;
   if (state.judgedTurns >= state.options.maxUserTurns) {
@@ -479,7 +474,7 @@ export function applyPolicyResult(state0: EpisodeState, result: ChatResult): Tra
 }
 
 /** A policy call that failed for good (after retries): the episode ends with `model-failure`, ok=false. */
-export function applyPolicyFailure(state: EpisodeState, error: string): Transition {
+export function applyPolicyFailure(state: EpisodeState, error: string): EpisodeState {
   expectPhase(state, "policy", "applyPolicyFailure()");
   return finish(clone(state), "model-failure", error);
 }
@@ -527,7 +522,7 @@ export function toolResultFromSimulation(call: PendingCall, parsed: SimulationPa
  * `unknown-tool` (if a call named an unknown tool) or `tool-error`; then the context and step limits;
  * else the policy goes on.
  */
-export function applyToolResults(state0: EpisodeState, results: readonly ToolResult[]): Transition {
+export function applyToolResults(state0: EpisodeState, results: readonly ToolResult[]): EpisodeState {
   expectPhase(state0, "tools", "applyToolResults()");
   const state = clone(state0);
   const calls = state.pendingCalls;
@@ -577,14 +572,15 @@ export function applyToolResults(state0: EpisodeState, results: readonly ToolRes
     );
   }
   state.phase = "policy";
-  return { state, next: "policy" };
+  return state;
 }
 
 /**
  * End the episode, or first judge its unfinished current turn (`unfinishedTurn: "judge"`). Mutates and
  * returns `state` (callers pass a clone).
  */
-function finish(state: EpisodeState, reason: EndReason, detail?: string): Transition {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function finish(state: EpisodeState, reason: EndReason, detail?: string): EpisodeState {
   const end: EpisodeEnd = { reason, ok: !FAILURE_REASONS.includes(reason) };
   if (detail !== undefined) end.detail = detail.length > 500 ? `${detail.slice(0, 500)}…` : detail;
   state.pendingCalls = [];
@@ -598,10 +594,11 @@ function finish(state: EpisodeState, reason: EndReason, detail?: string): Transi
   state.phase = "done";
   state.end = end;
   state.pendingEnd = null;
-  return { state, next: "end" };
+  return state;
 }
 
-function enterJudging(state: EpisodeState, pendingEnd: EpisodeEnd | null): Transition {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function enterJudging(state: EpisodeState, pendingEnd: EpisodeEnd | null): EpisodeState {
   const turn = state.turns[state.turn]!;
   turn.sat = turn.sat.map((_, v) => {
     const n = itemsOf(state, v, state.turn).length;
@@ -610,10 +607,11 @@ function enterJudging(state: EpisodeState, pendingEnd: EpisodeEnd | null): Trans
   state.pendingEnd = pendingEnd;
   state.phase = "judge";
   fillTurn(state);
-  return { state, next: "judge-turn" };
+  return state;
 }
 
-function fillTurn(state: EpisodeState): void {
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function fillTurn(state: EpisodeState): void {
   const turn = state.turns[state.turn]!;
   const { mode, skipBasis } = state.options.judge;
   turn.sat = turn.sat.map((sat, v) => {
@@ -621,229 +619,4 @@ function fillTurn(state: EpisodeState): void {
     state.metrics.judgeCellsSkipped += r.filled;
     return r.sat;
   });
-}
-
-/** One judge call to make. */
-export interface JudgeTask {
-  /** Content-addressed cache key ({@linkcode judgeCacheKey}). */
-  key: string;
-  turn: number;
-  variant: number;
-  /** Assistant step within the turn. */
-  step: number;
-  /** Message index of that assistant step. */
-  messageIndex: number;
-  /** Item indices judged by this call. */
-  items: number[];
-  /** Their checklist ids, in the same order. */
-  itemIds: string[];
-  /** Vote number, 0 … votes − 1. */
-  vote: number;
-  promptVersion: string;
-  request: ChatRequest;
-}
-
-/** Runtime settings of judge requests. */
-export interface JudgeRequestOptions {
-  /** Judge model name (part of the cache key). */
-  model: string;
-  /** Hash for cache keys, e.g. hex SHA-256 (inject `node:crypto` from activities). */
-  hash: (text: string) => string;
-  /** Sampling of judge requests (absent fields: the role's defaults). */
-  sampling?: Sampling;
-}
-
-/**
- * The judge calls of the current round for one checklist variant of `turn` (which must be the turn being
- * judged): one task per (step, batch of up to `itemsPerCall` items, vote).
- */
-export function judgeRequests(
-  state: EpisodeState,
-  turn: number,
-  variant: number,
-  opts: JudgeRequestOptions,
-): JudgeTask[] {
-  expectPhase(state, "judge", "judgeRequests()");
-  if (turn !== state.turn) {
-    throw new Error(`judgeRequests() asked for turn ${turn}, the episode judges turn ${state.turn}`);
-  }
-  const ts = state.turns[turn]!;
-  const sat = ts.sat[variant];
-  if (!sat) {
-    throw new Error(`judgeRequests() asked for variant ${variant}, the episode uses ${ts.sat.length}`);
-  }
-  const items = itemsOf(state, variant, turn);
-  const { votes, itemsPerCall, mode } = state.options.judge;
-  const byStep = new Map<number, number[]>();
-  for (const cell of roundCells(sat, mode)) {
-    byStep.set(cell.step, [...(byStep.get(cell.step) ?? []), cell.item]);
-  }
-  const tasks: JudgeTask[] = [];
-  for (const [step, cells] of byStep) {
-    const messageIndex = ts.steps[step]!;
-    const context = judgeContext(state.messages, ts.userIndex, messageIndex);
-    for (let k = 0; k < cells.length; k += itemsPerCall) {
-      const chunk = cells.slice(k, k + itemsPerCall);
-      const judged = chunk.map((c) => items[c]!);
-      const request = judgeRequest(judged, context, opts.sampling);
-      for (let vote = 0; vote < votes; vote++) {
-        tasks.push({
-          key: judgeCacheKey(opts.hash, { model: opts.model, items: judged, context, vote }),
-          turn,
-          variant,
-          step,
-          messageIndex,
-          items: chunk,
-          itemIds: judged.map((i) => i.id),
-          vote,
-          promptVersion: promptVersionFor(judged.length),
-          request,
-        });
-      }
-    }
-  }
-  return tasks;
-}
-
-/** All judge calls of the current round, over every variant in use. */
-export function judgeRoundRequests(state: EpisodeState, opts: JudgeRequestOptions): JudgeTask[] {
-  return state.turns[state.turn]!.sat.flatMap((_, v) => judgeRequests(state, state.turn, v, opts));
-}
-
-/** The answer to one {@linkcode JudgeTask}. */
-export type JudgeVerdict =
-  & Pick<JudgeTask, "variant" | "step" | "items" | "vote">
-  & ({ ok: true; answers: boolean[] } | { ok: false; error: string });
-
-/** The verdict of a task from the judge's result. */
-export function verdictFromResult(
-  task: JudgeTask,
-  result: Pick<ChatResult, "content" | "finishReason">,
-): JudgeVerdict {
-  const parsed = parseVerdicts(result, task.itemIds);
-  const base = { variant: task.variant, step: task.step, items: task.items, vote: task.vote };
-  return parsed.ok
-    ? { ...base, ok: true, answers: parsed.answers }
-    : { ...base, ok: false, error: parsed.error };
-}
-
-/** The verdict of a task whose call failed for good. */
-export function verdictFromError(task: JudgeTask, error: string): JudgeVerdict {
-  return { variant: task.variant, step: task.step, items: task.items, vote: task.vote, ok: false, error };
-}
-
-/**
- * Merge the verdicts of the current round (every task of {@linkcode judgeRoundRequests}). A failed
- * verdict ends the episode with `judge-failure` (ok=false). When cells remain (incremental mode) the next
- * round follows (`judge-turn`). When the turn is judged: an unfinished turn ends with its pending reason;
- * a failed gate ends with `gate-failed`; the last reference turn ends with `reply-complete`; otherwise the
- * next recorded user message is appended (`policy`), within the step, turn and context limits.
- */
-export function applyJudgement(state0: EpisodeState, verdicts: readonly JudgeVerdict[]): Transition {
-  expectPhase(state0, "judge", "applyJudgement()");
-  const state = clone(state0);
-  const t = state.turn;
-  const turn = state.turns[t]!;
-  const failed = verdicts.find((v) => !v.ok);
-  if (failed && !failed.ok) {
-    state.pendingEnd = null;
-    turn.judged = false;
-    return finish(state, "judge-failure", failed.error);
-  }
-  const { votes, mode } = state.options.judge;
-  const ballots = new Map<string, boolean[]>();
-  for (const v of verdicts) {
-    if (!v.ok) continue;
-    if (v.answers.length !== v.items.length) {
-      throw new Error(`A verdict has ${v.answers.length} answers for ${v.items.length} items`);
-    }
-    v.items.forEach((c, k) => {
-      const key = `${v.variant}/${v.step}/${c}`;
-      ballots.set(key, [...(ballots.get(key) ?? []), v.answers[k]!]);
-    });
-  }
-  const expected = turn.sat.flatMap((sat, v) => roundCells(sat, mode).map((cell) => ({ v, ...cell })));
-  if (expected.length !== ballots.size) {
-    throw new Error(
-      `applyJudgement() got verdicts for ${ballots.size} cells, the round has ${expected.length}`,
-    );
-  }
-  for (const cell of expected) {
-    const got = ballots.get(`${cell.v}/${cell.step}/${cell.item}`);
-    if (!got || got.length !== votes) {
-      throw new Error(
-        `Cell (variant ${cell.v}, step ${cell.step}, item ${cell.item}) has ${
-          got?.length ?? 0
-        } votes, expected ${votes}`,
-      );
-    }
-    turn.sat[cell.v]![cell.step]![cell.item] = majority(got);
-  }
-  state.metrics.judgeVerdicts += verdicts.length;
-  fillTurn(state);
-  if (turn.sat.some((sat) => roundCells(sat, mode).length > 0)) return { state, next: "judge-turn" };
-
-  turn.judged = true;
-  turn.passed = turn.sat.map((sat, v) =>
-    turnPassed(itemsOf(state, v, t), sat.map((row) => ({ sat: row.map((x) => x === true) })))
-  );
-  if (state.pendingEnd) {
-    const end = state.pendingEnd;
-    state.pendingEnd = null;
-    state.phase = "done";
-    state.end = end;
-    return { state, next: "end" };
-  }
-  state.judgedTurns++;
-  const failures = turn.passed.filter((p) => !p).length;
-  if (failures * 2 > turn.passed.length) {
-    return finish(state, "gate-failed", `Turn ${t} failed its strictness gate`);
-  }
-  if (t + 1 >= referenceTurns(state)) return finish(state, "reply-complete");
-  if (state.assistantSteps >= state.options.maxAssistantSteps) {
-    return finish(
-      state,
-      "limit-steps",
-      `The episode reached ${state.options.maxAssistantSteps} assistant steps`,
-    );
-  }
-  if (state.judgedTurns >= state.options.maxUserTurns) {
-    return finish(state, "limit-turns", `The episode reached ${state.options.maxUserTurns} user turns`);
-  }
-  const content = recordedUsers(state.record)[t + 1]!;
-  state.turn = t + 1;
-  state.messages.push({ role: "user", content });
-  state.meta.push({ turn: t + 1, step: null, source: "record" });
-  state.turns.push(newTurn(state.messages.length - 1, state, t + 1));
-  state.contextTokens += estimateTokens([{ role: "user", content }]);
-  if (state.contextTokens + 1 >= state.options.maxContextTokens) {
-    return finish(state, "limit-context", `The context reached ${state.contextTokens} tokens`);
-  }
-  state.phase = "policy";
-  return { state, next: "policy" };
-}
-
-/**
- * The episode's verdicts for the reward math (`core/rewards.ts`), for one checklist variant: every
- * reached turn with at least one assistant step, each step's message index and verdict row, and whether
- * the turn ended with a reply. Unjudged cells (an unfinished turn under `no-credit`, or a failed episode)
- * read as false.
- */
-export function episodeVerdicts(
-  state: EpisodeState,
-  variant = 0,
-): EpisodeVerdicts & { reason: EndReason | null } {
-  const turns = state.turns.flatMap((t, k) => {
-    if (t.steps.length === 0) return [];
-    const n = itemsOf(state, variant, k).length;
-    const sat = t.sat[variant] ?? [];
-    return [{
-      steps: t.steps.map((messageIndex, s) => ({
-        messageIndex,
-        sat: Array.from({ length: n }, (_, c) => sat[s]?.[c] === true),
-      })),
-      complete: t.complete,
-    }];
-  });
-  return { ok: state.end?.ok ?? false, turns, reason: state.end?.reason ?? null };
 }

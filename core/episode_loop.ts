@@ -1,39 +1,41 @@
 /**
- * The plain episode loop: runs one episode to its end in-process, calling the models directly, with the same
- * transitions as the Temporal workflow (`episode.ts`). Used by the tests and the orchestration benchmark.
+ * The plain episode loop: runs one episode to its end in-process, calling the models directly, over the same
+ * engine as the Temporal activities ({@linkcode advance} in `core/engine.ts`). Used by the tests and the
+ * orchestration benchmark.
  *
  * @module
  */
-import type { ChatModel, ChatResult, Sampling } from "./llm_types.ts";
+import type { ChatModel, Sampling } from "./llm_types.ts";
 import type { TrajectoryRecord } from "./records.ts";
 import {
   cachePut,
   emptyCache,
   parseSimulation,
-  resolveToolCall,
   type SimulationParse,
   type SimulatorCache,
 } from "./simulator.ts";
 import {
-  applyJudgement,
-  applyPolicyFailure,
-  applyPolicyResult,
-  applyToolResults,
   type EpisodeOptions,
   type EpisodeState,
-  episodeToolIndex,
+  policyRequest,
+  startEpisode,
+  toolResultFromSimulation,
+} from "./episode.ts";
+import {
   type JudgeRequestOptions,
   judgeRoundRequests,
   type JudgeVerdict,
-  policyRequest,
-  startEpisode,
-  toolCallsToRun,
-  type ToolResult,
-  toolResultFromResolution,
-  toolResultFromSimulation,
   verdictFromError,
   verdictFromResult,
-} from "./episode.ts";
+} from "./episode_judge.ts";
+import {
+  advance,
+  completeJudge,
+  completePolicy,
+  completeTools,
+  failPending,
+  simulationOf,
+} from "./engine.ts";
 
 /** Models of {@linkcode runEpisode}. */
 export interface EpisodeModels {
@@ -70,8 +72,8 @@ function errorText(err: unknown): string {
 }
 
 /**
- * Run one episode in process with the same transitions the workflow uses. Model errors never escape:
- * they end the episode as `model-failure`, `simulator-failure` or `judge-failure`.
+ * Run one episode in process with the engine the workflow uses. Model errors never escape: they end the
+ * episode as `model-failure`, `simulator-failure` or `judge-failure`.
  *
  * @example
  * ```ts
@@ -84,74 +86,66 @@ export async function runEpisode(
   models: EpisodeModels,
   opts: RunEpisodeOptions,
 ): Promise<RunEpisodeResult> {
-  let state = startEpisode(record, opts);
   let cache = opts.cache ?? emptyCache();
-  const index = episodeToolIndex(state);
+  const judgeCache = opts.judgeCache ?? {};
   let judgeCacheHits = 0;
-  const judgeOpts: JudgeRequestOptions = { model: models.judge.model, hash: opts.hash };
-  if (opts.judgeSampling) judgeOpts.sampling = opts.judgeSampling;
+  const judge: JudgeRequestOptions = { model: models.judge.model, hash: opts.hash };
+  if (opts.judgeSampling) judge.sampling = opts.judgeSampling;
   const limit = Math.max(1, opts.judgeConcurrency ?? 4);
+  const caches = {
+    toolResult: (key: string) => cache.entries[key],
+    verdict: (key: string) => {
+      const hit = judgeCache[key];
+      if (hit) judgeCacheHits++;
+      return hit;
+    },
+  };
 
-  while (state.phase !== "done") {
-    if (state.phase === "policy") {
-      let result: ChatResult;
+  let state = startEpisode(record, opts);
+  for (;;) {
+    const { state: at, pending } = advance(state, caches, judge);
+    state = at;
+    if (pending.kind === "end") break;
+    if (pending.kind === "policy") {
       try {
-        result = await models.policy.complete(policyRequest(state));
+        state = completePolicy(state, await models.policy.complete(policyRequest(state)));
       } catch (err) {
-        state = applyPolicyFailure(state, errorText(err)).state;
-        continue;
+        state = failPending(state, judge, errorText(err));
       }
-      state = applyPolicyResult(state, result).state;
-    } else if (state.phase === "tools") {
-      const results: ToolResult[] = [];
-      for (const call of toolCallsToRun(state)) {
-        const r = resolveToolCall(index, call, cache);
-        if (r.kind !== "simulate") {
-          results.push(toolResultFromResolution(call, r));
-          continue;
-        }
+    } else if (pending.kind === "tools") {
+      const results = [];
+      for (const index of pending.calls) {
+        const sim = simulationOf(state, index);
         let parsed: SimulationParse;
         try {
-          parsed = parseSimulation(await models.simulator.complete(r.request));
+          parsed = parseSimulation(await models.simulator.complete(sim.request));
         } catch (err) {
           parsed = { ok: false, error: errorText(err) };
         }
-        if (parsed.ok && index.options.cache) cache = cachePut(cache, call, parsed.content);
+        const call = sim.call;
+        if (parsed.ok && sim.cache) cache = cachePut(cache, call, parsed.content);
         results.push(toolResultFromSimulation(call, parsed));
       }
-      state = applyToolResults(state, results).state;
+      state = completeTools(state, results);
     } else {
-      const tasks = judgeRoundRequests(state, judgeOpts);
-      const verdicts: JudgeVerdict[] = new Array(tasks.length);
+      const tasks = judgeRoundRequests(state, judge);
+      const verdicts = new Map<number, JudgeVerdict>();
       let next = 0;
-      const worker = async () => {
-        while (next < tasks.length) {
-          const k = next++;
-          const task = tasks[k]!;
-          const cached = opts.judgeCache?.[task.key];
-          if (cached && cached.length === task.items.length) {
-            judgeCacheHits++;
-            verdicts[k] = {
-              variant: task.variant,
-              step: task.step,
-              items: task.items,
-              vote: task.vote,
-              ok: true,
-              answers: cached,
-            };
-            continue;
-          }
+      const lane = async () => {
+        while (next < pending.tasks.length) {
+          const i = pending.tasks[next++]!;
+          const task = tasks[i]!;
           try {
             const v = verdictFromResult(task, await models.judge.complete(task.request));
             if (v.ok && opts.judgeCache) opts.judgeCache[task.key] = v.answers;
-            verdicts[k] = v;
+            verdicts.set(i, v);
           } catch (err) {
-            verdicts[k] = verdictFromError(task, errorText(err));
+            verdicts.set(i, verdictFromError(task, errorText(err)));
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
-      state = applyJudgement(state, verdicts).state;
+      await Promise.all(Array.from({ length: Math.min(limit, pending.tasks.length) }, lane));
+      state = completeJudge(state, judge, verdicts);
     }
   }
   return { state, cache, judgeCacheHits };

@@ -29,7 +29,8 @@ export const UpdateRequestSchema = z.object({
   batch: RefSchema,
   base: z.object({ kind: z.enum(["hf", "gguf"]), path: z.string().min(1) }),
   parent: RefSchema.nullable(),
-  storeRoot: z.string().min(1),
+  /** The store's URL (`file:///…` or `s3://…`); the trainer opens it with `open_store`. */
+  storeUrl: z.string().min(1),
   trainer: TrainerParamsSchema,
 });
 

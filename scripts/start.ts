@@ -24,7 +24,7 @@ import { parseArgs } from "node:util";
 import { configSummary, type RunConfig } from "../core/config.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import { loadRunConfig } from "../config.ts";
-import { FsStore } from "../store/fs_store.ts";
+import { canonicalStoreUrl, openStore } from "../store/open.ts";
 import { getJson } from "../store/mod.ts";
 import { startRun } from "../cli/run.ts";
 import { type IterationSummary, statusQuery } from "../workflows/training.ts";
@@ -227,12 +227,10 @@ async function main(): Promise<number> {
     ...config,
     name: values.config ? config.name : `demo-${stamp}`,
     cm2: { ...config.cm2, ...(values.iterations ? { iterations: Number(values.iterations) } : {}) },
-    store: {
-      ...config.store,
-      root: path.isAbsolute(config.store.root) ? config.store.root : path.join(ROOT, config.store.root),
-    },
+    store: { url: canonicalStoreUrl(config.store.url, ROOT) },
   };
-  const storeRoot = config.store.root;
+  const store = openStore(config.store.url, ROOT);
+  const storeUrl = store.url;
 
   const server = await startDevServer({ log: () => {} });
   devServer = server;
@@ -298,8 +296,8 @@ async function main(): Promise<number> {
       GGUF_PATH,
       "--port",
       "8765",
-      "--store-root",
-      storeRoot,
+      "--store",
+      storeUrl,
       "--served-model-name",
       config.models.policy.model,
       // llama.cpp engine (when built): one slot per rollout of a group, batched decode
@@ -323,8 +321,8 @@ async function main(): Promise<number> {
   await spawn("trainer-worker", PYTHON, [
     "-m",
     "cm2_trainer.worker",
-    "--store-root",
-    storeRoot,
+    "--store",
+    storeUrl,
     "--task-queue",
     config.trainer.taskQueue,
     // CPU: recompute each layer's activations in the backward pass instead of holding all of them
@@ -333,7 +331,7 @@ async function main(): Promise<number> {
     ...env,
     PYTHONPATH: path.join(ROOT, "trainer"),
   });
-  await spawn("orchestrator-worker", deno, workerArgs(config.temporal.taskQueue, storeRoot), env);
+  await spawn("orchestrator-worker", deno, workerArgs(config.temporal.taskQueue, storeUrl), env);
   if (embeddedJudge) await waitHttp("llama-server", "http://127.0.0.1:8766/health", 120_000);
   if (embeddedPolicy) await waitHttp("policy-server", "http://127.0.0.1:8765/health", 180_000);
   log(`model servers up; logs in .cm2/logs/ (${((performance.now() - t0) / 1000).toFixed(0)} s so far)`);
@@ -388,7 +386,6 @@ async function main(): Promise<number> {
   clearInterval(sampler);
   await sample();
 
-  const store = new FsStore(storeRoot);
   const checkpoints = await store.listNames(storeNames.checkpoints(config.name));
   const served = await fetch(`${config.models.policy.baseURL.replace(/\/$/, "")}/policy_version`)
     .then((r) => r.json() as Promise<{ version: number }>)
@@ -406,8 +403,8 @@ async function main(): Promise<number> {
       `last checkpoint: ${store.locate(result.checkpoint)} (${Object.keys(manifest.files ?? {}).join(", ")})`,
     );
   }
-  log(`checkpoints: ${path.join(storeRoot, "names", "runs", config.name, "checkpoints")}/it-<n>.json`);
-  log(`metrics:     ${path.join(storeRoot, "names", "runs", config.name, "metrics")}/it-<n>.json`);
+  log(`checkpoints: ${storeUrl} names ${storeNames.checkpoints(config.name)}it-<n>`);
+  log(`metrics:     ${storeUrl} names ${storeNames.metrics(config.name, "it", 0).replace(/0$/, "<n>")}`);
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   log(
     `peak memory of the whole stack (PSS): ${gib(peak)} GiB; per process, each at its own peak: ` +

@@ -18,10 +18,10 @@ export const WORKER_PERMISSIONS = [
   "--allow-net",
 ];
 
-/** `deno` arguments that run the worker on a task queue over a store. */
+/** `deno` arguments that run the worker on a task queue over a store (its URL or path). */
 export function workerArgs(
   taskQueue: string,
-  storeRoot: string,
+  storeUrl: string,
   opts: { logLevel?: string; denoArgs?: string[]; workerArgs?: string[] } = {},
 ): string[] {
   return [
@@ -32,7 +32,7 @@ export function workerArgs(
     "--task-queue",
     taskQueue,
     "--store",
-    storeRoot,
+    storeUrl,
     ...(opts.logLevel ? ["--log-level", opts.logLevel] : []),
     ...(opts.workerArgs ?? []),
   ];
@@ -42,11 +42,11 @@ export function workerArgs(
 export function spawnWorker(
   address: string,
   taskQueue: string,
-  storeRoot: string,
+  storeUrl: string,
   opts: { denoArgs?: string[]; workerArgs?: string[] } = {},
 ): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
-    args: workerArgs(taskQueue, storeRoot, { logLevel: "ERROR", ...opts }),
+    args: workerArgs(taskQueue, storeUrl, { logLevel: "ERROR", ...opts }),
     env: { TEMPORAL_ADDRESS: address },
     stdout: "null",
     stderr: "inherit",

@@ -7,6 +7,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
+import { pathToFileURL } from "node:url";
 import { type ArtifactStore, assertSafeName, parseRef, type Ref, StoreError } from "./mod.ts";
 
 function sha256Hex(data: Uint8Array): string {
@@ -30,6 +31,11 @@ export class FsStore implements ArtifactStore {
 
   constructor(root: string) {
     this.root = path.resolve(root);
+  }
+
+  /** `file://` URL of the root. */
+  get url(): string {
+    return pathToFileURL(this.root).href;
   }
 
   #objectPath(ref: Ref): string {
@@ -163,5 +169,20 @@ export class FsStore implements ArtifactStore {
 
   locate(ref: Ref): string {
     return this.#objectPath(ref);
+  }
+
+  async *listBlobs(): AsyncIterable<Ref> {
+    const base = path.join(this.root, "objects", "sha256");
+    for (const dir of await fs.readdir(base).catch(() => [] as string[])) {
+      for (const e of await fs.readdir(path.join(base, dir), { withFileTypes: true }).catch(() => [])) {
+        if (!e.isFile() || !/^[0-9a-f]{64}$/.test(e.name)) continue;
+        const { size } = await fs.stat(path.join(base, dir, e.name));
+        yield { uri: `cm2://sha256/${e.name}`, sha256: e.name, bytes: size };
+      }
+    }
+  }
+
+  async deleteBlob(ref: Ref): Promise<void> {
+    await fs.rm(this.#objectPath(ref), { force: true });
   }
 }

@@ -1,10 +1,11 @@
 /**
  * The artifact store: content-addressed blobs plus named pointers. Workflows pass
- * {@linkcode Ref}s, never the data. The filesystem implementation is {@linkcode FsStore}; an
- * S3-compatible implementation fills the same {@linkcode ArtifactStore} interface.
+ * {@linkcode Ref}s, never the data. Implementations: `FsStore` (a directory) and `S3Store` (a bucket and
+ * prefix); `openStore(url)` in `store/open.ts` picks one from the store URL.
  *
- * On-disk layout (shared with the Python trainer, `trainer/cm2_trainer/store.py`):
- * `objects/sha256/<h[0:2]>/<h>` for blobs, `names/<name>.json` for pointers, `tmp/` for atomic writes.
+ * Layout (shared by both and by the Python trainer, `trainer/cm2_trainer/store.py`):
+ * `objects/sha256/<h[0:2]>/<h>` for blobs, `names/<name>.json` for pointers (a compact JSON ref), and for the
+ * file store `tmp/` for atomic writes.
  *
  * @module
  */
@@ -42,6 +43,8 @@ export function parseRef(value: unknown): Ref {
 
 /** Content-addressed storage with verified reads and atomic named pointers. */
 export interface ArtifactStore {
+  /** The store's canonical URL (`file:///…` or `s3://…`, see `store/open.ts`); never holds credentials. */
+  readonly url: string;
   /** Stores bytes (idempotent: the same bytes give the same ref). */
   put(data: Uint8Array): Promise<Ref>;
   /** Reads and verifies a blob; throws {@linkcode StoreError} when missing or corrupt. */
@@ -58,6 +61,10 @@ export interface ArtifactStore {
   listNames(prefix: string): Promise<string[]>;
   /** A human-readable location of a blob (a path or URL), for messages. */
   locate(ref: Ref): string;
+  /** Every blob (sha256 and size; `cm2 store gc`), in no particular order. */
+  listBlobs(): AsyncIterable<Ref>;
+  /** Removes a blob (absent: no error). Only `cm2 store gc` deletes; see `store/gc.ts` for what it may. */
+  deleteBlob(ref: Ref): Promise<void>;
 }
 
 const encoder = new TextEncoder();

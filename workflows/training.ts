@@ -30,7 +30,7 @@ import { storeNames, workflowIds } from "../core/names.ts";
 import { sampleTasks } from "../core/sampling.ts";
 import { hyperparamsOf } from "../core/trainer_params.ts";
 import type { Activities } from "../activities/mod.ts";
-import type { Advance } from "../activities/training.ts";
+import type { EpisodeStep } from "../activities/episode.ts";
 import type { Ref } from "../core/ref.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
 import { LLM, LOCAL_STORE, PUBLISH, STORE, TRAIN } from "./presets.ts";
@@ -64,7 +64,7 @@ export interface EpisodeInput extends RolloutInput {
   /** Continue as new once the history has this many events (default {@linkcode EPISODE_HISTORY_EVENTS}). */
   historyEvents?: number;
   /** Where a continued episode stands (set by continue-as-new; absent at the start). */
-  resume?: Advance;
+  resume?: EpisodeStep | LegacyStep;
 }
 
 /**
@@ -84,56 +84,89 @@ export interface EpisodeOutcome {
 }
 
 /**
- * Runs one rollout: policy steps, tool simulation and turn judging until the episode ends. Every
- * model call is a (remote) activity; the pure work between calls runs inside those activities or, where
- * no call precedes it (start, merging simulated results or a judge round, recording a failure), in a
- * local activity, which costs no task-queue round trip.
+ * An episode step as activities before the one-engine redesign returned it (`next` plus plan refs). Histories
+ * recorded then replay through {@linkcode stepOf}, and their plan refs are passed on to the activities.
+ */
+interface LegacyStep {
+  stateRef: Ref;
+  next: "policy" | "tools" | "judge" | "end";
+  planRef?: Ref;
+  simulate?: number[];
+  tasksRef?: Ref;
+  tasks?: number[];
+  end?: EpisodeStep["end"];
+}
+
+/** The step in today's shape, and the legacy plan refs where a result recorded by older code had them. */
+function stepOf(at: EpisodeStep | LegacyStep): EpisodeStep & { planRef?: Ref; tasksRef?: Ref } {
+  if ("pending" in at) return at;
+  const pending: EpisodeStep["pending"] = at.next === "tools"
+    ? { kind: "tools", calls: at.simulate ?? [] }
+    : at.next === "judge"
+    ? { kind: "judge", tasks: at.tasks ?? [] }
+    : { kind: at.next };
+  return {
+    stateRef: at.stateRef,
+    pending,
+    ...(at.end ? { end: at.end } : {}),
+    ...(at.planRef ? { planRef: at.planRef } : {}),
+    ...(at.tasksRef ? { tasksRef: at.tasksRef } : {}),
+  };
+}
+
+/**
+ * Runs one rollout: the engine (`core/engine.ts`, inside the activities) says what the episode waits for,
+ * and this only dispatches on `pending.kind`: a policy call, the tool calls to simulate then their merge, or a
+ * judge round's calls then their merge. Every model call is a (remote) activity; the merges, the start and a
+ * failure's record are local activities (no task-queue round trip).
  */
 export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
   const base = { configRef: input.configRef, groupKey: input.groupKey };
-  let at: Advance = input.resume ?? await local.startEpisode({
-    ...base,
-    datasetRef: input.datasetRef,
-    recordIndex: input.recordIndex,
-    episodeId: input.episodeId,
-  });
+  let at = stepOf(
+    input.resume ?? await local.startEpisode({
+      ...base,
+      datasetRef: input.datasetRef,
+      recordIndex: input.recordIndex,
+      episodeId: input.episodeId,
+    }),
+  );
   const limit = input.historyEvents ?? EPISODE_HISTORY_EVENTS;
   const fail = async (stateRef: Ref, reason: string, err: unknown) => {
     const message = err instanceof Error ? err.message : String(err);
-    at = await local.failEpisode({ ...base, stateRef, reason, message });
+    at = stepOf(await local.failEpisode({ ...base, stateRef, reason, message }));
   };
-  while (at.next !== "end") {
+  while (at.pending.kind !== "end") {
     const info = workflowInfo();
     if (info.historyLength >= limit || info.continueAsNewSuggested) {
       // Only the state ref travels: the history starts over, the episode goes on where it stands.
       await continueAsNew<typeof episodeWorkflow>({ ...input, resume: at });
     }
-    const { stateRef } = at;
-    if (at.next === "policy") {
+    const { stateRef, pending } = at;
+    if (pending.kind === "policy") {
       try {
-        at = await llm.policyStep({ ...base, stateRef, policyVersion: input.policyVersion ?? 0 });
+        at = stepOf(await llm.policyStep({ ...base, stateRef, policyVersion: input.policyVersion ?? 0 }));
       } catch (err) {
         await fail(stateRef, "model-failure", err);
       }
-    } else if (at.next === "tools") {
-      const planRef = at.planRef!;
+    } else if (pending.kind === "tools") {
+      const plan = at.planRef ? { planRef: at.planRef } : {};
       try {
         const simulated = await Promise.all(
-          (at.simulate ?? []).map((callIndex) => llm.simulateCall({ ...base, stateRef, callIndex })),
+          pending.calls.map((callIndex) => llm.simulateCall({ ...base, stateRef, callIndex })),
         );
-        at = await local.applyTools({ ...base, stateRef, planRef, simulated });
+        at = stepOf(await local.applyTools({ ...base, stateRef, simulated, ...plan }));
       } catch (err) {
         await fail(stateRef, "simulator-failure", err);
       }
     } else {
-      const tasksRef = at.tasksRef!;
+      const plan = at.tasksRef ? { tasksRef: at.tasksRef } : {};
       try {
         const verdicts = await boundedMap(
-          at.tasks ?? [],
+          pending.tasks,
           input.judgeConcurrency,
-          (task) => llm.judgeCall({ ...base, tasksRef, task }),
+          (task) => llm.judgeCall({ ...base, stateRef, task }),
         );
-        at = await local.applyJudge({ ...base, stateRef, tasksRef, verdicts });
+        at = stepOf(await local.applyJudge({ ...base, stateRef, verdicts, ...plan }));
       } catch (err) {
         await fail(stateRef, "judge-failure", err);
       }
@@ -170,6 +203,8 @@ export interface IterationInput {
   config: RunConfig;
   /** The same config in the store, for activities and episodes. */
   configRef: Ref;
+  /** The store's canonical URL, as the worker that stored the config opened it (sent to the trainer). */
+  storeUrl?: string;
   iteration: number;
   datasetRef: Ref;
   trainCount: number;
@@ -365,7 +400,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       batch: scored.batchRef,
       base: config.trainer.base,
       parent: input.parent,
-      storeRoot: config.store.root,
+      storeUrl: input.storeUrl ?? config.store.url,
       trainer: { ...hyperparamsOf(config.trainer), seed: config.cm2.seed + iteration },
     });
     progress.phase = "publish";
@@ -586,11 +621,12 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       if (state.stopRequested) break;
     }
     const it = state.iteration;
-    const { configRef } = await store.putConfig({ config: state.config });
+    const { configRef, storeUrl } = await store.putConfig({ config: state.config });
     const common = {
       runName: name,
       config: state.config,
       configRef,
+      ...(storeUrl ? { storeUrl } : {}),
       datasetRef: state.datasetRef!,
       trainCount: state.trainCount,
       valCount: state.valCount,

@@ -37,7 +37,8 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { roleModel, ROOT } from "../../config.ts";
 import { parseRunConfig, type RunConfig } from "../../core/config.ts";
-import { type EpisodeState, episodeVerdicts } from "../../core/episode.ts";
+import type { EpisodeState } from "../../core/episode.ts";
+import { episodeVerdicts } from "../../core/episode_judge.ts";
 import { runEpisode } from "../../core/episode_loop.ts";
 import { importFiles } from "../../core/importers/mod.ts";
 import type { ChatModel } from "../../core/llm_types.ts";
@@ -46,7 +47,7 @@ import { workflowIds } from "../../core/names.ts";
 import { sampleTasks } from "../../core/sampling.ts";
 import { emptyCache, type SimulatorCache } from "../../core/simulator.ts";
 import { sha256Hex } from "../../activities/common.ts";
-import { episodeOptions } from "../../activities/training.ts";
+import { episodeOptionsOf } from "../../core/episode_options.ts";
 import { FsStore } from "../../store/fs_store.ts";
 import { type DevServer, freePort, isListening, startDevServer } from "../../scripts/temporal_server.ts";
 import { SEARCH_ATTRIBUTES } from "../../core/names.ts";
@@ -165,7 +166,7 @@ function benchConfig(url: string, storeRoot: string, trainerQueue: string, name:
     },
     cm2: { iterations: 1, tasksPerIteration, groupSize, episodeConcurrency: concurrency },
     trainer: { taskQueue: trainerQueue },
-    store: { root: storeRoot },
+    store: { url: storeRoot },
   });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
   return parsed.config;
@@ -491,7 +492,7 @@ async function runPlain(modelUrl: string, stats: () => Promise<ServerStats>, mod
   const policy = roleModel("policy", config.models.policy);
   const judge = roleModel("judge", config.models.judge);
   const simulator = roleModel("simulator", config.models.simulator);
-  const options = episodeOptions(config);
+  const options = episodeOptionsOf(config);
   const judgeCache: Record<string, boolean[]> = {};
   const groupCaches = tasks.map((): SimulatorCache => emptyCache());
   const jobs = tasks.flatMap((recordIndex, k) =>

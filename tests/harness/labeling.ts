@@ -61,7 +61,7 @@ export function labelingConfig(
 ): RunConfig {
   const parsed = parseRunConfig({
     models: { labeler: { baseURL: url, model: "labeler-model", timeoutMs: 5_000, prices: TEST_PRICES } },
-    store: { root: storeRoot },
+    store: { url: storeRoot },
     ...extra,
   });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));

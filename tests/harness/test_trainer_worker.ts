@@ -8,7 +8,8 @@
  */
 import { NativeConnection, Worker } from "@temporalio/worker";
 import { parseArgs } from "node:util";
-import { FsStore } from "../../store/fs_store.ts";
+import { openStore } from "../../store/open.ts";
+import { ROOT } from "../../scripts/paths.ts";
 import { createTestTrainer } from "../test_trainer.ts";
 
 const { values } = parseArgs({
@@ -22,7 +23,7 @@ const connection = await NativeConnection.connect({
 const worker = await Worker.create({
   connection,
   taskQueue: values["task-queue"],
-  activities: createTestTrainer(new FsStore(values.store)).activities,
+  activities: createTestTrainer(openStore(values.store, ROOT)).activities,
 });
 for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => worker.shutdown());
 await worker.run();

@@ -45,7 +45,7 @@ export function scriptedConfig(
     },
     cm2,
     trainer: { taskQueue: trainerQueue },
-    store: { root: storeRoot },
+    store: { url: storeRoot },
   });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
   return parsed.config;

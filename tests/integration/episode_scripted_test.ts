@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { episodeVerdicts } from "../../core/episode.ts";
+import { episodeVerdicts } from "../../core/episode_judge.ts";
 import { runEpisode, type RunEpisodeOptions } from "../../core/episode_loop.ts";
 import type { ChatModel } from "../../core/llm_types.ts";
 import { type TrajectoryRecord, validateRecord } from "../../core/records.ts";

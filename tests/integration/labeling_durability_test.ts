@@ -78,7 +78,7 @@ Deno.test({
             prices: TEST_PRICES,
           },
         },
-        store: { root: stack.storeRoot },
+        store: { url: stack.storeRoot },
       }),
     );
     await stack.saveRecords("tooltalk20", records);
@@ -198,7 +198,7 @@ Deno.test({
         configFile,
         JSON.stringify({
           models: { labeler: { baseURL: stack.server.url, model: "labeler-model", timeoutMs: 5_000 } },
-          store: { root: stack.storeRoot },
+          store: { url: stack.storeRoot },
           labeling: { concurrency: 1 },
         }),
       );

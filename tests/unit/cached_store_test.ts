@@ -11,6 +11,9 @@ async function countingStore(): Promise<{ store: ArtifactStore; reads: () => num
   const fsStore = new FsStore(await fs.mkdtemp(path.join(os.tmpdir(), "cm2-cached-")));
   let n = 0;
   const store: ArtifactStore = {
+    url: fsStore.url,
+    listBlobs: () => fsStore.listBlobs(),
+    deleteBlob: (ref) => fsStore.deleteBlob(ref),
     put: (data) => fsStore.put(data),
     get: (ref) => (n++, fsStore.get(ref)),
     has: (ref) => fsStore.has(ref),

@@ -1,23 +1,25 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
-  applyJudgement,
   applyPolicyResult,
   applyToolResults,
   END_REASONS,
   type EpisodeOptions,
   type EpisodeState,
   episodeToolIndex,
-  episodeVerdicts,
   estimateTokens,
-  judgeRoundRequests,
   policyRequest,
   startEpisode,
   toolCallsToRun,
   toolResultFromResolution,
   toolResultFromSimulation,
-  verdictFromResult,
 } from "../../core/episode.ts";
+import {
+  applyJudgement,
+  episodeVerdicts,
+  judgeRoundRequests,
+  verdictFromResult,
+} from "../../core/episode_judge.ts";
 import { type EpisodeModels, runEpisode } from "../../core/episode_loop.ts";
 import type { ChatModel, ChatRequest, ChatResult, ChatToolCall } from "../../core/llm_types.ts";
 import type { ChecklistItem, TrajectoryRecord } from "../../core/records.ts";
@@ -569,7 +571,7 @@ async function driveThroughJson(
   for (let guard = 0; state.phase !== "done"; guard++) {
     assert.ok(guard < 100);
     if (state.phase === "policy") {
-      state = store(applyPolicyResult(state, await m.policy.complete(policyRequest(state))).state);
+      state = store(applyPolicyResult(state, await m.policy.complete(policyRequest(state))));
     } else if (state.phase === "tools") {
       const index = episodeToolIndex(state);
       const results = [];
@@ -581,19 +583,19 @@ async function driveThroughJson(
           results.push(toolResultFromSimulation(call, parsed));
         } else results.push(toolResultFromResolution(call, r));
       }
-      state = store(applyToolResults(state, results).state);
+      state = store(applyToolResults(state, results));
     } else {
       const tasks = judgeRoundRequests(state, { model: m.judge.model, hash: sha256 });
       assert.ok(JSON.stringify(tasks).length > 0);
       const verdicts = [];
       for (const t of tasks) verdicts.push(verdictFromResult(t, await m.judge.complete(t.request)));
-      state = store(applyJudgement(state, verdicts).state);
+      state = store(applyJudgement(state, verdicts));
     }
   }
   return state;
 }
 
-Deno.test("driving the transitions through JSON gives the same episode as runEpisode()", async () => {
+Deno.test("driving the transitions by hand through JSON gives the same episode as the engine (runEpisode)", async () => {
   for (const mode of ["exhaustive", "incremental"] as const) {
     const opts = { judge: { mode } };
     const manual = await driveThroughJson(record(), models(happyPolicy()), opts);
@@ -607,10 +609,10 @@ Deno.test("transitions refuse the wrong phase and incomplete verdicts", async ()
   assert.throws(() => applyToolResults(s, []), /needs phase tools/);
   assert.throws(() => toolCallsToRun(s), /needs phase tools/);
   const t = applyPolicyResult(s, result("<think>\nok\n</think>\n\nHi"));
-  assert.equal(t.next, "judge-turn");
-  assert.throws(() => policyRequest(t.state), /needs phase policy/);
-  assert.throws(() => applyJudgement(t.state, []), /verdicts for 0 cells, the round has 3/);
-  const tasks = judgeRoundRequests(t.state, { model: "j", hash: sha256 });
+  assert.equal(t.phase, "judge");
+  assert.throws(() => policyRequest(t), /needs phase policy/);
+  assert.throws(() => applyJudgement(t, []), /verdicts for 0 cells, the round has 3/);
+  const tasks = judgeRoundRequests(t, { model: "j", hash: sha256 });
   assert.deepEqual(tasks.map((k) => [k.step, k.items, k.itemIds, k.vote]), [
     [0, [0], ["C0"], 0],
     [0, [1], ["C1"], 0],
@@ -620,10 +622,10 @@ Deno.test("transitions refuse the wrong phase and incomplete verdicts", async ()
   const verdicts = await Promise.all(
     tasks.map(async (k) => verdictFromResult(k, await judgeAll(true).complete(k.request))),
   );
-  assert.throws(() => applyJudgement(t.state, verdicts.slice(0, 2)), /the round has 3/);
-  const next = applyJudgement(t.state, verdicts);
-  assert.equal(next.next, "policy");
-  assert.equal(next.state.messages.at(-1)!.content, "Book Chez Nous for 2.");
+  assert.throws(() => applyJudgement(t, verdicts.slice(0, 2)), /the round has 3/);
+  const next = applyJudgement(t, verdicts);
+  assert.equal(next.phase, "policy");
+  assert.equal(next.messages.at(-1)!.content, "Book Chez Nous for 2.");
   assert.equal(s.messages.length, 2, "transitions do not change their input");
 });
 
@@ -645,7 +647,6 @@ Deno.test("END_REASONS is the closed list of end reasons", () => {
 
 Deno.test("scoreGroups() turns a group's finished episodes into batch samples, rewards and the summary", async () => {
   const { scoreGroups } = await import("../../core/batch.ts");
-  const { episodeVerdicts } = await import("../../core/episode.ts");
   const good = (await runEpisode(record(), models(happyPolicy(), judgeAll(true)), { hash: sha256 })).state;
   const bad = (await runEpisode(record(), models(happyPolicy(), judgeAll(false)), { hash: sha256 })).state;
   const options = { preset: "fixed" as const, level: "trajectory" as const };

@@ -113,7 +113,7 @@ class UpdateRequest:
     batch: Ref
     base: BaseModel
     parent: Ref | None
-    store_root: str
+    store_url: str  # the artifact store (store.open_store): file:///abs/path or s3://bucket/prefix
     trainer: dict[str, Any]  # TrainerConfig field name -> value, only the fields the wire carried
 
     def config(self, defaults: TrainerConfig | None = None) -> TrainerConfig:
@@ -125,7 +125,7 @@ class UpdateRequest:
 
 def decode_update_request(obj: Any) -> UpdateRequest:
     w = "request"
-    o = _obj(obj, w, {"runId", "iteration", "batch", "base", "parent", "storeRoot", "trainer"})
+    o = _obj(obj, w, {"runId", "iteration", "batch", "base", "parent", "storeUrl", "trainer"})
     run_id = _str(o["runId"], f"{w}.runId")
     if "/" in run_id or run_id in (".", "..") or not _name_segment_ok(run_id):
         raise ContractError(f"{w}.runId is {run_id!r}, expected one name segment [A-Za-z0-9][A-Za-z0-9._-]*")
@@ -137,7 +137,7 @@ def decode_update_request(obj: Any) -> UpdateRequest:
         raise ContractError(f"{w}.base.kind is {_short(kind)}, expected 'hf' or 'gguf'")
     base = BaseModel(kind, _str(b["path"], f"{w}.base.path"))
     parent = None if o["parent"] is None else _ref(o["parent"], f"{w}.parent")
-    store_root = _str(o["storeRoot"], f"{w}.storeRoot")
+    store_url = _str(o["storeUrl"], f"{w}.storeUrl")
     t = _obj(o["trainer"], f"{w}.trainer", set(), set(WIRE_FIELDS))
     trainer: dict[str, Any] = {}
     for wire, name in WIRE_FIELDS.items():
@@ -150,7 +150,7 @@ def decode_update_request(obj: Any) -> UpdateRequest:
             trainer[name] = _int(t[wire], where, lo=0)
         else:
             trainer[name] = _num(t[wire], where)
-    req = UpdateRequest(run_id, iteration, batch, base, parent, store_root, trainer)
+    req = UpdateRequest(run_id, iteration, batch, base, parent, store_url, trainer)
     req.config()  # range checks, with the field named
     return req
 

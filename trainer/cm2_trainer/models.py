@@ -12,9 +12,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .chat import BadRequest
+
+if TYPE_CHECKING:
+    from .store import ArtifactStore
 
 log = logging.getLogger("cm2_trainer.models")
 
@@ -23,15 +26,20 @@ CHECKPOINT_SCHEMA = "cm2.checkpoint/v1"
 _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def materialize_checkpoint(store_root: str | os.PathLike[str], ref_json: Any, dest: Path) -> None:
-    """Copy the adapter files named by a checkpoint manifest into ``dest``, verifying each blob."""
-    from .store import InvalidRef, Ref, Store, StoreError
+def materialize_checkpoint(store: ArtifactStore | str, ref_json: Any, dest: Path) -> None:
+    """Copy the adapter files named by a checkpoint manifest into ``dest``, verifying each blob. ``store`` is a
+    store or its URL (``store.open_store``)."""
+    from .store import ArtifactStore, InvalidRef, InvalidStoreUrl, Ref, StoreError, open_store
 
     try:
         ref = Ref.from_json(ref_json, where="checkpoint")
     except InvalidRef as e:
         raise BadRequest(str(e), "checkpoint") from None
-    store = Store(store_root)
+    if not isinstance(store, ArtifactStore):
+        try:
+            store = open_store(store)
+        except InvalidStoreUrl as e:
+            raise BadRequest(str(e), "store_url") from None
     try:
         manifest = store.get_json(ref)
     except StoreError as e:

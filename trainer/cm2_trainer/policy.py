@@ -79,7 +79,7 @@ class PolicyModel:
         *,
         lora_path: str | None = None,
         checkpoint: Any = None,
-        store_root: str | None = None,
+        store_url: str | None = None,
     ) -> dict[str, Any]:
         """Stage an adapter (outside the swap lock), then make it live atomically."""
         from peft import PeftConfig
@@ -95,11 +95,9 @@ class PolicyModel:
                         if f.is_file():
                             shutil.copy2(f, staging / f.name)
                 else:
-                    if store_root is None:
-                        raise BadRequest(
-                            "checkpoint needs store_root (or start the server with --store-root)", "store_root"
-                        )
-                    materialize_checkpoint(store_root, checkpoint, staging)
+                    if store_url is None:
+                        raise BadRequest("checkpoint needs store_url (or start the server with --store)", "store_url")
+                    materialize_checkpoint(store_url, checkpoint, staging)
                 try:
                     PeftConfig.from_pretrained(str(staging))
                 except Exception as e:

@@ -4,7 +4,7 @@ Endpoints (127.0.0.1 by default, standard-library ``ThreadingHTTPServer``: one p
 and generation is serialised anyway, so an async framework would buy nothing here):
 
     POST /v1/chat/completions     messages, tools, temperature/top_p/max_tokens/seed/stop, return_token_ids
-    POST /v1/load_lora_adapter    {lora_name, lora_path | checkpoint + store_root, version} -> live version
+    POST /v1/load_lora_adapter    {lora_name, lora_path | checkpoint [+ store_url], version} -> live version
     POST /v1/unload_lora_adapter  back to the base model (version from the request, default the start version)
     GET  /v1/policy_version       {"version", "lora_name", "loaded_at"}
     GET  /v1/models, GET /health
@@ -31,9 +31,11 @@ tools and adds Hermes-style tool descriptions and ``<tool_call>`` blocks with th
 with the same template (:func:`serving_chat_template`). Tool calls are parsed from ``<tool_call>{json}
 </tool_call>`` blocks in the output.
 
-Checkpoint refs: the ref points at the trainer's ``cm2.checkpoint/v1`` manifest in the artifact store
-(``store.py``, ``update.py``); its ``files`` map names to refs, and ``adapter_config.json`` and
-``adapter_model.*`` are verified (size, sha256) while they are copied to a staging directory.
+Checkpoint refs: the ref points at the trainer's ``cm2.checkpoint/v1`` manifest (``update.py``) in the artifact
+store that ``store_url`` names (``file:///abs/path`` or ``s3://bucket/prefix?endpoint=...``, see
+``store.open_store``; default the server's ``--store``); its ``files`` map names to refs, and
+``adapter_config.json`` and ``adapter_model.*`` are verified (size, sha256) while they are copied to a staging
+directory.
 
 A GGUF base is read through transformers once and cached beside it (``.cache/<file>.tokenizer/``, 3 MB, and
 ``.cache/<file>.model/``, dequantised float32 safetensors, ~540 MB for SmolLM2-135M): the first start takes
@@ -156,8 +158,11 @@ class _Handler(BaseHTTPRequestHandler):
                     raise BadRequest("Give exactly one of lora_path and checkpoint", "lora_path")
                 if lora_path is not None and not isinstance(lora_path, str):
                     raise BadRequest("lora_path must be a string", "lora_path")
-                store_root = body.get("store_root") or self.server.store_root
-                st = pm.load_adapter(name, version, lora_path=lora_path, checkpoint=checkpoint, store_root=store_root)
+                store_url = body.get("store_url")
+                if store_url is not None and not isinstance(store_url, str):
+                    raise BadRequest("store_url must be a string", "store_url")
+                store_url = store_url or self.server.store_url
+                st = pm.load_adapter(name, version, lora_path=lora_path, checkpoint=checkpoint, store_url=store_url)
                 log.info("adapter %s is live as version %s", name, version)
                 self._send(200, st, {POLICY_VERSION_HEADER: version_str(st["version"])})
             elif route == "/v1/unload_lora_adapter":
@@ -179,17 +184,17 @@ class _Handler(BaseHTTPRequestHandler):
 class PolicyHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], policy: PolicyModel, store_root: str | None = None) -> None:
+    def __init__(self, addr: tuple[str, int], policy: PolicyModel, store_url: str | None = None) -> None:
         super().__init__(addr, _Handler)
         self.policy = policy
-        self.store_root = store_root
+        self.store_url = store_url
 
 
 def serve_in_thread(
-    policy: PolicyModel, host: str = "127.0.0.1", port: int = 0, store_root: str | None = None
+    policy: PolicyModel, host: str = "127.0.0.1", port: int = 0, store_url: str | None = None
 ) -> tuple[PolicyHTTPServer, threading.Thread]:
     """Start a server on a background thread (tests, embedding); ``server.server_address[1]`` is the port."""
-    srv = PolicyHTTPServer((host, port), policy, store_root)
+    srv = PolicyHTTPServer((host, port), policy, store_url)
     t = threading.Thread(target=srv.serve_forever, name="cm2-policy-server", daemon=True)
     t.start()
     return srv, t
@@ -208,7 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--served-model-name", default=None, help="model id in responses (default: file stem)")
     ap.add_argument("--version", default="0", help="policy version of the base model (before any adapter)")
     ap.add_argument("--lora-path", help="adapter directory to make live at start")
-    ap.add_argument("--store-root", default=None, help="artifact store root for checkpoint refs")
+    ap.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="artifact store for checkpoint refs, when a request gives no store_url: file:///abs/path, a path, or "
+        "s3://bucket/prefix?endpoint=http://host:port (S3 credentials from the environment)",
+    )
     ap.add_argument(
         "--engine",
         default="auto",
@@ -247,6 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chat-template", help="Jinja chat template file (default: see serving_chat_template)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
+    if a.store is not None:
+        from .store import InvalidStoreUrl, open_store
+
+        try:
+            a.store = open_store(a.store).url  # fail at start, and a relative path becomes absolute
+        except InvalidStoreUrl as e:
+            ap.error(str(e))
     logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     is_gguf = Path(a.model).suffix.lower() == ".gguf"
@@ -299,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if a.lora_path:
             pm.load_adapter(Path(a.lora_path).name, _parse_version(a.version), lora_path=a.lora_path)
-        srv = PolicyHTTPServer((a.host, a.port), pm, a.store_root)
+        srv = PolicyHTTPServer((a.host, a.port), pm, a.store)
         log.info(
             "policy server on http://%s:%d/v1 (model %s, engine %s, version %s, loaded in %.1f s, template %s)",
             a.host,

@@ -1,5 +1,6 @@
 """`update_policy`: one policy update per (run_id, iteration), applied once, saved as a checkpoint.
 
+The store is the one the request's `storeUrl` names (`store.open_store`: a filesystem or an S3 store).
 Order of effects (the named pointer is the commit point):
 
 1. If `names/runs/<run_id>/checkpoints/it-<iteration>` exists: return that checkpoint, `reused: true`,
@@ -44,7 +45,7 @@ from .contract import (
 )
 from .loss import Heartbeat, apply_update
 from .render import RenderedSample, TemplateError, render_sample
-from .store import Ref, Store, StoreCorruption
+from .store import ArtifactStore, Ref, StoreCorruption, open_store
 
 log = logging.getLogger("cm2_trainer.update")
 
@@ -153,7 +154,7 @@ def update_policy(
 ) -> UpdateResult:
     t_start = time.perf_counter()
     beat = heartbeat or (lambda _p: None)
-    store = Store(req.store_root)
+    store = open_store(req.store_url)
     name = checkpoint_name(req.run_id, req.iteration)
 
     existing = store.get_name(name)
@@ -253,7 +254,7 @@ def derive_seed(seed: int, iteration: int) -> int:
 def _wrap(
     base_model: Any,
     cfg: TrainerConfig,
-    store: Store,
+    store: ArtifactStore,
     parent: dict[str, Any] | None,
     parent_dir: Path,
     device: torch.device,
@@ -299,7 +300,7 @@ def _wrap(
     return model, optimizer
 
 
-def _save(model: Any, optimizer: torch.optim.Optimizer, store: Store, out: Path) -> dict[str, Ref]:
+def _save(model: Any, optimizer: torch.optim.Optimizer, store: ArtifactStore, out: Path) -> dict[str, Ref]:
     model.save_pretrained(str(out))
     files = {fname: store.put_file(out / fname) for fname in ADAPTER_FILES}
     buf = io.BytesIO()
@@ -315,7 +316,7 @@ def _file_ref(manifest: dict[str, Any], fname: str) -> Ref:
         raise StoreCorruption(f"Checkpoint manifest has no file {fname!r}") from None
 
 
-def _load_manifest(store: Store, ref: Ref, where: str) -> dict[str, Any]:
+def _load_manifest(store: ArtifactStore, ref: Ref, where: str) -> dict[str, Any]:
     m = store.get_json(ref)
     if not isinstance(m, dict) or m.get("schema") != CHECKPOINT_SCHEMA:
         got = m.get("schema") if isinstance(m, dict) else type(m).__name__
@@ -326,6 +327,6 @@ def _load_manifest(store: Store, ref: Ref, where: str) -> dict[str, Any]:
         raise StoreCorruption(f"Checkpoint manifest {ref.uri} is malformed: {e}") from None
 
 
-def _result_from_manifest(store: Store, ref: Ref, *, reused: bool) -> UpdateResult:
+def _result_from_manifest(store: ArtifactStore, ref: Ref, *, reused: bool) -> UpdateResult:
     m = _load_manifest(store, ref, "checkpoint")
     return UpdateResult(m["runId"], m["iteration"], m["version"], ref, reused, dict(m["metrics"]))

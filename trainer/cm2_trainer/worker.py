@@ -1,6 +1,6 @@
 """Temporal worker for the trainer: hosts the `updatePolicy` activity on task queue `cm2-trainer`.
 
-    python -m cm2_trainer.worker [--address HOST:PORT] [--namespace NS] [--store-root DIR] ...
+    python -m cm2_trainer.worker [--address HOST:PORT] [--namespace NS] [--store URL] ...
 
 One activity at a time (`max_concurrent_activities=1`; the GPU is the unit of work). The activity takes one
 JSON object and returns one (camelCase, tests/contracts/README.md), heartbeats while it trains, and
@@ -31,7 +31,7 @@ from temporalio.worker import Worker
 
 from . import contract
 from .config import TrainerConfig, help_text
-from .store import InvalidRef, MissingArtifact, StoreCorruption
+from .store import InvalidRef, InvalidStoreUrl, MissingArtifact, StoreCorruption, open_store
 
 log = logging.getLogger("cm2_trainer.worker")
 
@@ -39,11 +39,12 @@ log = logging.getLogger("cm2_trainer.worker")
 def make_update_activity(
     *,
     defaults: TrainerConfig | None = None,
-    store_root: str | None = None,
+    store_url: str | None = None,
     cache: Any = None,
     keepalive_s: float = 20.0,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Build the `updatePolicy` activity (a plain sync function run in the worker's thread pool)."""
+    """Build the `updatePolicy` activity (a plain sync function run in the worker's thread pool). `store_url`,
+    when given, replaces each request's `storeUrl` (the trainer host reaches the store another way)."""
     from .loss import TrainingDiverged
     from .update import ModelCache, update_policy
 
@@ -54,15 +55,15 @@ def make_update_activity(
         info = activity.info()
         try:
             req = contract.decode_update_request(request)
-            if store_root is not None:
-                req = replace(req, store_root=store_root)
+            if store_url is not None:
+                req = replace(req, store_url=store_url)
             log.info("updatePolicy run=%s iteration=%d attempt=%d", req.run_id, req.iteration, info.attempt)
             with _Keepalive(keepalive_s) as beat:
                 try:
                     result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
                 finally:
                     _release_memory()
-        except (contract.ContractError, InvalidRef) as e:
+        except (contract.ContractError, InvalidRef, InvalidStoreUrl) as e:
             raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e
         except MissingArtifact as e:
             raise ApplicationError(str(e), type=contract.ERR_MISSING_ARTIFACT, non_retryable=True) from e
@@ -165,13 +166,13 @@ def build_worker(
     *,
     task_queue: str = contract.TASK_QUEUE,
     defaults: TrainerConfig | None = None,
-    store_root: str | None = None,
+    store_url: str | None = None,
     graceful_shutdown: timedelta = timedelta(seconds=30),
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
-        activities=[make_update_activity(defaults=defaults, store_root=store_root)],
+        activities=[make_update_activity(defaults=defaults, store_url=store_url)],
         activity_executor=executor,
         max_concurrent_activities=1,
         graceful_shutdown_timeout=graceful_shutdown,
@@ -199,10 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--task-queue", default=contract.TASK_QUEUE, help="task queue (default %(default)s)")
     p.add_argument(
-        "--store-root",
+        "--store",
+        metavar="URL",
         default=None,
-        help="use this store root instead of each request's storeRoot (when the trainer host mounts "
-        "the store at another path)",
+        help="use this artifact store instead of each request's storeUrl (when the trainer host reaches the "
+        "store another way): file:///abs/path, a path, or s3://bucket/prefix?endpoint=http://host:port "
+        "(S3 credentials from the environment, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
     )
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda:0")
     p.add_argument(
@@ -237,7 +240,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on SIGTERM/SIGINT, how long a running update may go on before it is cancelled",
     )
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.store is not None:
+        try:
+            args.store = open_store(args.store).url  # fail at start, and a relative path becomes absolute
+        except InvalidStoreUrl as e:
+            p.error(str(e))
+    return args
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -267,7 +276,7 @@ async def run(args: argparse.Namespace) -> None:
             executor,
             task_queue=args.task_queue,
             defaults=defaults,
-            store_root=args.store_root,
+            store_url=args.store,
             graceful_shutdown=timedelta(seconds=args.graceful_shutdown_seconds),
         )
         async with worker:

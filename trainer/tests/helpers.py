@@ -1,10 +1,17 @@
-"""Test helpers: a hermetic byte-level ChatML tokenizer with tool support, tiny models, sample batches."""
+"""Test helpers: a hermetic byte-level ChatML tokenizer with tool support, tiny models, sample batches, and a
+real S3-protocol server (moto) for the store contract tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # ChatML with tools (Qwen-like, simplified). Tool calls render as <tool_call>{json}</tool_call>.
 CHATML_TOOLS_TEMPLATE = (
@@ -139,7 +146,7 @@ def batch_obj(
 
 
 def request_obj(
-    store_root: Path,
+    store_url: str,
     batch_ref: Any,
     base_dir: Path,
     *,
@@ -167,6 +174,62 @@ def request_obj(
         "batch": batch_ref.to_json(),
         "base": {"kind": "hf", "path": str(base_dir)},
         "parent": parent.to_json() if parent is not None else None,
-        "storeRoot": str(store_root),
+        "storeUrl": store_url,
         "trainer": t,
     }
+
+
+# -- an S3-protocol server ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server(timeout_s: float = 20.0) -> Iterator[str]:
+    """Run moto's S3 server (`python -m moto.server`, the `moto[server]` test extra) on 127.0.0.1 and a free
+    port; yields its endpoint URL and stops it afterwards. It accepts any credentials."""
+    port = free_port()
+    fd, name = tempfile.mkstemp(prefix="cm2-moto-", suffix=".log")
+    log_path = Path(name)
+    with open(fd, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_port(proc, port, timeout_s, log_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_path.unlink(missing_ok=True)
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port: int, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode} before listening; log:\n{_tail(log_path)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(
+        f"moto server did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s; log:\n{_tail(log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+    except OSError as e:
+        return f"(unreadable: {e})"

@@ -70,7 +70,7 @@ def _mutate(obj, path, value):
         (("trainer", "miniBatches"), 1.5, "request.trainer.miniBatches is 1.5"),
         (("trainer", "clipRatioC"), 1.0, "clip_ratio_c is 1.0"),
         (("trainer", "entropyCoef"), 0.0, "unknown fields ['entropyCoef']"),
-        (("storeRoot",), KeyError, "missing ['storeRoot']"),
+        (("storeUrl",), KeyError, "missing ['storeUrl']"),
         (("extra",), 1, "unknown fields ['extra']"),
     ],
 )

@@ -28,12 +28,25 @@ def test_worker_help_documents_the_flags(capsys):
         "--namespace",
         "TEMPORAL_NAMESPACE",
         "--task-queue",
-        "--store-root",
+        "--store",
         "--device",
         "--micro-batch-size",
         "kl_coef",
     ):
         assert flag in out, flag
+
+
+def test_worker_store_flag_takes_a_url(tmp_path, monkeypatch):
+    from cm2_trainer import worker
+
+    monkeypatch.chdir(tmp_path)
+    assert worker.parse_args(["--store", "rel/store"]).store == (tmp_path.resolve() / "rel" / "store").as_uri()
+    assert worker.parse_args(["--store", "s3://cm2-bucket/p"]).store == "s3://cm2-bucket/p"
+    assert worker.parse_args([]).store is None
+    for bad in (["--store", "ftp://host/x"], ["--store-root", "x"]):
+        with pytest.raises(SystemExit) as e:
+            worker.parse_args(bad)
+        assert e.value.code == 2
 
 
 def test_pack_benchmark_tiny_compares_both_variants(capsys):

@@ -222,7 +222,7 @@ def llama_served(smollm2: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_served_adapter_is_the_trainers_policy(smollm2: Any, llama_served: Any, tmp_path: Path) -> None:
     import torch
 
-    from cm2_trainer.store import Store
+    from cm2_trainer.store import FsStore
 
     base, tok = smollm2
     pm, port = llama_served
@@ -231,13 +231,13 @@ def test_served_adapter_is_the_trainers_policy(smollm2: Any, llama_served: Any, 
     adir, peft_model = make_adapter(base, tmp_path / "a", seed=3, scale=0.15)
     try:
         # Published the way the trainer publishes: a checkpoint manifest in the store.
-        store = Store(tmp_path / "store")
+        store = FsStore(tmp_path / "store")
         files = {f.name: store.put_file(f).to_json() for f in adir.iterdir() if f.is_file()}
         ref = store.put_json({"schema": "cm2.checkpoint/v1", "files": files})
         status, headers, st = post(
             port,
             "/load_lora_adapter",
-            {"lora_name": "run-v1", "checkpoint": ref.to_json(), "store_root": str(tmp_path / "store"), "version": 1},
+            {"lora_name": "run-v1", "checkpoint": ref.to_json(), "store_url": store.url, "version": 1},
         )
         assert status == 200 and st["version"] == 1 and headers[POLICY_VERSION_HEADER] == "1", st
         ids, served_lp, v1 = chat(port)

@@ -196,20 +196,20 @@ def test_loading_an_adapter_changes_the_version_and_the_outputs(served: Any, tmp
 
 @needs_gguf
 def test_loads_an_adapter_from_a_checkpoint_ref_in_the_store(served: Any, tmp_path: Path) -> None:
-    from cm2_trainer.store import Store
+    from cm2_trainer.store import FsStore
 
     pm, client = served
     adapter = make_adapter(pm.base, tmp_path / "a2", seed=2)
     direct = client.call("POST", "/load_lora_adapter", {"lora_name": "d", "lora_path": str(adapter), "version": 5})
     assert direct[0] == 200
     via_path, _ = greedy_ids(client)
-    store = Store(tmp_path / "store")
+    store = FsStore(tmp_path / "store")
     files = {f.name: store.put_file(f).to_json() for f in adapter.iterdir() if f.is_file()}
     ref = store.put_json({"schema": "cm2.checkpoint/v1", "files": files})
     status, headers, st = client.call(
         "POST",
         "/load_lora_adapter",
-        {"lora_name": "run-v2", "checkpoint": ref.to_json(), "store_root": str(tmp_path / "store"), "version": 2},
+        {"lora_name": "run-v2", "checkpoint": ref.to_json(), "store_url": store.url, "version": 2},
     )
     assert status == 200, st
     assert st["version"] == 2 and headers[POLICY_VERSION_HEADER] == "2"
@@ -219,7 +219,7 @@ def test_loads_an_adapter_from_a_checkpoint_ref_in_the_store(served: Any, tmp_pa
     status, _, err = client.call(
         "POST",
         "/load_lora_adapter",
-        {"lora_name": "x", "checkpoint": bad, "store_root": str(tmp_path / "store"), "version": 3},
+        {"lora_name": "x", "checkpoint": bad, "store_url": store.url, "version": 3},
     )
     assert status == 400 and "not in the store" in err["error"]["message"]
     assert client.call("GET", "/policy_version")[2]["version"] == 2
@@ -269,6 +269,13 @@ def test_bad_requests_are_400_with_the_field_named(served: Any) -> None:
     assert status == 400 and r["error"]["code"] == "context_length_exceeded"
     status, _, r = client.call("POST", "/load_lora_adapter", {"lora_name": "x", "lora_path": "/nonexistent"})
     assert status == 400 and "adapter_config.json" in r["error"]["message"]
+    ref = {"uri": "cm2://sha256/" + "0" * 64, "sha256": "0" * 64, "bytes": 1}
+    status, _, r = client.call("POST", "/load_lora_adapter", {"lora_name": "x", "checkpoint": ref})
+    assert status == 400 and r["error"]["param"] == "store_url"  # no store_url and no --store
+    status, _, r = client.call(
+        "POST", "/load_lora_adapter", {"lora_name": "x", "checkpoint": ref, "store_url": "ftp://host/store"}
+    )
+    assert status == 400 and r["error"]["param"] == "store_url" and "ftp://host/store" in r["error"]["message"]
 
 
 @pytest.mark.slow

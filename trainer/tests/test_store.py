@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from cm2_trainer.store import InvalidRef, MissingArtifact, Ref, Store, StoreCorruption
+from cm2_trainer.store import FsStore, InvalidRef, MissingArtifact, Ref, StoreCorruption
 
 
 def test_put_get_roundtrip_and_layout(tmp_path):
-    s = Store(tmp_path)
+    s = FsStore(tmp_path)
     ref = s.put_bytes(b"hello")
     h = hashlib.sha256(b"hello").hexdigest()
     assert ref.to_json() == {"uri": f"cm2://sha256/{h}", "sha256": h, "bytes": 5}
@@ -19,14 +19,14 @@ def test_put_get_roundtrip_and_layout(tmp_path):
 
 
 def test_put_file_streams_and_matches_put_bytes(tmp_path):
-    s = Store(tmp_path / "store")
+    s = FsStore(tmp_path / "store")
     f = tmp_path / "f.bin"
     f.write_bytes(os.urandom(3 << 20))
     assert s.put_file(f) == Ref(hashlib.sha256(f.read_bytes()).hexdigest(), 3 << 20)
 
 
 def test_names_roundtrip_and_first_writer_wins(tmp_path):
-    s = Store(tmp_path)
+    s = FsStore(tmp_path)
     a, b = s.put_bytes(b"a"), s.put_bytes(b"b")
     assert s.get_name("runs/r1/checkpoints/it-0") is None
     assert s.create_name("runs/r1/checkpoints/it-0", a) == a
@@ -41,7 +41,7 @@ def test_names_roundtrip_and_first_writer_wins(tmp_path):
     "name", ["../x", "a/../b", "/abs", "a//b", ".hidden", "a/", "", "a\\b", "a/./b", "a/..", "..", "a b", "ü"]
 )
 def test_rejects_escaping_or_malformed_names(tmp_path, name):
-    s = Store(tmp_path)
+    s = FsStore(tmp_path)
     ref = s.put_bytes(b"x")
     with pytest.raises(InvalidRef):
         s.set_name(name, ref)
@@ -74,11 +74,11 @@ def test_rejects_bad_refs(obj):
 
 def test_blob_path_validates_hex(tmp_path):
     with pytest.raises(InvalidRef):
-        Store(tmp_path).get_bytes(Ref("../" * 21 + "x", 1))
+        FsStore(tmp_path).get_bytes(Ref("../" * 21 + "x", 1))
 
 
 def test_detects_corruption_and_missing(tmp_path):
-    s = Store(tmp_path)
+    s = FsStore(tmp_path)
     ref = s.put_bytes(b"payload")
     p = tmp_path / "objects" / "sha256" / ref.sha256[:2] / ref.sha256
     p.write_bytes(b"PAYLOAD")  # same size, different content

@@ -7,7 +7,7 @@ from helpers import assert_same_update, batch_obj, request_obj
 from safetensors.torch import load as load_safetensors
 
 from cm2_trainer.contract import ContractError, decode_result, decode_update_request
-from cm2_trainer.store import Store
+from cm2_trainer.store import FsStore
 from cm2_trainer.update import ModelCache, checkpoint_name, update_policy
 
 
@@ -19,7 +19,7 @@ def cache():
 def _req(store, base_dir, *, iteration=0, parent=None, advantages=(0.5, -0.5), run_id="r1", **trainer):
     ref = store.put_json(batch_obj(run_id=run_id, iteration=iteration, advantages=advantages))
     return decode_update_request(
-        request_obj(store.root, ref, base_dir, run_id=run_id, iteration=iteration, parent=parent, **trainer)
+        request_obj(store.url, ref, base_dir, run_id=run_id, iteration=iteration, parent=parent, **trainer)
     )
 
 
@@ -44,7 +44,7 @@ def _ref(obj):
 
 
 def test_update_writes_a_checkpoint_and_a_valid_result(tmp_path, base_dir, cache):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     res = update_policy(_req(store, base_dir), cache=cache)
     decode_result(res.to_json())
     assert (res.version, res.reused) == (1, False)
@@ -62,7 +62,7 @@ def test_update_writes_a_checkpoint_and_a_valid_result(tmp_path, base_dir, cache
 
 
 def test_idempotent_retry_does_not_update_twice(tmp_path, base_dir, cache, monkeypatch):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     req = _req(store, base_dir)
     first = update_policy(req, cache=cache)
     objects = sorted(p.name for p in (tmp_path / "objects").rglob("*") if p.is_file())
@@ -84,14 +84,14 @@ def test_idempotent_retry_does_not_update_twice(tmp_path, base_dir, cache, monke
 
 
 def test_crash_before_the_pointer_leaves_no_checkpoint_and_a_retry_commits(tmp_path, base_dir, cache, monkeypatch):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     req = _req(store, base_dir)
 
     def crash(self, name, ref):
         raise KeyboardInterrupt("killed after the blobs, before the pointer")
 
     with monkeypatch.context() as mp:
-        mp.setattr(Store, "create_name", crash)
+        mp.setattr(FsStore, "create_name", crash)
         with pytest.raises(KeyboardInterrupt):
             update_policy(req, cache=cache)
     assert store.get_name(checkpoint_name("r1", 0)) is None
@@ -106,7 +106,7 @@ def test_crash_before_the_pointer_leaves_no_checkpoint_and_a_retry_commits(tmp_p
 
 
 def test_resume_from_parent_loads_adapter_and_optimizer_state(tmp_path, base_dir, cache):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     it0 = update_policy(_req(store, base_dir), cache=cache)
     it1 = update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint), cache=cache)
     assert it1.version == 2 and _manifest(store, it1.checkpoint)["parent"] == it0.checkpoint.to_json()
@@ -118,7 +118,7 @@ def test_resume_from_parent_loads_adapter_and_optimizer_state(tmp_path, base_dir
 
 
 def test_zero_advantages_and_zero_kl_leave_the_weights_unchanged(tmp_path, base_dir, cache):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     it0 = update_policy(_req(store, base_dir), cache=cache)
     it1 = update_policy(
         _req(store, base_dir, iteration=1, parent=it0.checkpoint, advantages=(0.0, 0.0), klCoef=0.0), cache=cache
@@ -130,7 +130,7 @@ def test_zero_advantages_and_zero_kl_leave_the_weights_unchanged(tmp_path, base_
 
 
 def test_lora_shape_must_match_the_parent(tmp_path, base_dir, cache):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     it0 = update_policy(_req(store, base_dir), cache=cache)
     with pytest.raises(ContractError, match="loraRank 8.*parent adapter has 4"):
         update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint, loraRank=8), cache=cache)
@@ -139,17 +139,17 @@ def test_lora_shape_must_match_the_parent(tmp_path, base_dir, cache):
 
 
 def test_batch_for_another_iteration_is_rejected(tmp_path, base_dir, cache):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     ref = store.put_json(batch_obj(iteration=3))
-    req = decode_update_request(request_obj(store.root, ref, base_dir, iteration=0))
+    req = decode_update_request(request_obj(store.url, ref, base_dir, iteration=0))
     with pytest.raises(ContractError, match="batch is for run 'r1' iteration 3"):
         update_policy(req, cache=cache)
 
 
 def test_same_inputs_give_the_same_adapter(tmp_path, base_dir, cache):
-    a = update_policy(_req(Store(tmp_path / "a"), base_dir), cache=cache)
-    b = update_policy(_req(Store(tmp_path / "b"), base_dir), cache=ModelCache())
-    ma, mb = _manifest(Store(tmp_path / "a"), a.checkpoint), _manifest(Store(tmp_path / "b"), b.checkpoint)
+    a = update_policy(_req(FsStore(tmp_path / "a"), base_dir), cache=cache)
+    b = update_policy(_req(FsStore(tmp_path / "b"), base_dir), cache=ModelCache())
+    ma, mb = _manifest(FsStore(tmp_path / "a"), a.checkpoint), _manifest(FsStore(tmp_path / "b"), b.checkpoint)
     assert ma["files"]["adapter_model.safetensors"] == mb["files"]["adapter_model.safetensors"]
 
 
@@ -161,7 +161,7 @@ def test_real_smollm2_gguf_update_with_the_contract_batch(tmp_path):
     g = gguf_path()
     if g is None:
         pytest.skip("SmolLM2 GGUF not found: set CM2_GGUF")
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     batch = json.loads((CONTRACTS / "batch.json").read_text())
     batch["iteration"] = 0
     req = json.loads((CONTRACTS / "update_request.json").read_text())
@@ -169,7 +169,7 @@ def test_real_smollm2_gguf_update_with_the_contract_batch(tmp_path):
         iteration=0,
         parent=None,
         batch=store.put_json(batch).to_json(),
-        storeRoot=str(tmp_path),
+        storeUrl=store.url,
         base={"kind": "gguf", "path": str(g)},
     )
     res = update_policy(decode_update_request(req))
@@ -183,7 +183,7 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, base_dir):
 
     adapters = []
     for ckpt in (False, True):
-        store = Store(tmp_path / str(ckpt))
+        store = FsStore(tmp_path / str(ckpt))
         # float64: the two orders of computation must agree on any CPU's kernels (see assert_same_update)
         res = update_policy(
             _req(store, base_dir),

@@ -8,13 +8,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import cm2_trainer.update as upd
-from cm2_trainer.store import Store
+from cm2_trainer.store import FsStore
 from cm2_trainer.worker import make_update_activity
 
 
 def test_keepalive_heartbeats_during_phases_without_progress(tmp_path, base_dir, monkeypatch):
-    store = Store(tmp_path)
-    req = request_obj(store.root, store.put_json(batch_obj()), base_dir)
+    store = FsStore(tmp_path)
+    req = request_obj(store.url, store.put_json(batch_obj()), base_dir)
 
     def slow_update(r, *, heartbeat, cache, defaults):
         time.sleep(0.5)  # e.g. loading a large base model: no progress callback for a while
@@ -35,6 +35,7 @@ def test_keepalive_heartbeats_during_phases_without_progress(tmp_path, base_dir,
     "mutate,type_,message",
     [
         (lambda r: r.update(iteration="1"), "InvalidBatch", "request.iteration is '1'"),
+        (lambda r: r.update(storeUrl="ftp://host/store"), "InvalidBatch", "Store URL 'ftp://host/store'"),
         (
             lambda r: r["batch"].update(sha256="0" * 64, uri="cm2://sha256/" + "0" * 64),
             "MissingArtifact",
@@ -43,8 +44,8 @@ def test_keepalive_heartbeats_during_phases_without_progress(tmp_path, base_dir,
     ],
 )
 def test_errors_are_typed_and_non_retryable(tmp_path, base_dir, mutate, type_, message):
-    store = Store(tmp_path)
-    req = request_obj(store.root, store.put_json(batch_obj()), base_dir)
+    store = FsStore(tmp_path)
+    req = request_obj(store.url, store.put_json(batch_obj()), base_dir)
     mutate(req)
     with pytest.raises(ApplicationError) as e:
         ActivityEnvironment().run(make_update_activity(), req)
@@ -52,9 +53,9 @@ def test_errors_are_typed_and_non_retryable(tmp_path, base_dir, mutate, type_, m
 
 
 def test_corrupt_batch_blob_is_store_corruption(tmp_path, base_dir):
-    store = Store(tmp_path)
+    store = FsStore(tmp_path)
     ref = store.put_json(batch_obj())
     (tmp_path / "objects/sha256" / ref.sha256[:2] / ref.sha256).write_bytes(b"x" * ref.bytes)
     with pytest.raises(ApplicationError) as e:
-        ActivityEnvironment().run(make_update_activity(), request_obj(store.root, ref, base_dir))
+        ActivityEnvironment().run(make_update_activity(), request_obj(store.url, ref, base_dir))
     assert e.value.type == "StoreCorruption" and e.value.non_retryable

@@ -22,7 +22,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from cm2_trainer.contract import decode_result
 from cm2_trainer.engines import free_port
-from cm2_trainer.store import Store
+from cm2_trainer.store import FsStore
 
 pytestmark = pytest.mark.temporal
 
@@ -104,9 +104,9 @@ def dev_server(tmp_path_factory):
 def test_update_policy_activity_through_a_real_worker(dev_server, tmp_path, base_dir):
     from cm2_trainer.worker import build_worker
 
-    store = Store(tmp_path / "store")
+    store = FsStore(tmp_path / "store")
     ref = store.put_json(batch_obj())
-    good = request_obj(store.root, ref, base_dir)
+    good = request_obj(store.url, ref, base_dir)
     bad = dict(good, trainer=dict(good["trainer"], miniBatches=0))
 
     async def main():

@@ -1,0 +1,257 @@
+/**
+ * The judge phase of the episode engine (`core/episode.ts`): the judge calls of a round
+ * ({@linkcode judgeRoundRequests}), their verdicts, and {@linkcode applyJudgement}, which merges a round and
+ * decides what follows (the next round, the next recorded user message, or the end). Also
+ * {@linkcode episodeVerdicts}, the episode's verdicts for the reward math. Pure.
+ *
+ * @module
+ */
+import { type EpisodeVerdicts, turnPassed } from "./rewards.ts";
+import type { ChatRequest, ChatResult, Sampling } from "./llm_types.ts";
+import {
+  judgeCacheKey,
+  judgeRequest,
+  majority,
+  parseVerdicts,
+  promptVersionFor,
+  roundCells,
+} from "./judge.ts";
+import { judgeContext } from "./transcript.ts";
+import {
+  clone,
+  type EndReason,
+  type EpisodeState,
+  estimateTokens,
+  expectPhase,
+  fillTurn,
+  finish,
+  itemsOf,
+  newTurn,
+  recordedUsers,
+  referenceTurns,
+} from "./episode.ts";
+
+/** One judge call to make. */
+export interface JudgeTask {
+  /** Content-addressed cache key ({@linkcode judgeCacheKey}). */
+  key: string;
+  turn: number;
+  variant: number;
+  /** Assistant step within the turn. */
+  step: number;
+  /** Message index of that assistant step. */
+  messageIndex: number;
+  /** Item indices judged by this call. */
+  items: number[];
+  /** Their checklist ids, in the same order. */
+  itemIds: string[];
+  /** Vote number, 0 … votes − 1. */
+  vote: number;
+  promptVersion: string;
+  request: ChatRequest;
+}
+
+/** Runtime settings of judge requests. */
+export interface JudgeRequestOptions {
+  /** Judge model name (part of the cache key). */
+  model: string;
+  /** Hash for cache keys, e.g. hex SHA-256 (inject `node:crypto` from activities). */
+  hash: (text: string) => string;
+  /** Sampling of judge requests (absent fields: the role's defaults). */
+  sampling?: Sampling;
+}
+
+/**
+ * The judge calls of the current round for one checklist variant of `turn` (which must be the turn being
+ * judged): one task per (step, batch of up to `itemsPerCall` items, vote).
+ */
+export function judgeRequests(
+  state: EpisodeState,
+  turn: number,
+  variant: number,
+  opts: JudgeRequestOptions,
+): JudgeTask[] {
+  expectPhase(state, "judge", "judgeRequests()");
+  if (turn !== state.turn) {
+    throw new Error(`judgeRequests() asked for turn ${turn}, the episode judges turn ${state.turn}`);
+  }
+  const ts = state.turns[turn]!;
+  const sat = ts.sat[variant];
+  if (!sat) {
+    throw new Error(`judgeRequests() asked for variant ${variant}, the episode uses ${ts.sat.length}`);
+  }
+  const items = itemsOf(state, variant, turn);
+  const { votes, itemsPerCall, mode } = state.options.judge;
+  const byStep = new Map<number, number[]>();
+  for (const cell of roundCells(sat, mode)) {
+    byStep.set(cell.step, [...(byStep.get(cell.step) ?? []), cell.item]);
+  }
+  const tasks: JudgeTask[] = [];
+  for (const [step, cells] of byStep) {
+    const messageIndex = ts.steps[step]!;
+    const context = judgeContext(state.messages, ts.userIndex, messageIndex);
+    for (let k = 0; k < cells.length; k += itemsPerCall) {
+      const chunk = cells.slice(k, k + itemsPerCall);
+      const judged = chunk.map((c) => items[c]!);
+      const request = judgeRequest(judged, context, opts.sampling);
+      for (let vote = 0; vote < votes; vote++) {
+        tasks.push({
+          key: judgeCacheKey(opts.hash, { model: opts.model, items: judged, context, vote }),
+          turn,
+          variant,
+          step,
+          messageIndex,
+          items: chunk,
+          itemIds: judged.map((i) => i.id),
+          vote,
+          promptVersion: promptVersionFor(judged.length),
+          request,
+        });
+      }
+    }
+  }
+  return tasks;
+}
+
+/** All judge calls of the current round, over every variant in use. */
+export function judgeRoundRequests(state: EpisodeState, opts: JudgeRequestOptions): JudgeTask[] {
+  return state.turns[state.turn]!.sat.flatMap((_, v) => judgeRequests(state, state.turn, v, opts));
+}
+
+/** The answer to one {@linkcode JudgeTask}. */
+export type JudgeVerdict =
+  & Pick<JudgeTask, "variant" | "step" | "items" | "vote">
+  & ({ ok: true; answers: boolean[] } | { ok: false; error: string });
+
+/** The verdict of a task from the judge's result. */
+export function verdictFromResult(
+  task: JudgeTask,
+  result: Pick<ChatResult, "content" | "finishReason">,
+): JudgeVerdict {
+  const parsed = parseVerdicts(result, task.itemIds);
+  const base = { variant: task.variant, step: task.step, items: task.items, vote: task.vote };
+  return parsed.ok
+    ? { ...base, ok: true, answers: parsed.answers }
+    : { ...base, ok: false, error: parsed.error };
+}
+
+/** The verdict of a task whose call failed for good. */
+export function verdictFromError(task: JudgeTask, error: string): JudgeVerdict {
+  return { variant: task.variant, step: task.step, items: task.items, vote: task.vote, ok: false, error };
+}
+
+/**
+ * Merge the verdicts of the current round (every task of {@linkcode judgeRoundRequests}). A failed
+ * verdict ends the episode with `judge-failure` (ok=false). When cells remain (incremental mode) the next
+ * round follows (`judge-turn`). When the turn is judged: an unfinished turn ends with its pending reason;
+ * a failed gate ends with `gate-failed`; the last reference turn ends with `reply-complete`; otherwise the
+ * next recorded user message is appended (`policy`), within the step, turn and context limits.
+ */
+export function applyJudgement(state0: EpisodeState, verdicts: readonly JudgeVerdict[]): EpisodeState {
+  expectPhase(state0, "judge", "applyJudgement()");
+  const state = clone(state0);
+  const t = state.turn;
+  const turn = state.turns[t]!;
+  const failed = verdicts.find((v) => !v.ok);
+  if (failed && !failed.ok) {
+    state.pendingEnd = null;
+    turn.judged = false;
+    return finish(state, "judge-failure", failed.error);
+  }
+  const { votes, mode } = state.options.judge;
+  const ballots = new Map<string, boolean[]>();
+  for (const v of verdicts) {
+    if (!v.ok) continue;
+    if (v.answers.length !== v.items.length) {
+      throw new Error(`A verdict has ${v.answers.length} answers for ${v.items.length} items`);
+    }
+    v.items.forEach((c, k) => {
+      const key = `${v.variant}/${v.step}/${c}`;
+      ballots.set(key, [...(ballots.get(key) ?? []), v.answers[k]!]);
+    });
+  }
+  const expected = turn.sat.flatMap((sat, v) => roundCells(sat, mode).map((cell) => ({ v, ...cell })));
+  if (expected.length !== ballots.size) {
+    throw new Error(
+      `applyJudgement() got verdicts for ${ballots.size} cells, the round has ${expected.length}`,
+    );
+  }
+  for (const cell of expected) {
+    const got = ballots.get(`${cell.v}/${cell.step}/${cell.item}`);
+    if (!got || got.length !== votes) {
+      throw new Error(
+        `Cell (variant ${cell.v}, step ${cell.step}, item ${cell.item}) has ${
+          got?.length ?? 0
+        } votes, expected ${votes}`,
+      );
+    }
+    turn.sat[cell.v]![cell.step]![cell.item] = majority(got);
+  }
+  state.metrics.judgeVerdicts += verdicts.length;
+  fillTurn(state);
+  if (turn.sat.some((sat) => roundCells(sat, mode).length > 0)) return state;
+
+  turn.judged = true;
+  turn.passed = turn.sat.map((sat, v) =>
+    turnPassed(itemsOf(state, v, t), sat.map((row) => ({ sat: row.map((x) => x === true) })))
+  );
+  if (state.pendingEnd) {
+    const end = state.pendingEnd;
+    state.pendingEnd = null;
+    state.phase = "done";
+    state.end = end;
+    return state;
+  }
+  state.judgedTurns++;
+  const failures = turn.passed.filter((p) => !p).length;
+  if (failures * 2 > turn.passed.length) {
+    return finish(state, "gate-failed", `Turn ${t} failed its strictness gate`);
+  }
+  if (t + 1 >= referenceTurns(state)) return finish(state, "reply-complete");
+  if (state.assistantSteps >= state.options.maxAssistantSteps) {
+    return finish(
+      state,
+      "limit-steps",
+      `The episode reached ${state.options.maxAssistantSteps} assistant steps`,
+    );
+  }
+  if (state.judgedTurns >= state.options.maxUserTurns) {
+    return finish(state, "limit-turns", `The episode reached ${state.options.maxUserTurns} user turns`);
+  }
+  const content = recordedUsers(state.record)[t + 1]!;
+  state.turn = t + 1;
+  state.messages.push({ role: "user", content });
+  state.meta.push({ turn: t + 1, step: null, source: "record" });
+  state.turns.push(newTurn(state.messages.length - 1, state, t + 1));
+  state.contextTokens += estimateTokens([{ role: "user", content }]);
+  if (state.contextTokens + 1 >= state.options.maxContextTokens) {
+    return finish(state, "limit-context", `The context reached ${state.contextTokens} tokens`);
+  }
+  state.phase = "policy";
+  return state;
+}
+
+/**
+ * The episode's verdicts for the reward math (`core/rewards.ts`), for one checklist variant: every
+ * reached turn with at least one assistant step, each step's message index and verdict row, and whether
+ * the turn ended with a reply. Unjudged cells (an unfinished turn under `no-credit`, or a failed episode)
+ * read as false.
+ */
+export function episodeVerdicts(
+  state: EpisodeState,
+  variant = 0,
+): EpisodeVerdicts & { reason: EndReason | null } {
+  const turns = state.turns.flatMap((t, k) => {
+    if (t.steps.length === 0) return [];
+    const n = itemsOf(state, variant, k).length;
+    const sat = t.sat[variant] ?? [];
+    return [{
+      steps: t.steps.map((messageIndex, s) => ({
+        messageIndex,
+        sat: Array.from({ length: n }, (_, c) => sat[s]?.[c] === true),
+      })),
+      complete: t.complete,
+    }];
+  });
+  return { ok: state.end?.ok ?? false, turns, reason: state.end?.reason ?? null };
+}
