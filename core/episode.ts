@@ -1,8 +1,9 @@
 /**
- * The episode engine (`cm2-reference.md` §2): one rollout of the policy on one record, as a pure state
- * machine over a JSON-serialisable {@linkcode EpisodeState}. Every LLM call happens outside, between
- * transitions, so a Temporal workflow can make each call its own activity and keep the state in the
- * artifact store:
+ * The episode's state machine (`cm2-reference.md` §2): one rollout of the policy on one record, as pure
+ * transitions over a JSON-serialisable {@linkcode EpisodeState}; each returns the new state, whose `phase` says
+ * what follows. Every LLM call happens outside, between transitions. Drivers do not call these directly: the
+ * engine (`core/engine.ts`, `advance`) runs them and says what the episode waits for. The judge phase is in
+ * `core/episode_judge.ts`, the options in `core/episode_options.ts`.
  *
  * ```
  * startEpisode ─▶ policy ──applyPolicyResult──▶ tools ──applyToolResults──▶ policy …
@@ -22,19 +23,16 @@
  * `unfinishedTurn: "judge"` (default) its steps are judged before the end, with `"no-credit"` they are
  * not judged and read as all false (the effect of the reference's post-hoc bug, §4.5).
  *
- * {@linkcode runEpisode} drives the same transitions in process (tests, the plain-loop benchmark).
- *
- * Pure except `runEpisode`, which calls the injected models. No I/O.
+ * Pure; no I/O.
  *
  * @module
  */
-import type { ChatMessage, ChatRequest, ChatResult, ChatTool, Sampling } from "./llm_types.ts";
+import type { ChatMessage, ChatRequest, ChatResult, ChatTool } from "./llm_types.ts";
 import type { ChecklistItem, TrajectoryRecord } from "./records.ts";
 import {
   buildToolIndex,
   type PendingCall,
   type SimulationParse,
-  type SimulatorOptions,
   type ToolErrorCode,
   type ToolIndex,
   type ToolResolution,
@@ -47,7 +45,15 @@ import {
   toChatToolCalls,
   toolCallErrorContent,
 } from "./tool_calls.ts";
-import { fillSkipped, type JudgeMode, type SatMatrix, type SkipBasis } from "./judge.ts";
+import { fillSkipped, type SatMatrix } from "./judge.ts";
+import {
+  type EpisodeOptions,
+  type ResolvedEpisodeOptions,
+  resolveEpisodeOptions,
+} from "./episode_options.ts";
+
+export type { EpisodeJudgeOptions, EpisodeOptions, ResolvedEpisodeOptions } from "./episode_options.ts";
+export { resolveEpisodeOptions } from "./episode_options.ts";
 
 /** Closed list of the ways an episode ends. */
 export const END_REASONS = [
@@ -79,57 +85,6 @@ export const UNFINISHED_REASONS: readonly EndReason[] = [
   "limit-turns",
   "limit-context",
 ];
-
-/** Judge settings that shape the state machine. */
-export interface EpisodeJudgeOptions {
-  /** `exhaustive` (default, the reference) or `incremental`; see `core/judge.ts`. */
-  mode?: JudgeMode;
-  /** Skip rule of `incremental` mode (default `completed`, safe for every reward level). */
-  skipBasis?: SkipBasis;
-  /** Votes per cell, majority wins, ties false (default 1). */
-  votes?: number;
-  /** Items per judge call (default 1, the reference); more batches items of one step. */
-  itemsPerCall?: number;
-}
-
-/** Options of {@linkcode startEpisode}; every field has a default. */
-export interface EpisodeOptions {
-  /** Most assistant steps over the whole episode (default 30). */
-  maxAssistantSteps?: number;
-  /** Most judged user turns (default 30). */
-  maxUserTurns?: number;
-  /** Context budget in tokens (default 12 000); see {@linkcode estimateTokens}. */
-  maxContextTokens?: number;
-  /** Most tokens of one policy step (default 8 000); capped by what is left of the context budget. */
-  maxResponseTokens?: number;
-  /** End the episode when a tool result holds `error_tool_call` (default true, the reference). */
-  endOnToolError?: boolean;
-  /** Checklist variants used, from the first (default 1). */
-  variants?: number;
-  /** Unfinished last turn: judge its steps (default) or give it no credit without judging. */
-  unfinishedTurn?: "judge" | "no-credit";
-  /** Sampling of policy requests (absent fields: the role's defaults). */
-  policySampling?: Sampling;
-  /** Ask the policy endpoint for completion token ids and logprobs. */
-  wantTokens?: boolean;
-  judge?: EpisodeJudgeOptions;
-  simulator?: SimulatorOptions;
-}
-
-/** {@linkcode EpisodeOptions} with every default applied. */
-export interface ResolvedEpisodeOptions {
-  maxAssistantSteps: number;
-  maxUserTurns: number;
-  maxContextTokens: number;
-  maxResponseTokens: number;
-  endOnToolError: boolean;
-  variants: number;
-  unfinishedTurn: "judge" | "no-credit";
-  policySampling: Sampling;
-  wantTokens: boolean;
-  judge: Required<EpisodeJudgeOptions>;
-  simulator: SimulatorOptions;
-}
 
 /** What kind of tool result a tool message holds. */
 export type ToolResultKind = "replay" | "cached" | "simulated" | "error" | "simulator-failure";
@@ -235,34 +190,6 @@ export function estimateTokens(messages: readonly ChatMessage[], tools: readonly
   }
   for (const t of tools) chars += JSON.stringify(t).length;
   return Math.ceil(chars / 4);
-}
-
-/** Apply the defaults to {@linkcode EpisodeOptions}. */
-export function resolveEpisodeOptions(opts: EpisodeOptions = {}): ResolvedEpisodeOptions {
-  const positive = (name: string, v: number) => {
-    if (!Number.isInteger(v) || v < 1) {
-      throw new Error(`Episode option ${name} is ${v}, expected an integer >= 1`);
-    }
-    return v;
-  };
-  return {
-    maxAssistantSteps: positive("maxAssistantSteps", opts.maxAssistantSteps ?? 30),
-    maxUserTurns: positive("maxUserTurns", opts.maxUserTurns ?? 30),
-    maxContextTokens: positive("maxContextTokens", opts.maxContextTokens ?? 12_000),
-    maxResponseTokens: positive("maxResponseTokens", opts.maxResponseTokens ?? 8_000),
-    endOnToolError: opts.endOnToolError ?? true,
-    variants: positive("variants", opts.variants ?? 1),
-    unfinishedTurn: opts.unfinishedTurn ?? "judge",
-    policySampling: { ...opts.policySampling },
-    wantTokens: opts.wantTokens ?? false,
-    judge: {
-      mode: opts.judge?.mode ?? "exhaustive",
-      skipBasis: opts.judge?.skipBasis ?? "completed",
-      votes: positive("judge.votes", opts.judge?.votes ?? 1),
-      itemsPerCall: positive("judge.itemsPerCall", opts.judge?.itemsPerCall ?? 1),
-    },
-    simulator: { ...opts.simulator },
-  };
 }
 
 /** The recorded user messages of a record, in order (the user replay of §2.2). */

@@ -146,15 +146,17 @@ export class EpisodeStates {
     return ref;
   }
 
+  /** Keeps `h` (its state is never changed afterwards: transitions copy, and `load` hands out copies). */
   #remember(h: EpisodeHandle): EpisodeHandle {
-    this.#loaded.set(h.ref.sha256, { ...h, state: clone(h.state) });
+    this.#loaded.set(h.ref.sha256, h);
     if (this.#loaded.size > this.maxLoaded) this.#loaded.delete(this.#loaded.keys().next().value!);
     return h;
   }
 
   /**
    * Saves `state`, as a delta on `base` when there is one and a snapshot is not due. Returns the handle
-   * to pass as the next save's base.
+   * to pass as the next save's base. The caller must not change `state` afterwards (the engine never does:
+   * every transition returns a new state).
    */
   async save(
     state: EpisodeState,
@@ -256,6 +258,7 @@ export class EpisodeStates {
       deltaBytes: deltas.reduce((n, c) => n + c.ref.bytes, 0),
       snapshotBytes: chain[0]!.ref.bytes,
     };
-    return this.#remember({ state, ref, owner, recordRef, head });
+    const h = this.#remember({ state, ref, owner, recordRef, head });
+    return { ...h, state: clone(state) };
   }
 }

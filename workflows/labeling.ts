@@ -24,7 +24,7 @@ import type { LabelSummary } from "../activities/labeling.ts";
 import type { Ref } from "../core/ref.ts";
 import { workflowIds } from "../core/names.ts";
 import { BULK, LLM, STORE } from "./presets.ts";
-import { boundedMap } from "./training.ts";
+import { boundedMap } from "./bounded_map.ts";
 
 const store = proxyActivities<Activities>(STORE);
 const llm = proxyActivities<Activities>(LLM);

@@ -5,5 +5,6 @@
  * @module
  */
 export { smokeWorkflow } from "./smoke.ts";
-export { episodeWorkflow, iterationWorkflow, taskGroupWorkflow, trainingRun } from "./training.ts";
+export { episodeWorkflow, taskGroupWorkflow } from "./episode.ts";
+export { iterationWorkflow, trainingRun } from "./training.ts";
 export { labelDataset } from "./labeling.ts";

@@ -1,6 +1,6 @@
 /**
- * The durable training loop: `trainingRun` → `iteration` → `taskGroup` → `episode` workflows. Deterministic
- * wiring only; every model call is its own activity, every large value is a store ref.
+ * The durable training loop: `trainingRun` → `iteration` → `taskGroup` → `episode` workflows (the last two in
+ * `episode.ts`). Deterministic wiring only; every model call is its own activity, every large value is a ref.
  *
  * History sizes stay bounded at the paper's scale (128 tasks × G = 48 per iteration): an iteration's history
  * grows with its tasks (one child per task group), a task group's with G (one child per episode), and an
@@ -20,179 +20,22 @@ import {
   executeChild,
   patched,
   proxyActivities,
-  proxyLocalActivities,
   setHandler,
   upsertSearchAttributes,
-  workflowInfo,
 } from "@temporalio/workflow";
 import type { RunConfig } from "../core/config.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import { sampleTasks } from "../core/sampling.ts";
 import { hyperparamsOf } from "../core/trainer_params.ts";
 import type { Activities } from "../activities/mod.ts";
-import type { EpisodeStep } from "../activities/episode.ts";
 import type { Ref } from "../core/ref.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
-import { LLM, LOCAL_STORE, PUBLISH, STORE, TRAIN } from "./presets.ts";
+import { PUBLISH, STORE, TRAIN } from "./presets.ts";
+import { boundedMap } from "./bounded_map.ts";
+import { type EpisodeOutcome, episodeWorkflow, taskGroupWorkflow } from "./episode.ts";
 
 const store = proxyActivities<Activities>(STORE);
-const local = proxyLocalActivities<Activities>(LOCAL_STORE);
-const llm = proxyActivities<Activities>(LLM);
 const publish = proxyActivities<Activities>(PUBLISH);
-
-// ---------------------------------------------------------------------------------------------
-// Episode
-
-/** What an episode and its task group both take: the run, the task's record, the policy to roll out. */
-export interface RolloutInput {
-  runName: string;
-  /** The run config in the store (activities load it; keeps every activity payload small). */
-  configRef: Ref;
-  /** Judge calls in flight per episode. */
-  judgeConcurrency: number;
-  /** The policy version the rollouts must be served by (0 = base model). */
-  policyVersion?: number;
-  datasetRef: Ref;
-  recordIndex: number;
-}
-
-/** Input of {@linkcode episodeWorkflow}. */
-export interface EpisodeInput extends RolloutInput {
-  episodeId: string;
-  /** Name prefix in the store shared by the G episodes of a group (simulator consistency cache). */
-  groupKey: string;
-  /** Continue as new once the history has this many events (default {@linkcode EPISODE_HISTORY_EVENTS}). */
-  historyEvents?: number;
-  /** Where a continued episode stands (set by continue-as-new; absent at the start). */
-  resume?: EpisodeStep | LegacyStep;
-}
-
-/**
- * Events after which an episode continues as new: far below Temporal's 10,240-event warning, so one step's
- * events (a policy call, its tools, a judge round with its calls) always fit after the check.
- */
-export const EPISODE_HISTORY_EVENTS = 4_000;
-
-/** What an episode hands back: a ref to its final state plus small facts. */
-export interface EpisodeOutcome {
-  episodeId: string;
-  stateRef: Ref;
-  ok: boolean;
-  endReason: string;
-  steps: number;
-  turns: number;
-}
-
-/**
- * An episode step as activities before the one-engine redesign returned it (`next` plus plan refs). Histories
- * recorded then replay through {@linkcode stepOf}, and their plan refs are passed on to the activities.
- */
-interface LegacyStep {
-  stateRef: Ref;
-  next: "policy" | "tools" | "judge" | "end";
-  planRef?: Ref;
-  simulate?: number[];
-  tasksRef?: Ref;
-  tasks?: number[];
-  end?: EpisodeStep["end"];
-}
-
-/** The step in today's shape, and the legacy plan refs where a result recorded by older code had them. */
-function stepOf(at: EpisodeStep | LegacyStep): EpisodeStep & { planRef?: Ref; tasksRef?: Ref } {
-  if ("pending" in at) return at;
-  const pending: EpisodeStep["pending"] = at.next === "tools"
-    ? { kind: "tools", calls: at.simulate ?? [] }
-    : at.next === "judge"
-    ? { kind: "judge", tasks: at.tasks ?? [] }
-    : { kind: at.next };
-  return {
-    stateRef: at.stateRef,
-    pending,
-    ...(at.end ? { end: at.end } : {}),
-    ...(at.planRef ? { planRef: at.planRef } : {}),
-    ...(at.tasksRef ? { tasksRef: at.tasksRef } : {}),
-  };
-}
-
-/**
- * Runs one rollout: the engine (`core/engine.ts`, inside the activities) says what the episode waits for,
- * and this only dispatches on `pending.kind`: a policy call, the tool calls to simulate then their merge, or a
- * judge round's calls then their merge. Every model call is a (remote) activity; the merges, the start and a
- * failure's record are local activities (no task-queue round trip).
- */
-export async function episodeWorkflow(input: EpisodeInput): Promise<EpisodeOutcome> {
-  const base = { configRef: input.configRef, groupKey: input.groupKey };
-  let at = stepOf(
-    input.resume ?? await local.startEpisode({
-      ...base,
-      datasetRef: input.datasetRef,
-      recordIndex: input.recordIndex,
-      episodeId: input.episodeId,
-    }),
-  );
-  const limit = input.historyEvents ?? EPISODE_HISTORY_EVENTS;
-  const fail = async (stateRef: Ref, reason: string, err: unknown) => {
-    const message = err instanceof Error ? err.message : String(err);
-    at = stepOf(await local.failEpisode({ ...base, stateRef, reason, message }));
-  };
-  while (at.pending.kind !== "end") {
-    const info = workflowInfo();
-    if (info.historyLength >= limit || info.continueAsNewSuggested) {
-      // Only the state ref travels: the history starts over, the episode goes on where it stands.
-      await continueAsNew<typeof episodeWorkflow>({ ...input, resume: at });
-    }
-    const { stateRef, pending } = at;
-    if (pending.kind === "policy") {
-      try {
-        at = stepOf(await llm.policyStep({ ...base, stateRef, policyVersion: input.policyVersion ?? 0 }));
-      } catch (err) {
-        await fail(stateRef, "model-failure", err);
-      }
-    } else if (pending.kind === "tools") {
-      const plan = at.planRef ? { planRef: at.planRef } : {};
-      try {
-        const simulated = await Promise.all(
-          pending.calls.map((callIndex) => llm.simulateCall({ ...base, stateRef, callIndex })),
-        );
-        at = stepOf(await local.applyTools({ ...base, stateRef, simulated, ...plan }));
-      } catch (err) {
-        await fail(stateRef, "simulator-failure", err);
-      }
-    } else {
-      const plan = at.tasksRef ? { tasksRef: at.tasksRef } : {};
-      try {
-        const verdicts = await boundedMap(
-          pending.tasks,
-          input.judgeConcurrency,
-          (task) => llm.judgeCall({ ...base, stateRef, task }),
-        );
-        at = stepOf(await local.applyJudge({ ...base, stateRef, verdicts, ...plan }));
-      } catch (err) {
-        await fail(stateRef, "judge-failure", err);
-      }
-    }
-  }
-  const end = at.end ?? { ok: false, endReason: "unknown", steps: 0, turns: 0 };
-  return { episodeId: input.episodeId, stateRef: at.stateRef, ...end };
-}
-
-/** Runs `fn` over `items` with at most `limit` in flight (a sliding window), keeping order. */
-export async function boundedMap<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let nextIndex = 0;
-  const lane = async () => {
-    while (nextIndex < items.length) {
-      const i = nextIndex++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Iteration
@@ -246,48 +89,6 @@ export interface IterationProgress {
 /** Query: progress of an iteration. */
 export const iterationProgressQuery = defineQuery<IterationProgress>("iterationProgress");
 
-/** Input of {@linkcode taskGroupWorkflow}: one task's G episodes. */
-export interface TaskGroupInput extends RolloutInput {
-  /** The task's index in its iteration, and the iteration's number and kind (`it` or `val`). */
-  taskIndex: number;
-  iteration: number;
-  kind: string;
-  groupSize: number;
-  /** Episodes of this group in flight. */
-  concurrency: number;
-  historyEvents: number;
-}
-
-/**
- * Rolls out one task's G episodes as child workflows, at most `concurrency` at a time, and returns their
- * outcomes in episode order. A group is its own workflow so that no history holds tasks × G children.
- */
-export async function taskGroupWorkflow(input: TaskGroupInput): Promise<EpisodeOutcome[]> {
-  const { runName, iteration, taskIndex: k, kind } = input;
-  const groupKey = storeNames.group(runName, kind, iteration, k);
-  return await boundedMap(
-    Array.from({ length: input.groupSize }, (_, g) => g),
-    input.concurrency,
-    async (g) => {
-      const id = workflowIds.episode(runName, iteration, k, g, kind);
-      return await executeChild(episodeWorkflow, {
-        workflowId: id,
-        args: [{
-          runName,
-          configRef: input.configRef,
-          judgeConcurrency: input.judgeConcurrency,
-          ...(input.policyVersion !== undefined ? { policyVersion: input.policyVersion } : {}),
-          datasetRef: input.datasetRef,
-          recordIndex: input.recordIndex,
-          episodeId: id,
-          groupKey,
-          historyEvents: input.historyEvents,
-        }],
-      });
-    },
-  );
-}
-
 /** Samples tasks, rolls out G episodes each, scores them, updates and publishes the policy. */
 export async function iterationWorkflow(input: IterationInput): Promise<IterationSummary> {
   const started = Date.now();
@@ -297,82 +98,15 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
   const tasks = validation
     ? Array.from({ length: Math.min(c.validationTasks, input.valCount) }, (_, i) => input.trainCount + i)
     : sampleTasks(c.seed, iteration, input.trainCount, c.tasksPerIteration);
-  const prefix = validation ? "val" : "it";
-  const jobs = tasks.flatMap((recordIndex, k) =>
-    Array.from({ length: c.groupSize }, (_, g) => ({
-      recordIndex,
-      k,
-      g,
-      id: workflowIds.episode(runName, iteration, k, g, prefix),
-      groupKey: storeNames.group(runName, prefix, iteration, k),
-    }))
-  );
   const progress: IterationProgress = {
     iteration,
     phase: "episodes",
     episodesDone: 0,
-    episodesTotal: jobs.length,
+    episodesTotal: tasks.length * c.groupSize,
     failed: 0,
   };
   setHandler(iterationProgressQuery, () => progress);
-
-  let outcomes: (EpisodeOutcome & { k: number })[];
-  if (patched("cm2-task-groups")) {
-    // One child per task (a task group of G episodes): this history grows with tasks, not tasks × G.
-    const perGroup = Math.min(c.groupSize, c.episodeConcurrency);
-    const groupsInFlight = Math.max(1, Math.floor(c.episodeConcurrency / perGroup));
-    const byGroup = await boundedMap(
-      tasks.map((recordIndex, k) => ({ recordIndex, k })),
-      groupsInFlight,
-      async (t) => {
-        const group = await executeChild(taskGroupWorkflow, {
-          workflowId: workflowIds.group(runName, iteration, t.k, prefix),
-          args: [{
-            runName,
-            configRef: input.configRef,
-            judgeConcurrency: config.models.judge.concurrency,
-            ...(input.policyVersion !== undefined ? { policyVersion: input.policyVersion } : {}),
-            datasetRef: input.datasetRef,
-            recordIndex: t.recordIndex,
-            taskIndex: t.k,
-            iteration,
-            kind: prefix,
-            groupSize: c.groupSize,
-            concurrency: perGroup,
-            historyEvents: c.episodeHistoryEvents,
-          }],
-        });
-        progress.episodesDone += group.length;
-        progress.failed += group.filter((o) => !o.ok).length;
-        return group.map((o) => ({ ...o, k: t.k }));
-      },
-    );
-    outcomes = byGroup.flat();
-  } else {
-    // Iterations started before task groups existed replay the flat shape (one child per episode).
-    outcomes = await flatEpisodes();
-  }
-
-  async function flatEpisodes() {
-    return await boundedMap(jobs, c.episodeConcurrency, async (job) => {
-      const outcome = await executeChild(episodeWorkflow, {
-        workflowId: job.id,
-        args: [{
-          runName,
-          configRef: input.configRef,
-          judgeConcurrency: config.models.judge.concurrency,
-          policyVersion: input.policyVersion,
-          datasetRef: input.datasetRef,
-          recordIndex: job.recordIndex,
-          episodeId: job.id,
-          groupKey: job.groupKey,
-        }],
-      });
-      progress.episodesDone++;
-      if (!outcome.ok) progress.failed++;
-      return { ...outcome, k: job.k };
-    });
-  }
+  const outcomes = await rollOut(input, tasks, progress);
 
   progress.phase = "rewards";
   const groups = tasks.map((recordIndex, k) => ({
@@ -388,29 +122,9 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     groups,
     validation,
   });
-
-  let update: UpdateResult | null = null;
-  let policyVersion = input.policyVersion;
-  if (!validation && scored.batchRef) {
-    progress.phase = "update";
-    const trainer = proxyActivities<TrainerActivities>({ ...TRAIN, taskQueue: config.trainer.taskQueue });
-    update = await trainer.updatePolicy({
-      runId: runName,
-      iteration,
-      batch: scored.batchRef,
-      base: config.trainer.base,
-      parent: input.parent,
-      storeUrl: input.storeUrl ?? config.store.url,
-      trainer: { ...hyperparamsOf(config.trainer), seed: config.cm2.seed + iteration },
-    });
-    progress.phase = "publish";
-    const published = await publish.publishPolicy({
-      configRef: input.configRef,
-      checkpoint: update.checkpoint,
-      version: update.version,
-    });
-    policyVersion = published.version;
-  }
+  const update = !validation && scored.batchRef
+    ? await updateAndPublish(input, scored.batchRef, progress)
+    : null;
   progress.phase = "done";
   const summary: Omit<IterationSummary, "metricsRef"> = {
     iteration,
@@ -422,18 +136,112 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     judgeCalls: scored.judgeCalls,
     simulatorCalls: scored.simulatorCalls,
     replayHits: scored.replayHits,
-    updateLoss: update ? update.metrics.loss : null,
-    checkpoint: update ? update.checkpoint : input.parent,
-    policyVersion,
+    updateLoss: update ? update.result.metrics.loss : null,
+    checkpoint: update ? update.result.checkpoint : input.parent,
+    policyVersion: update ? update.version : input.policyVersion,
     seconds: (Date.now() - started) / 1000,
   };
   const { metricsRef } = await store.recordMetrics({
     runName,
     summary,
     rewardsRef: scored.rewardsRef,
-    updateMetrics: update ? update.metrics : null,
+    updateMetrics: update ? update.result.metrics : null,
   });
   return { ...summary, metricsRef };
+}
+
+/** The iteration's rollouts: one task-group child per task (or, in histories from before task groups, one child per episode). */
+async function rollOut(
+  input: IterationInput,
+  tasks: number[],
+  progress: IterationProgress,
+): Promise<(EpisodeOutcome & { k: number })[]> {
+  const { config, runName, iteration } = input;
+  const c = config.cm2;
+  const prefix = input.validation ? "val" : "it";
+  const rollout = {
+    runName,
+    configRef: input.configRef,
+    judgeConcurrency: config.models.judge.concurrency,
+    datasetRef: input.datasetRef,
+  };
+  if (patched("cm2-task-groups")) {
+    // One child per task (a task group of G episodes): this history grows with tasks, not tasks × G.
+    const perGroup = Math.min(c.groupSize, c.episodeConcurrency);
+    const groupsInFlight = Math.max(1, Math.floor(c.episodeConcurrency / perGroup));
+    const byGroup = await boundedMap(
+      tasks.map((recordIndex, k) => ({ recordIndex, k })),
+      groupsInFlight,
+      async (t) => {
+        const group = await executeChild(taskGroupWorkflow, {
+          workflowId: workflowIds.group(runName, iteration, t.k, prefix),
+          args: [{
+            ...rollout,
+            ...(input.policyVersion !== undefined ? { policyVersion: input.policyVersion } : {}),
+            recordIndex: t.recordIndex,
+            taskIndex: t.k,
+            iteration,
+            kind: prefix,
+            groupSize: c.groupSize,
+            concurrency: perGroup,
+            historyEvents: c.episodeHistoryEvents,
+          }],
+        });
+        progress.episodesDone += group.length;
+        progress.failed += group.filter((o) => !o.ok).length;
+        return group.map((o) => ({ ...o, k: t.k }));
+      },
+    );
+    return byGroup.flat();
+  }
+  const jobs = tasks.flatMap((recordIndex, k) =>
+    Array.from(
+      { length: c.groupSize },
+      (_, g) => ({ recordIndex, k, id: workflowIds.episode(runName, iteration, k, g, prefix) }),
+    )
+  );
+  return await boundedMap(jobs, c.episodeConcurrency, async (job) => {
+    const outcome = await executeChild(episodeWorkflow, {
+      workflowId: job.id,
+      args: [{
+        ...rollout,
+        policyVersion: input.policyVersion,
+        recordIndex: job.recordIndex,
+        episodeId: job.id,
+        groupKey: storeNames.group(runName, prefix, iteration, job.k),
+      }],
+    });
+    progress.episodesDone++;
+    if (!outcome.ok) progress.failed++;
+    return { ...outcome, k: job.k };
+  });
+}
+
+/** One policy update on the trainer's queue, then the new adapter made live and verified on the policy server. */
+async function updateAndPublish(
+  input: IterationInput,
+  batch: Ref,
+  progress: IterationProgress,
+): Promise<{ result: UpdateResult; version: number }> {
+  const { config, runName, iteration } = input;
+  progress.phase = "update";
+  const trainer = proxyActivities<TrainerActivities>({ ...TRAIN, taskQueue: config.trainer.taskQueue });
+  const result = await trainer.updatePolicy({
+    runId: runName,
+    iteration,
+    batch,
+    base: config.trainer.base,
+    parent: input.parent,
+    storeUrl: input.storeUrl ?? config.store.url,
+    trainer: { ...hyperparamsOf(config.trainer), seed: config.cm2.seed + iteration },
+  });
+  progress.phase = "publish";
+  const published = await publish.publishPolicy({
+    configRef: input.configRef,
+    checkpoint: result.checkpoint,
+    version: result.version,
+  });
+  return { result, version: published.version };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,6 +365,39 @@ export function applyHyperparameters(config: RunConfig, h: SafeHyperparameters):
   };
 }
 
+/** The run's signals, status query and hyperparameter update, over its state and what the status shows. */
+function handleControl(
+  state: TrainingRunState,
+  view: { phase: RunStatus["phase"]; waitingInPause: boolean },
+): void {
+  setHandler(pauseSignal, () => {
+    state.paused = true;
+  });
+  setHandler(resumeSignal, () => {
+    state.paused = false;
+  });
+  setHandler(stopSignal, () => {
+    state.stopRequested = true;
+  });
+  setHandler(statusQuery, () => ({
+    name: state.config.name,
+    phase: state.stopRequested && view.phase === "running"
+      ? "stopping"
+      : state.paused && view.phase === "running"
+      ? (view.waitingInPause ? "paused" : "pausing")
+      : view.phase,
+    iteration: state.iteration,
+    iterations: state.config.cm2.iterations,
+    policyVersion: state.policyVersion,
+    checkpoint: state.checkpoint,
+    recent: state.recent,
+  }));
+  setHandler(setHyperparametersUpdate, (h) => {
+    state.config = applyHyperparameters(state.config, h);
+    return h;
+  }, { validator: checkHyperparameters });
+}
+
 /** The whole run: prepares the dataset, then loops iterations; pause / resume / stop / status. */
 export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunResult> {
   const state: TrainingRunState = input.state ?? {
@@ -572,41 +413,18 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
     stopRequested: false,
   };
   const name = state.config.name;
-  let phase: RunStatus["phase"] = state.datasetRef ? "running" : "preparing";
-  let waitingInPause = false;
-  setHandler(pauseSignal, () => {
-    state.paused = true;
-  });
-  setHandler(resumeSignal, () => {
-    state.paused = false;
-  });
-  setHandler(stopSignal, () => {
-    state.stopRequested = true;
-  });
-  setHandler(statusQuery, () => ({
-    name,
-    phase: state.stopRequested && phase === "running"
-      ? "stopping"
-      : state.paused && phase === "running"
-      ? (waitingInPause ? "paused" : "pausing")
-      : phase,
-    iteration: state.iteration,
-    iterations: state.config.cm2.iterations,
-    policyVersion: state.policyVersion,
-    checkpoint: state.checkpoint,
-    recent: state.recent,
-  }));
-  setHandler(setHyperparametersUpdate, (h) => {
-    state.config = applyHyperparameters(state.config, h);
-    return h;
-  }, { validator: checkHyperparameters });
+  const view = {
+    phase: (state.datasetRef ? "running" : "preparing") as RunStatus["phase"],
+    waitingInPause: false,
+  };
+  handleControl(state, view);
 
   if (!state.datasetRef) {
     const ds = await store.prepareDataset({ config: state.config });
     state.datasetRef = ds.datasetRef;
     state.trainCount = ds.trainCount;
     state.valCount = ds.valCount;
-    phase = "running";
+    view.phase = "running";
   }
   upsertSearchAttributes({ Cm2RunName: [name], Cm2Status: ["running"] });
 
@@ -614,9 +432,9 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
   while (state.iteration < state.config.cm2.iterations && !state.stopRequested) {
     if (state.paused) {
       upsertSearchAttributes({ Cm2Status: ["paused"] });
-      waitingInPause = true;
+      view.waitingInPause = true;
       await condition(() => !state.paused || state.stopRequested);
-      waitingInPause = false;
+      view.waitingInPause = false;
       upsertSearchAttributes({ Cm2Status: ["running"] });
       if (state.stopRequested) break;
     }
@@ -663,8 +481,8 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       await continueAsNew<typeof trainingRun>({ config: state.config, state });
     }
   }
-  phase = state.stopRequested ? "stopped" : "completed";
-  upsertSearchAttributes({ Cm2Status: [phase] });
+  view.phase = state.stopRequested ? "stopped" : "completed";
+  upsertSearchAttributes({ Cm2Status: [view.phase] });
   await condition(allHandlersFinished);
   return {
     name,

@@ -16,11 +16,7 @@ import {
   NO_CACHES,
   simulationOf,
 } from "../../core/engine.ts";
-import {
-  type EpisodeState,
-  startEpisode,
-  toolResultFromSimulation,
-} from "../../core/episode.ts";
+import { type EpisodeState, startEpisode, toolResultFromSimulation } from "../../core/episode.ts";
 import { judgeRoundRequests, type JudgeVerdict, verdictFromResult } from "../../core/episode_judge.ts";
 import type { ChatResult } from "../../core/llm_types.ts";
 import { parseSimulation } from "../../core/simulator.ts";
