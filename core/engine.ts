@@ -45,9 +45,11 @@ import {
 import {
   applyJudgement,
   type JudgeRequestOptions,
+  judgeRoundCells,
   judgeRoundRequests,
   type JudgeTask,
   type JudgeVerdict,
+  shareRound,
   verdictFromError,
 } from "./episode_judge.ts";
 
@@ -131,7 +133,9 @@ export function advance(
     });
     const open = answers.flatMap((a, i) => (a ? [] : [i]));
     if (open.length > 0) {
-      state = clone(state);
+      const waiting = clone(state);
+      shareRound(state, waiting);
+      state = waiting;
       state.judgeAnswers = answers;
       return { state, pending: { kind: "judge", tasks: open }, lookups };
     }
@@ -139,7 +143,10 @@ export function advance(
   }
 }
 
-function answered(task: JudgeTask, answers: boolean[]): JudgeVerdict {
+function answered(
+  task: Pick<JudgeTask, "variant" | "step" | "items" | "vote">,
+  answers: boolean[],
+): JudgeVerdict {
   return { variant: task.variant, step: task.step, items: task.items, vote: task.vote, ok: true, answers };
 }
 
@@ -192,15 +199,14 @@ export function completeTools(state0: EpisodeState, simulated: readonly ToolResu
 /** Completes the judge round with the verdicts of the tasks named in `pending.tasks` (by task index). */
 export function completeJudge(
   state0: EpisodeState,
-  judge: JudgeRequestOptions,
+  _judge: JudgeRequestOptions,
   verdicts: ReadonlyMap<number, JudgeVerdict>,
 ): EpisodeState {
   const stash = state0.judgeAnswers;
   if (state0.phase !== "judge" || !stash) {
     throw new Error(`completeJudge() needs an episode waiting for the judge, it is in phase ${state0.phase}`);
   }
-  const tasks = judgeRoundRequests(state0, judge);
-  const all = tasks.map((t, i) => {
+  const all = judgeRoundCells(state0).map((t, i) => {
     const cached = stash[i];
     if (cached) return answered(t, cached);
     const v = verdicts.get(i);

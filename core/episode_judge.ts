@@ -61,16 +61,14 @@ export interface JudgeRequestOptions {
   sampling?: Sampling;
 }
 
+/** Where one judge call of a round goes: the variant, the step (and its message), the items, the vote. */
+export type RoundCell = Pick<JudgeTask, "turn" | "variant" | "step" | "messageIndex" | "items" | "vote">;
+
 /**
  * The judge calls of the current round for one checklist variant of `turn` (which must be the turn being
- * judged): one task per (step, batch of up to `itemsPerCall` items, vote).
+ * judged), without their requests: one per (step, batch of up to `itemsPerCall` items, vote).
  */
-export function judgeRequests(
-  state: EpisodeState,
-  turn: number,
-  variant: number,
-  opts: JudgeRequestOptions,
-): JudgeTask[] {
+function roundCellsOf(state: EpisodeState, turn: number, variant: number): RoundCell[] {
   expectPhase(state, "judge", "judgeRequests()");
   if (turn !== state.turn) {
     throw new Error(`judgeRequests() asked for turn ${turn}, the episode judges turn ${state.turn}`);
@@ -80,42 +78,86 @@ export function judgeRequests(
   if (!sat) {
     throw new Error(`judgeRequests() asked for variant ${variant}, the episode uses ${ts.sat.length}`);
   }
-  const items = itemsOf(state, variant, turn);
   const { votes, itemsPerCall, mode } = state.options.judge;
   const byStep = new Map<number, number[]>();
   for (const cell of roundCells(sat, mode)) {
     byStep.set(cell.step, [...(byStep.get(cell.step) ?? []), cell.item]);
   }
-  const tasks: JudgeTask[] = [];
+  const out: RoundCell[] = [];
   for (const [step, cells] of byStep) {
-    const messageIndex = ts.steps[step]!;
-    const context = judgeContext(state.messages, ts.userIndex, messageIndex);
     for (let k = 0; k < cells.length; k += itemsPerCall) {
-      const chunk = cells.slice(k, k + itemsPerCall);
-      const judged = chunk.map((c) => items[c]!);
-      const request = judgeRequest(judged, context, opts.sampling);
+      const items = cells.slice(k, k + itemsPerCall);
       for (let vote = 0; vote < votes; vote++) {
-        tasks.push({
-          key: judgeCacheKey(opts.hash, { model: opts.model, items: judged, context, vote }),
-          turn,
-          variant,
-          step,
-          messageIndex,
-          items: chunk,
-          itemIds: judged.map((i) => i.id),
-          vote,
-          promptVersion: promptVersionFor(judged.length),
-          request,
-        });
+        out.push({ turn, variant, step, messageIndex: ts.steps[step]!, items, vote });
       }
     }
   }
+  return out;
+}
+
+/** The judge calls of the current round, over every variant in use, without their requests (cheap). */
+export function judgeRoundCells(state: EpisodeState): RoundCell[] {
+  return state.turns[state.turn]!.sat.flatMap((_, v) => roundCellsOf(state, state.turn, v));
+}
+
+/**
+ * The judge calls of the current round for one checklist variant of `turn` (which must be the turn being
+ * judged): one task per (step, batch of up to `itemsPerCall` items, vote), with its request and cache key.
+ */
+export function judgeRequests(
+  state: EpisodeState,
+  turn: number,
+  variant: number,
+  opts: JudgeRequestOptions,
+): JudgeTask[] {
+  const items = itemsOf(state, variant, turn);
+  const contexts = new Map<number, ReturnType<typeof judgeContext>>();
+  const requests = new Map<string, ChatRequest>();
+  return roundCellsOf(state, turn, variant).map((cell) => {
+    const ts = state.turns[turn]!;
+    let context = contexts.get(cell.step);
+    if (context === undefined) {
+      context = judgeContext(state.messages, ts.userIndex, cell.messageIndex);
+      contexts.set(cell.step, context);
+    }
+    const judged = cell.items.map((c) => items[c]!);
+    const rk = `${cell.step}/${cell.items.join(",")}`;
+    let request = requests.get(rk);
+    if (!request) {
+      request = judgeRequest(judged, context, opts.sampling);
+      requests.set(rk, request);
+    }
+    return {
+      ...cell,
+      key: judgeCacheKey(opts.hash, { model: opts.model, items: judged, context, vote: cell.vote }),
+      itemIds: judged.map((i) => i.id),
+      promptVersion: promptVersionFor(judged.length),
+      request,
+    };
+  });
+}
+
+/** Rounds already built, by state object (a state is never changed after a transition returns it). */
+const builtRounds = new WeakMap<EpisodeState, { opts: JudgeRequestOptions; tasks: JudgeTask[] }>();
+
+/** All judge calls of the current round, over every variant in use (built once per state object). */
+export function judgeRoundRequests(state: EpisodeState, opts: JudgeRequestOptions): JudgeTask[] {
+  const known = builtRounds.get(state);
+  if (
+    known && known.opts.model === opts.model && known.opts.hash === opts.hash &&
+    known.opts.sampling === opts.sampling
+  ) {
+    return known.tasks;
+  }
+  const tasks = state.turns[state.turn]!.sat.flatMap((_, v) => judgeRequests(state, state.turn, v, opts));
+  builtRounds.set(state, { opts, tasks });
   return tasks;
 }
 
-/** All judge calls of the current round, over every variant in use. */
-export function judgeRoundRequests(state: EpisodeState, opts: JudgeRequestOptions): JudgeTask[] {
-  return state.turns[state.turn]!.sat.flatMap((_, v) => judgeRequests(state, state.turn, v, opts));
+/** Lets `copy` (a copy of `state` with the same round) reuse the round built for `state`. */
+export function shareRound(state: EpisodeState, copy: EpisodeState): void {
+  const known = builtRounds.get(state);
+  if (known) builtRounds.set(copy, known);
 }
 
 /** The answer to one {@linkcode JudgeTask}. */
