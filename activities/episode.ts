@@ -249,11 +249,12 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       const config = await cfg(input.configRef);
       const { state, at } = await load(input.stateRef);
       const results = await Promise.all(input.simulated.map((s) => cached.readJson<ToolResult>(s.resultRef)));
+      let waiting = state; // shared with the reader's cache: never changed in place
       if (!state.toolResults && input.planRef) {
-        state.toolResults =
-          (await cached.readJson<{ results: (ToolResult | null)[] }>(input.planRef)).results;
+        const plan = await cached.readJson<{ results: (ToolResult | null)[] }>(input.planRef);
+        waiting = { ...state, toolResults: plan.results };
       }
-      return await settle(config, completeTools(state, results), at);
+      return await settle(config, completeTools(waiting, results), at);
     },
 
     /** One judge call (task `task` of the episode's round); a verdict that does not parse is data. */
@@ -297,11 +298,13 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
     ): Promise<EpisodeStep> {
       const config = await cfg(input.configRef);
       const { state, at } = await load(input.stateRef);
+      let waiting = state; // shared with the reader's cache: never changed in place
       if (!state.judgeAnswers && input.tasksRef) {
-        state.judgeAnswers = (await cached.readJson<{ cached: (boolean[] | null)[] }>(input.tasksRef)).cached;
+        const plan = await cached.readJson<{ cached: (boolean[] | null)[] }>(input.tasksRef);
+        waiting = { ...state, judgeAnswers: plan.cached };
       }
       const verdicts = new Map(input.verdicts.map(({ task, ...v }) => [task, v as JudgeVerdict]));
-      return await settle(config, completeJudge(state, judgeOf(config), verdicts), at);
+      return await settle(config, completeJudge(waiting, judgeOf(config), verdicts), at);
     },
 
     /** Ends an episode whose model call failed for good (retries exhausted): the failure is data. */

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { clone, type EpisodeState, type ResolvedEpisodeOptions, toolsOf } from "../core/episode.ts";
+import { type EpisodeState, type ResolvedEpisodeOptions, toolsOf } from "../core/episode.ts";
 import type { TrajectoryRecord } from "../core/records.ts";
 import type { CachedStore } from "./cached.ts";
 import type { Ref } from "./mod.ts";
@@ -146,7 +146,7 @@ export class EpisodeStates {
     return ref;
   }
 
-  /** Keeps `h` (its state is never changed afterwards: transitions copy, and `load` hands out copies). */
+  /** Keeps `h` (its state is never changed afterwards: the engine's transitions return new states). */
   #remember(h: EpisodeHandle): EpisodeHandle {
     this.#loaded.set(h.ref.sha256, h);
     if (this.#loaded.size > this.maxLoaded) this.#loaded.delete(this.#loaded.keys().next().value!);
@@ -201,10 +201,13 @@ export class EpisodeStates {
     return this.#remember({ state, ref, owner: at.owner, recordRef: at.recordRef, head });
   }
 
-  /** Loads a stored state (a snapshot and the deltas after it, or an old whole v1 state). The value is a fresh copy. */
+  /**
+   * Loads a stored state (a snapshot and the deltas after it, or an old whole v1 state). The value is shared
+   * with this reader's cache: do not change it (the engine's transitions return new states).
+   */
   async load(ref: Ref): Promise<EpisodeHandle> {
     const known = this.#loaded.get(ref.sha256);
-    if (known) return { ...known, state: clone(known.state) };
+    if (known) return known;
     const chain: { ref: Ref; stored: StoredEpisode }[] = [];
     for (let at = ref;;) {
       const stored = await this.cached.readJson<StoredEpisode | (EpisodeState & { schema?: undefined })>(at);
@@ -258,7 +261,6 @@ export class EpisodeStates {
       deltaBytes: deltas.reduce((n, c) => n + c.ref.bytes, 0),
       snapshotBytes: chain[0]!.ref.bytes,
     };
-    const h = this.#remember({ state, ref, owner, recordRef, head });
-    return { ...h, state: clone(state) };
+    return this.#remember({ state, ref, owner, recordRef, head });
   }
 }
