@@ -336,7 +336,7 @@ class LlamaCppEngine:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
-        _stop(proc)
+        stop_process(proc)
         raise EngineError(
             f"llama-server did not answer /health within {self.start_timeout_s:.0f} s; "
             f"last log lines:\n{_tail(self.log_path)}"
@@ -347,7 +347,7 @@ class LlamaCppEngine:
         old, old_lora = self._proc, self._lora
         self._proc, self._port, self._lora = proc, port, lora
         if old is not None:
-            _stop(old)
+            stop_process(old)
         if old_lora is not None and old_lora != lora:
             old_lora.unlink(missing_ok=True)
 
@@ -469,7 +469,7 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         if self._proc is not None:
-            _stop(self._proc)
+            stop_process(self._proc)
             self._proc = None
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -484,7 +484,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop(proc: Any) -> None:
+def stop_process(proc: Any) -> None:
+    """SIGTERM, then SIGKILL after 10 s; waits for the process either way."""
     import subprocess
 
     proc.terminate()

@@ -63,6 +63,7 @@ from .chat import TOOL_CHAT_TEMPLATE, BadRequest
 from .engines import LlamaCppEngine, QueueFull, default_llama_server
 from .models import load_base_model, load_tokenizer
 from .policy import PolicyModel, version_str
+from .store import store_url_arg
 
 log = logging.getLogger("cm2_trainer.serve")
 
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         "--store",
         metavar="URL",
         default=None,
+        type=store_url_arg,
         help="artifact store for checkpoint refs, when a request gives no store_url: file:///abs/path, a path, or "
         "s3://bucket/prefix?endpoint=http://host:port (S3 credentials from the environment)",
     )
@@ -258,13 +260,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chat-template", help="Jinja chat template file (default: see serving_chat_template)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
-    if a.store is not None:
-        from .store import InvalidStoreUrl, open_store
-
-        try:
-            a.store = open_store(a.store).url  # fail at start, and a relative path becomes absolute
-        except InvalidStoreUrl as e:
-            ap.error(str(e))
     logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     is_gguf = Path(a.model).suffix.lower() == ".gguf"

@@ -356,6 +356,16 @@ def open_store(url: str | os.PathLike[str], base: Path | None = None) -> Artifac
     raise _bad(url, f"has scheme {scheme!r}")
 
 
+def store_url_arg(value: str) -> str:
+    """argparse `type=` of a `--store URL` flag: fails at start with the reason; relative paths become absolute."""
+    import argparse
+
+    try:
+        return open_store(value).url
+    except InvalidStoreUrl as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _resolve(p: Path, base: Path | None) -> Path:
     return p if p.is_absolute() else (base if base is not None else Path.cwd()) / p
 

@@ -31,7 +31,7 @@ from temporalio.worker import Worker
 
 from . import contract
 from .config import TrainerConfig, help_text
-from .store import InvalidRef, InvalidStoreUrl, MissingArtifact, StoreCorruption, open_store
+from .store import InvalidRef, InvalidStoreUrl, MissingArtifact, StoreCorruption, store_url_arg
 
 log = logging.getLogger("cm2_trainer.worker")
 
@@ -203,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--store",
         metavar="URL",
         default=None,
+        type=store_url_arg,
         help="use this artifact store instead of each request's storeUrl (when the trainer host reaches the "
         "store another way): file:///abs/path, a path, or s3://bucket/prefix?endpoint=http://host:port "
         "(S3 credentials from the environment, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
@@ -241,11 +242,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     args = p.parse_args(argv)
-    if args.store is not None:
-        try:
-            args.store = open_store(args.store).url  # fail at start, and a relative path becomes absolute
-        except InvalidStoreUrl as e:
-            p.error(str(e))
     return args
 
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from cm2_trainer.engines import stop_process
+
 # ChatML with tools (Qwen-like, simplified). Tool calls render as <tool_call>{json}</tool_call>.
 CHATML_TOOLS_TEMPLATE = (
     "{% if messages[0].role == 'system' %}{% set sys = messages[0].content %}{% set rest = messages[1:] %}"
@@ -204,12 +206,7 @@ def moto_server(timeout_s: float = 20.0) -> Iterator[str]:
         _wait_for_port(proc, port, timeout_s, log_path)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log_path.unlink(missing_ok=True)
 
 
