@@ -80,7 +80,10 @@ function callKey(what: string): string {
 const simName = (groupKey: string, key: string) => `${groupKey}/sim/${sha256Hex(key)}`;
 const judgeName = (key: string) => `judge-cache/${key.slice(0, 2)}/${key}`;
 
-/** Builds the episode activities. */
+/**
+ * Builds the episode activities. Long as a whole because it is a factory: each activity below is a short
+ * function (the longest, `simulateCall`, ~45 lines), and the closure only shares the worker's caches.
+ */
 export function createEpisodeActivities(deps: EpisodeDeps) {
   const { cached } = deps;
   const states = new EpisodeStates(cached);

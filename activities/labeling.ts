@@ -230,7 +230,10 @@ function outcomeOf(result: LabelResultBlob, resultRef: Ref, cached: boolean): La
   };
 }
 
-/** Builds the labeling activities over their dependencies. */
+/**
+ * Builds the labeling activities over their dependencies. Long as a whole because it is a factory: each
+ * activity below is its own function; the closure only shares the store and the model factory.
+ */
 export function createLabelingActivities(deps: LabelingDeps) {
   const { store } = deps;
   const configs = new Map<string, RunConfig>();

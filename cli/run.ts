@@ -60,7 +60,10 @@ function formatSummary(s: RunStatus["recent"][number]): string {
   }, ${s.seconds.toFixed(1)} s`;
 }
 
-/** Registers `cm2 run`. */
+/**
+ * Registers `cm2 run`: nine sub-commands, each a few lines of option declarations and a call; long as a
+ * whole because commander's declarations are.
+ */
 export function registerRunCommands(program: Command): void {
   const run = program.command("run").description("training runs on Temporal");
 

@@ -307,6 +307,11 @@ export function checkLabel(
   return { ok: true, blocks, variant, repairs };
 }
 
+/**
+ * Checks one turn block of a labeler's answer, item by item, in the order the labeler's errors are reported back
+ * to it (ids, fields, evidence pointers, dependencies, weights, repairs). One pass with many small checks; split
+ * into functions it would pass the same half-dozen accumulators around.
+ */
 function checkBlock(
   block: TurnBlock,
   at: number,

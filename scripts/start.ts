@@ -25,9 +25,9 @@ import { configSummary, type RunConfig } from "../core/config.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import { loadRunConfig } from "../config.ts";
 import { canonicalStoreUrl, openStore } from "../store/open.ts";
-import { getJson } from "../store/mod.ts";
+import { type ArtifactStore, getJson } from "../store/mod.ts";
 import { startRun } from "../cli/run.ts";
-import { type IterationSummary, statusQuery } from "../workflows/training.ts";
+import { type IterationSummary, statusQuery, type TrainingRunResult } from "../workflows/training.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { formatFindings, runDoctor } from "./doctor.ts";
@@ -217,25 +217,62 @@ function demoScale(config: RunConfig): RunConfig {
   };
 }
 
-async function main(): Promise<number> {
-  const t0 = performance.now();
-  await setup();
-  let config: RunConfig = await loadRunConfig(values.config);
-  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15).toLowerCase();
-  if (!values.config) config = demoScale(config);
-  config = {
-    ...config,
-    name: values.config ? config.name : `demo-${stamp}`,
-    cm2: { ...config.cm2, ...(values.iterations ? { iterations: Number(values.iterations) } : {}) },
-    store: { url: canonicalStoreUrl(config.store.url, ROOT) },
-  };
-  const store = openStore(config.store.url, ROOT);
-  const storeUrl = store.url;
+const gib = (b: number) => (b / 2 ** 30).toFixed(2);
 
-  const server = await startDevServer({ log: () => {} });
-  devServer = server;
-  log(`Temporal ${server.owned ? "started" : "reused"} at ${server.address}; Web UI ${server.uiUrl}`);
-  const env = { TEMPORAL_ADDRESS: server.address };
+/** Demo runs left running by an interrupted `task start` would resume on these workers and compete with this
+ * run for the CPU: stop them (their checkpoints stay in the store). */
+async function stopStaleDemoRuns(client: Client): Promise<void> {
+  const stale: string[] = [];
+  for await (
+    const w of client.workflow.list({ query: `WorkflowType="trainingRun" AND ExecutionStatus="Running"` })
+  ) {
+    if (w.workflowId.startsWith(workflowIds.run("demo-"))) stale.push(w.workflowId);
+  }
+  for (const wid of stale) {
+    await client.workflow.getHandle(wid).terminate("superseded by a new `task start` demo run");
+  }
+  if (stale.length) log(`stopped ${stale.length} earlier demo run(s) left running: ${stale.join(", ")}`);
+}
+
+/** The end of a run: iterations, checkpoints, the served version, where things are. */
+async function report(
+  config: RunConfig,
+  store: ArtifactStore,
+  result: TrainingRunResult,
+  seconds: number,
+): Promise<{ checkpoints: number; served: { version: number } }> {
+  const checkpoints = await store.listNames(storeNames.checkpoints(config.name));
+  const served = await fetch(`${config.models.policy.baseURL.replace(/\/$/, "")}/policy_version`)
+    .then((r) => r.json() as Promise<{ version: number }>)
+    .catch(() => ({ version: NaN }));
+  log(
+    `done in ${seconds.toFixed(0)} s: ${result.iterations} iterations, ` +
+      `${checkpoints.length} checkpoints, policy v${result.policyVersion} (served: v${served.version})`,
+  );
+  if (result.checkpoint) {
+    const manifest: { files?: Record<string, unknown> } = await getJson<{ files?: Record<string, unknown> }>(
+      store,
+      result.checkpoint,
+    ).catch(() => ({}));
+    log(
+      `last checkpoint: ${store.locate(result.checkpoint)} (${Object.keys(manifest.files ?? {}).join(", ")})`,
+    );
+  }
+  log(`checkpoints: ${store.url} names ${storeNames.checkpoints(config.name)}it-<n>`);
+  log(`metrics:     ${store.url} names ${storeNames.metrics(config.name, "it", 0).replace(/0$/, "<n>")}`);
+  return { checkpoints: checkpoints.length, served };
+}
+
+/**
+ * The model servers this config needs on this machine (the embedded judge's llama-server on :8766, the
+ * policy server on :8765, each only where the config points there and nothing listens yet), the trainer
+ * worker and the orchestrator worker; returns once the model servers answer.
+ */
+async function startServices(
+  config: RunConfig,
+  storeUrl: string,
+  env: Record<string, string>,
+): Promise<void> {
   const deno = Deno.execPath();
 
   const judgeUrl = new URL(config.models.judge.baseURL);
@@ -334,6 +371,28 @@ async function main(): Promise<number> {
   await spawn("orchestrator-worker", deno, workerArgs(config.temporal.taskQueue, storeUrl), env);
   if (embeddedJudge) await waitHttp("llama-server", "http://127.0.0.1:8766/health", 120_000);
   if (embeddedPolicy) await waitHttp("policy-server", "http://127.0.0.1:8765/health", 180_000);
+}
+
+async function main(): Promise<number> {
+  const t0 = performance.now();
+  await setup();
+  let config: RunConfig = await loadRunConfig(values.config);
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15).toLowerCase();
+  if (!values.config) config = demoScale(config);
+  config = {
+    ...config,
+    name: values.config ? config.name : `demo-${stamp}`,
+    cm2: { ...config.cm2, ...(values.iterations ? { iterations: Number(values.iterations) } : {}) },
+    store: { url: canonicalStoreUrl(config.store.url, ROOT) },
+  };
+  const store = openStore(config.store.url, ROOT);
+  const storeUrl = store.url;
+
+  const server = await startDevServer({ log: () => {} });
+  devServer = server;
+  log(`Temporal ${server.owned ? "started" : "reused"} at ${server.address}; Web UI ${server.uiUrl}`);
+  const env = { TEMPORAL_ADDRESS: server.address };
+  await startServices(config, storeUrl, env);
   log(`model servers up; logs in .cm2/logs/ (${((performance.now() - t0) / 1000).toFixed(0)} s so far)`);
 
   let peak = 0;
@@ -356,20 +415,7 @@ async function main(): Promise<number> {
       encodeURIComponent(id)
     }`,
   );
-  if (!values.config) {
-    // Demo runs left running by an interrupted `task start` would resume on these workers and compete with
-    // this run for the CPU: stop them (their checkpoints stay in the store).
-    const stale: string[] = [];
-    for await (
-      const w of client.workflow.list({ query: `WorkflowType="trainingRun" AND ExecutionStatus="Running"` })
-    ) {
-      if (w.workflowId.startsWith(workflowIds.run("demo-"))) stale.push(w.workflowId);
-    }
-    for (const wid of stale) {
-      await client.workflow.getHandle(wid).terminate("superseded by a new `task start` demo run");
-    }
-    if (stale.length) log(`stopped ${stale.length} earlier demo run(s) left running: ${stale.join(", ")}`);
-  }
+  if (!values.config) await stopStaleDemoRuns(client);
   const handle = await startRun(client, config);
   demoRun = values.config ? undefined : handle;
   let printed = 0;
@@ -386,32 +432,13 @@ async function main(): Promise<number> {
   clearInterval(sampler);
   await sample();
 
-  const checkpoints = await store.listNames(storeNames.checkpoints(config.name));
-  const served = await fetch(`${config.models.policy.baseURL.replace(/\/$/, "")}/policy_version`)
-    .then((r) => r.json() as Promise<{ version: number }>)
-    .catch(() => ({ version: NaN }));
-  log(
-    `done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${result.iterations} iterations, ` +
-      `${checkpoints.length} checkpoints, policy v${result.policyVersion} (served: v${served.version})`,
-  );
-  if (result.checkpoint) {
-    const manifest: { files?: Record<string, unknown> } = await getJson<{ files?: Record<string, unknown> }>(
-      store,
-      result.checkpoint,
-    ).catch(() => ({}));
-    log(
-      `last checkpoint: ${store.locate(result.checkpoint)} (${Object.keys(manifest.files ?? {}).join(", ")})`,
-    );
-  }
-  log(`checkpoints: ${storeUrl} names ${storeNames.checkpoints(config.name)}it-<n>`);
-  log(`metrics:     ${storeUrl} names ${storeNames.metrics(config.name, "it", 0).replace(/0$/, "<n>")}`);
-  const gib = (b: number) => (b / 2 ** 30).toFixed(2);
+  const { checkpoints, served } = await report(config, store, result, (performance.now() - t0) / 1000);
   log(
     `peak memory of the whole stack (PSS): ${gib(peak)} GiB; per process, each at its own peak: ` +
       [...peakOf].map(([n, b]) => `${n} ${gib(b)}`).join(", "),
   );
   await connection.close();
-  const ok = result.iterations === config.cm2.iterations && checkpoints.length === config.cm2.iterations &&
+  const ok = result.iterations === config.cm2.iterations && checkpoints === config.cm2.iterations &&
     served.version === result.policyVersion;
   if (!ok) log("warning: the run did not produce one checkpoint per iteration with the last one served");
   return ok ? 0 : 1;

@@ -206,7 +206,10 @@ export interface LlamaServer {
   close(): Promise<void>;
 }
 
-/** Load the model and start serving. Resolves once the server listens. */
+/**
+ * Load the model and start serving. Resolves once the server listens. Long because it holds the HTTP
+ * routes of an OpenAI-compatible server as one closure over the loaded model and its request queue.
+ */
 export async function startLlamaServer(opts: LlamaServerOptions): Promise<LlamaServer> {
   const load = async () => {
     const c = await loadModel({

@@ -165,7 +165,10 @@ function emptyCounters(): LabelCounters {
   };
 }
 
-/** Labels a stored dataset into a new dataset version; see the module doc. */
+/**
+ * Labels a stored dataset into a new dataset version; see the module doc. Long because it is the workflow's
+ * whole deterministic script (signals, budget, batches, continue-as-new) in the order its history records it.
+ */
 export async function labelDataset(input: LabelRunInput): Promise<LabelSummary> {
   let state: LabelRunState | undefined = input.state;
   let phase: LabelProgress["phase"] = state ? "labeling" : "preparing";

@@ -91,7 +91,11 @@ def convert_adapter(
     *,
     base: BaseInfo | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_path`` (atomically) from the peft adapter in ``adapter_dir``; returns a summary."""
+    """Write ``out_path`` (atomically) from the peft adapter in ``adapter_dir``; returns a summary.
+
+    One pass over the adapter's tensors with its checks (names, shapes, rank, alpha) inline: long, but read top
+    to bottom in the order the GGUF file is written.
+    """
     import gguf
     from safetensors.numpy import load_file
 

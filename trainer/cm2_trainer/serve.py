@@ -206,6 +206,7 @@ def _parse_version(v: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The policy server's command line: flag declarations (most of its length), then loading and serving."""
     ap = argparse.ArgumentParser(prog="cm2-policy-server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="GGUF file or HF model directory/id of the base model")
     ap.add_argument("--tokenizer", help="HF tokenizer directory/id (default: from --model)")
