@@ -17,9 +17,41 @@ export const SamplingSchema = z.object({
   max_tokens: z.number().int().positive().optional(),
 }).strict();
 
+/**
+ * Why `value` is not a usable endpoint URL, or null: only http(s); no credentials (keys come through
+ * `apiKeyEnv`, so they never enter a workflow input, a history or the store); a missing scheme gets a suggestion.
+ */
+export function endpointUrlProblem(value: string): string | null {
+  const schemeless = !/^[a-z][a-z0-9+.-]*:\/\//i.test(value);
+  if (schemeless) {
+    const guess = /^(localhost|\d{1,3}(\.\d{1,3}){3}|[\w.-]+\.[a-z]{2,})(:\d+)?(\/|$)/i.test(value)
+      ? `; did you mean http://${value}?`
+      : "";
+    return `is not an http(s) URL${guess}`;
+  }
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return "is not a valid URL";
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return `uses ${url.protocol.slice(0, -1)}:, only http and https endpoints are allowed`;
+  }
+  if (url.username || url.password) {
+    return "holds credentials; put the key in an environment variable and name it in apiKeyEnv";
+  }
+  return null;
+}
+
+const EndpointUrl = z.string().superRefine((v, ctx) => {
+  const problem = endpointUrlProblem(v);
+  if (problem) ctx.addIssue({ code: "custom", message: `URL ${redactUrl(v)} ${problem}` });
+});
+
 const roleFields = {
-  /** OpenAI-compatible base URL, ending in `/v1`. */
-  baseURL: z.url(),
+  /** OpenAI-compatible base URL (http or https, no credentials), ending in `/v1`. */
+  baseURL: EndpointUrl,
   model: z.string().min(1),
   /** Name of the environment variable that holds the API key; unset means no key is sent. */
   apiKeyEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, "must be an environment variable name").optional(),
@@ -212,8 +244,14 @@ function findInlineSecrets(value: unknown, at: string[] = [], out: ConfigIssue[]
 export function parseRunConfig(
   raw: unknown,
 ): { ok: true; config: RunConfig } | { ok: false; issues: ConfigIssue[] } {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    return {
+      ok: false,
+      issues: [{ path: "(root)", message: "A run config must be a JSON object", value: raw }],
+    };
+  }
   const secrets = findInlineSecrets(raw);
-  const parsed = RunConfigSchema.safeParse(raw ?? {});
+  const parsed = RunConfigSchema.safeParse(raw);
   const issues: ConfigIssue[] = [...secrets];
   if (!parsed.success) {
     for (const iss of parsed.error.issues) {
@@ -225,10 +263,11 @@ export function parseRunConfig(
           issues.push({ path: p.map(String).join("."), message: "Unknown field", value: valueAt(raw, p) });
         }
       } else {
+        const value = valueAt(raw, iss.path);
         issues.push({
           path: iss.path.map(String).join(".") || "(root)",
           message: iss.message,
-          value: valueAt(raw, iss.path),
+          value: typeof value === "string" ? redactUrl(value) : value,
         });
       }
     }
@@ -239,7 +278,7 @@ export function parseRunConfig(
 
 /** Removes credentials embedded in a URL (`https://user:pass@host` → `https://***@host`). */
 export function redactUrl(url: string): string {
-  return url.replace(/^(\w+:\/\/)[^/@]+@/, "$1***@");
+  return url.replace(/^([\w+.-]+:\/\/)[^/@]+@/, "$1***@");
 }
 
 /**

@@ -36,6 +36,7 @@ import {
   type Role,
   type Sampling,
 } from "../core/llm_types.ts";
+import { redactKeyLike, redactSecret } from "../core/redact.ts";
 import { boundStrings } from "../core/json_schema.ts";
 
 /** Response header through which a serving stack names the policy (adapter) version it answered with. */
@@ -108,7 +109,10 @@ export function createChatModel(opts: ChatModelOptions): ChatModel {
       completion = data;
       headers = response.headers;
     } catch (err) {
-      throw classifyError(err, Date.now());
+      const e = classifyError(err, Date.now());
+      // The message becomes an activity failure in the history: no fragment of the key may survive in it.
+      e.message = redactKeyLike(redactSecret(e.message, opts.apiKey));
+      throw e;
     }
     const latencyMs = performance.now() - started;
     return mapCompletion(completion, headers, { model, latencyMs });
