@@ -18,6 +18,9 @@
  * @module
  */
 import { Command } from "commander";
+import { ConfigError } from "./config.ts";
+import { DatasetError } from "./store/datasets.ts";
+import { StoreError } from "./store/mod.ts";
 import { registerConfigCommands } from "./cli/config.ts";
 import { registerDataCommands } from "./cli/data.ts";
 import { registerDoctorCommand } from "./cli/doctor.ts";
@@ -39,6 +42,20 @@ export function buildProgram(): Command {
   return program;
 }
 
-if (import.meta.main) {
-  await buildProgram().parseAsync(["deno", "cm2", ...Deno.args]);
+/**
+ * Expected failures end in one line and exit 2: a store or dataset that refuses the operation, a config that
+ * does not validate. Anything else is a bug and keeps its stack trace.
+ */
+export async function main(args: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(["deno", "cm2", ...args]);
+  } catch (err) {
+    if (err instanceof StoreError || err instanceof DatasetError || err instanceof ConfigError) {
+      console.error(`error: ${err.message}`);
+      Deno.exit(2);
+    }
+    throw err;
+  }
 }
+
+if (import.meta.main) await main(Deno.args);

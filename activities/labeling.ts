@@ -29,6 +29,7 @@ import { type ChecklistVariant, type TrajectoryRecord, TurnBlockSchema } from ".
 import { jsonSchemaOf } from "../llm/structured.ts";
 import { costOf } from "../llm/usage.ts";
 import {
+  DatasetError,
   type DatasetManifest,
   datasetRef,
   loadManifest,
@@ -472,15 +473,22 @@ export function createLabelingActivities(deps: LabelingDeps) {
       report.skipped -= Math.min(input.failedUnlisted, report.skipped);
       report.labeledRecords = out.length;
       report.costUsd = prices ? costOf(report.tokens, prices) : null;
-      const saved = await saveDataset(store, input.out, out, {
-        sources: [{
-          file: input.dataset,
-          format: "dataset",
-          imported: out.length,
-          errors: input.count - out.length,
-        }],
-        derivedFrom: { step: `label:${input.promptVersion}`, parent: input.datasetRef },
-      });
+      let saved;
+      try {
+        saved = await saveDataset(store, input.out, out, {
+          sources: [{
+            file: input.dataset,
+            format: "dataset",
+            imported: out.length,
+            errors: input.count - out.length,
+          }],
+          derivedFrom: { step: `label:${input.promptVersion}`, parent: input.datasetRef },
+          allowEmpty: true,
+        });
+      } catch (err) {
+        if (err instanceof DatasetError) throw ApplicationFailure.nonRetryable(err.message, "InvalidInput");
+        throw err;
+      }
       const full: LabelReport = { ...report, datasetRef: saved.ref };
       const reportRef = await putJson(store, full);
       await store.setName(labelNames.report(input.out), reportRef);

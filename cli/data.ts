@@ -72,49 +72,76 @@ export function registerDataCommands(program: Command): void {
     .requiredOption("--name <name>", "dataset name in the store")
     .option("--format <format>", `force a format: ${IMPORT_FORMATS.join(", ")}`)
     .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
-    .description("import records into the store as a normalised dataset with a manifest")
-    .action(async (paths: string[], opts: { name: string; format?: string; store: string }) => {
-      if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
-        fail(`Unknown format ${JSON.stringify(opts.format)}; use one of ${IMPORT_FORMATS.join(", ")}`);
-      }
-      const files: string[] = [];
-      for (const p of paths) {
-        const st = await fs.stat(p).catch(() => fail(`No such file or directory: ${p}`));
-        if (st.isDirectory()) {
-          for (const e of (await fs.readdir(p)).sort()) {
-            if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
-          }
-        } else files.push(p);
-      }
-      const report = await importFiles(
-        files,
-        readText,
-        opts.format ? { format: opts.format as ImportFormat } : {},
-      );
-      const store = storeFrom(opts);
-      const { ref } = await saveDataset(store, opts.name, report.records, {
-        sources: report.files.map((f) => ({
-          file: f.file,
-          format: f.format ?? "unknown",
-          imported: f.imported,
-          errors: f.errored + (f.failed ? 1 : 0),
-        })),
-        derivedFrom: { step: "import", parent: null },
-      });
-      const byFormat = new Map<string, number>();
-      for (const f of report.files) {
-        byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
-      }
-      if (report.errors.length > 0) {
-        console.error(`${report.errors.length} record(s) not imported:`);
-        for (const e of report.errors) printImportError(e);
-      }
-      console.log(
-        `imported ${report.records.length} records from ${files.length} file(s) ` +
-          `(${[...byFormat].map(([f, n]) => `${f}: ${n}`).join(", ")}), ${report.errors.length} error(s)`,
-      );
-      console.log(`dataset ${opts.name} → ${ref.uri} (${store.url})`);
-    });
+    .option(
+      "--allow-rejects",
+      "exit 0 even when some records were rejected (the valid rest is saved either way)",
+    )
+    .description(
+      "import records into the store as a new version of a dataset (exit 1 when nothing was imported, or when " +
+        "records were rejected without --allow-rejects; an existing dataset is never replaced by an empty one)",
+    )
+    .action(
+      async (
+        paths: string[],
+        opts: { name: string; format?: string; store: string; allowRejects?: boolean },
+      ) => {
+        if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
+          fail(`Unknown format ${JSON.stringify(opts.format)}; use one of ${IMPORT_FORMATS.join(", ")}`);
+        }
+        const files: string[] = [];
+        for (const p of paths) {
+          const st = await fs.stat(p).catch(() => fail(`No such file or directory: ${p}`));
+          if (st.isDirectory()) {
+            for (const e of (await fs.readdir(p)).sort()) {
+              if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
+            }
+          } else files.push(p);
+        }
+        const report = await importFiles(
+          files,
+          readText,
+          opts.format ? { format: opts.format as ImportFormat } : {},
+        );
+        const store = storeFrom(opts);
+        if (report.records.length === 0) {
+          for (const e of report.errors) printImportError(e);
+          const empty = report.files.filter((f) => !f.failed && f.imported === 0 && f.errored === 0);
+          for (const f of empty) console.error(`${f.file}: empty file (no record in it)`);
+          fail(
+            `nothing imported from ${files.length} file(s); dataset ${opts.name} is unchanged`,
+          );
+        }
+        const { ref, manifest } = await saveDataset(store, opts.name, report.records, {
+          sources: report.files.map((f) => ({
+            file: f.file,
+            format: f.format ?? "unknown",
+            imported: f.imported,
+            errors: f.errored + (f.failed ? 1 : 0),
+          })),
+          derivedFrom: { step: "import", parent: null },
+        });
+        const byFormat = new Map<string, number>();
+        for (const f of report.files) {
+          byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
+        }
+        if (report.errors.length > 0) {
+          console.error(`${report.errors.length} record(s) not imported:`);
+          for (const e of report.errors) printImportError(e);
+        }
+        console.log(
+          `imported ${report.records.length} records from ${files.length} file(s) ` +
+            `(${[...byFormat].map(([f, n]) => `${f}: ${n}`).join(", ")}), ${report.errors.length} error(s)`,
+        );
+        console.log(`dataset ${opts.name} v${manifest.version} → ${ref.uri} (${store.url})`);
+        if (report.errors.length > 0 && !opts.allowRejects) {
+          console.error(
+            `error: ${report.errors.length} record(s) rejected (the ${report.records.length} valid ones are saved); ` +
+              "pass --allow-rejects to exit 0",
+          );
+          Deno.exit(1);
+        }
+      },
+    );
 
   data.command("inspect")
     .argument("<dataset>", "dataset name in the store, or a file")
@@ -136,33 +163,42 @@ export function registerDataCommands(program: Command): void {
     .option("--out <name>", "store the kept records as this dataset")
     .option("--disable <criteria>", `comma-separated criteria to skip (of ${FILTER_CRITERIA.join(", ")})`)
     .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
+    .option("--allow-empty", "write --out even when every record was rejected")
     .description("apply CM2's seven rule-based filters; print counts per criterion")
-    .action(async (name: string, opts: { out?: string; disable?: string; store: string }) => {
-      const store = storeFrom(opts);
-      const { records } = await loadRecords(store, name);
-      const disabled = (opts.disable ?? "").split(",").map((s) => s.trim()).filter(Boolean);
-      for (const d of disabled) {
-        if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
-      }
-      const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
-      const result = filterRecords(records, { criteria: enabled });
-      console.log(`kept ${result.kept.length} of ${records.length} records`);
-      for (const c of FILTER_CRITERIA) {
-        const n = result.counts[c];
-        console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : "skipped"}`);
-      }
-      if (opts.out) {
-        const parent = await datasetRef(store, name);
-        const { ref } = await saveDataset(store, opts.out, result.kept, {
-          sources: [{
-            file: name,
-            format: "dataset",
-            imported: result.kept.length,
-            errors: records.length - result.kept.length,
-          }],
-          derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
-        });
-        console.log(`dataset ${opts.out} → ${ref.uri}`);
-      }
-    });
+    .action(
+      async (name: string, opts: { out?: string; disable?: string; store: string; allowEmpty?: boolean }) => {
+        const store = storeFrom(opts);
+        const { records } = await loadRecords(store, name);
+        const disabled = (opts.disable ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+        for (const d of disabled) {
+          if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
+        }
+        const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
+        const result = filterRecords(records, { criteria: enabled });
+        console.log(`kept ${result.kept.length} of ${records.length} records`);
+        for (const c of FILTER_CRITERIA) {
+          const n = result.counts[c];
+          console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : "skipped"}`);
+        }
+        if (opts.out) {
+          if (result.kept.length === 0 && !opts.allowEmpty) {
+            fail(
+              `every record was rejected; not writing an empty dataset ${opts.out} (pass --allow-empty to)`,
+            );
+          }
+          const parent = await datasetRef(store, name);
+          const { ref } = await saveDataset(store, opts.out, result.kept, {
+            sources: [{
+              file: name,
+              format: "dataset",
+              imported: result.kept.length,
+              errors: records.length - result.kept.length,
+            }],
+            derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
+            allowEmpty: opts.allowEmpty ?? false,
+          });
+          console.log(`dataset ${opts.out} → ${ref.uri}`);
+        }
+      },
+    );
 }

@@ -1,12 +1,13 @@
 /**
- * Datasets in the artifact store: one blob per record plus a manifest listing their refs, under
- * the pointer `datasets/<name>`. Activities load one record at a time by index.
+ * Datasets in the artifact store: one blob per record plus a manifest listing their refs, under the pointer
+ * `datasets/<name>` (the newest version; `datasets/<name>/v<k>` each version). Activities load one record at a
+ * time by index.
  *
  * @module
  */
 import { z } from "zod";
 import { type TrajectoryRecord, TrajectoryRecordSchema } from "../core/records.ts";
-import { type ArtifactStore, getJson, putJson, type Ref, RefSchema } from "./mod.ts";
+import { type ArtifactStore, assertSafeName, getJson, putJson, type Ref, RefSchema } from "./mod.ts";
 
 /** The manifest of a stored dataset. */
 export const DatasetManifestSchema = z.object({
@@ -24,19 +25,58 @@ export const DatasetManifestSchema = z.object({
   })),
   /** What produced this version (import, filter, label …) and from which parent manifest. */
   derivedFrom: z.object({ step: z.string(), parent: RefSchema.nullable() }).optional(),
+  /** Version number under this name (1, 2, …; absent before versioning) and the version it replaced. */
+  version: z.number().int().positive().optional(),
+  previous: RefSchema.nullable().optional(),
 });
 
 export type DatasetManifest = z.infer<typeof DatasetManifestSchema>;
 
-/** Writes records and a manifest; points `datasets/<name>` at it. Returns the manifest ref. */
+/** A dataset that cannot be saved as asked (nothing would be gained, or a name that cannot be stored). */
+export class DatasetError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DatasetError";
+  }
+}
+
+/**
+ * Writes records and a manifest as a new version of dataset `name`: `datasets/<name>/v<k>` keeps every version
+ * reachable, and `datasets/<name>` points at the newest. The name is checked before anything is written. An
+ * empty dataset is refused (unless `allowEmpty`), and never replaces a version that has records.
+ */
 export async function saveDataset(
   store: ArtifactStore,
   name: string,
   records: readonly TrajectoryRecord[],
-  meta: { sources: DatasetManifest["sources"]; derivedFrom?: DatasetManifest["derivedFrom"]; now?: Date },
+  meta: {
+    sources: DatasetManifest["sources"];
+    derivedFrom?: DatasetManifest["derivedFrom"];
+    now?: Date;
+    allowEmpty?: boolean;
+  },
 ): Promise<{ ref: Ref; manifest: DatasetManifest }> {
+  const pointer = `datasets/${name}`;
+  try {
+    assertSafeName(`${pointer}/v1`);
+  } catch (err) {
+    throw new DatasetError(
+      `Dataset name ${JSON.stringify(name)} cannot be stored: ${(err as Error).message}`,
+    );
+  }
+  const previousRef = await store.getName(pointer);
+  const previous = previousRef ? await loadManifest(store, previousRef) : null;
+  if (records.length === 0) {
+    if (previous && previous.count > 0) {
+      throw new DatasetError(
+        `Dataset ${name} keeps its ${previous.count} records: the new version would have none`,
+      );
+    }
+    if (!meta.allowEmpty) throw new DatasetError(`Dataset ${name}: no record to save`);
+  }
   const refs: Ref[] = [];
   for (const r of records) refs.push(await putJson(store, r));
+  const version = (previous?.version ?? (previous ? 1 : 0)) + 1;
   const manifest: DatasetManifest = {
     schema: "cm2.dataset/v1",
     name,
@@ -46,9 +86,13 @@ export async function saveDataset(
     uuids: records.map((r) => r.uuid),
     sources: meta.sources,
     ...(meta.derivedFrom ? { derivedFrom: meta.derivedFrom } : {}),
+    version,
+    previous: previousRef ?? null,
   };
   const ref = await putJson(store, manifest);
-  await store.setName(`datasets/${name}`, ref);
+  if (previousRef && !previous?.version) await store.setNameIfAbsent(`${pointer}/v1`, previousRef);
+  await store.setName(`${pointer}/v${version}`, ref);
+  await store.setName(pointer, ref);
   return { ref, manifest };
 }
 

@@ -64,14 +64,19 @@ export class FsStore implements ArtifactStore {
     await this.#mkdir(tmpDir);
     await this.#mkdir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
-    const fh = await fs.open(tmp, "w");
     try {
-      await fh.writeFile(data);
-      if (durable) await fh.sync();
-    } finally {
-      await fh.close();
+      const fh = await fs.open(tmp, "w");
+      try {
+        await fh.writeFile(data);
+        if (durable) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fs.rename(tmp, target);
+    } catch (err) {
+      await fs.unlink(tmp).catch(() => {}); // never leave a temp file behind a failed write
+      throw err;
     }
-    await fs.rename(tmp, target);
   }
 
   async put(data: Uint8Array): Promise<Ref> {

@@ -25,11 +25,21 @@ export class StoreError extends Error {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
 
-/** Checks a pointer name: slash-separated segments of letters, digits, `.`, `_`, `-`, no `..`. */
+/** Longest segment of a name (file systems allow 255 bytes per file name; `.json` is appended). */
+export const MAX_NAME_SEGMENT = 200;
+
+/**
+ * Checks a pointer name: slash-separated segments of letters, digits, `.`, `_`, `-`, no `.` or `..` segment,
+ * at most {@linkcode MAX_NAME_SEGMENT} characters a segment and 400 in all. Stores call it before writing.
+ */
 export function assertSafeName(name: string): void {
-  if (!NAME_RE.test(name) || name.split("/").some((s) => s === "." || s === "..") || name.length > 400) {
-    throw new StoreError(`Store name ${JSON.stringify(name)} is not a safe relative name`);
+  const bad = (why: string) => new StoreError(`Store name ${JSON.stringify(name.slice(0, 120))} ${why}`);
+  if (name.length > 400) throw bad(`is ${name.length} characters long, more than 400`);
+  if (!NAME_RE.test(name) || name.split("/").some((s) => s === "." || s === "..")) {
+    throw bad("is not a safe relative name (segments of letters, digits, '.', '_', '-', separated by '/')");
   }
+  const long = name.split("/").find((s) => s.length > MAX_NAME_SEGMENT);
+  if (long) throw bad(`has a segment of ${long.length} characters, more than ${MAX_NAME_SEGMENT}`);
 }
 
 /** Parses and checks a ref (from a workflow payload or a file); the uri must agree with the hash. */

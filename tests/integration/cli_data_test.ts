@@ -1,0 +1,106 @@
+/**
+ * `cm2 data import` / `data filter` as a user runs them (client.ts in a child process, a temp store): datasets are
+ * versioned, a failed import changes nothing and exits non-zero, rejected records make the exit non-zero unless
+ * allowed, a name the store cannot hold fails in one line before any blob is written, and `filter --out` does not
+ * write an empty dataset unless asked.
+ */
+import assert from "node:assert/strict";
+import * as fs from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { ROOT } from "../../scripts/paths.ts";
+import { DatasetError, datasetRef, loadManifest, saveDataset } from "../../store/datasets.ts";
+import { FsStore } from "../../store/fs_store.ts";
+import { sampleRecords } from "../harness/training.ts";
+
+const SAMPLE = path.join(ROOT, "data/sample/tooltalk_sample.jsonl");
+
+async function cm2(store: string, ...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", path.join(ROOT, "client.ts"), ...args, "--store", store],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
+}
+
+async function count(dir: string): Promise<number> {
+  let n = 0;
+  for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true }).catch(() => [])) {
+    if (e.isFile()) n++;
+  }
+  return n;
+}
+
+Deno.test("data import: versions, a failed import changes nothing, rejects and bad names exit non-zero", async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-cli-data-"));
+  try {
+    const store = new FsStore(path.join(dir, "store"));
+    const ok = await cm2(store.root, "data", "import", SAMPLE, "--name", "mine");
+    assert.equal(ok.code, 0, ok.err);
+    assert.match(ok.out, /dataset mine v1 →/);
+    const v1 = (await datasetRef(store, "mine"))!;
+    const first = await loadManifest(store, v1);
+
+    // An empty file: exit 1, the dataset keeps its records and its version.
+    const empty = path.join(dir, "empty.jsonl");
+    await fs.writeFile(empty, "");
+    const none = await cm2(store.root, "data", "import", empty, "--name", "mine");
+    assert.equal(none.code, 1);
+    assert.match(none.err, /nothing imported .* dataset mine is unchanged/);
+    assert.deepEqual(await datasetRef(store, "mine"), v1);
+
+    // One good record and one bad line: the good one is saved as v2; exit 1 unless --allow-rejects.
+    const lines = (await fs.readFile(SAMPLE, "utf8")).trim().split("\n");
+    const mixed = path.join(dir, "mixed.jsonl");
+    await fs.writeFile(mixed, `${lines[0]}\n{"uuid": 3, "messages": "no"}\n`);
+    const rejected = await cm2(store.root, "data", "import", mixed, "--name", "mine");
+    assert.equal(rejected.code, 1, rejected.out);
+    assert.match(rejected.err, /1 record\(s\) rejected .*--allow-rejects/);
+    const v2 = await loadManifest(store, (await datasetRef(store, "mine"))!);
+    assert.equal(v2.count, 1);
+    assert.equal(v2.version, 2);
+    assert.deepEqual(v2.previous, v1, "the previous version stays reachable");
+    assert.deepEqual(await store.getName("datasets/mine/v1"), v1);
+    const allowed = await cm2(store.root, "data", "import", mixed, "--name", "mine", "--allow-rejects");
+    assert.equal(allowed.code, 0, allowed.err);
+    assert.equal(first.count, lines.length);
+
+    // A name the store cannot hold: one line, exit 2, nothing written.
+    const before = await count(store.root);
+    for (const name of ["../escape", "x".repeat(260)]) {
+      const bad = await cm2(store.root, "data", "import", SAMPLE, "--name", name);
+      assert.equal(bad.code, 2, bad.err);
+      assert.equal(bad.err.trim().split("\n").length, 1, bad.err);
+      assert.match(bad.err, /^error: Dataset name .* cannot be stored/);
+    }
+    assert.equal(await count(store.root), before, "no blob or temp file was left behind");
+
+    // filter --out: not an empty dataset unless asked.
+    const filtered = await cm2(store.root, "data", "filter", "mine", "--out", "none", "--disable", "");
+    if (/kept 0 of/.test(filtered.out)) {
+      assert.equal(filtered.code, 1);
+      assert.equal(await datasetRef(store, "none"), undefined);
+    }
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("saveDataset never replaces a dataset with records by an empty one", async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-ds-"));
+  try {
+    const store = new FsStore(dir);
+    const records = await sampleRecords();
+    const sources = [{ file: "t", format: "t", imported: 1, errors: 0 }];
+    const { ref } = await saveDataset(store, "d", records.slice(0, 2), { sources });
+    await assert.rejects(() => saveDataset(store, "d", [], { sources, allowEmpty: true }), DatasetError);
+    await assert.rejects(() => saveDataset(store, "fresh", [], { sources }), DatasetError);
+    assert.deepEqual(await datasetRef(store, "d"), ref);
+    const e = await saveDataset(store, "fresh", [], { sources, allowEmpty: true });
+    assert.equal(e.manifest.count, 0);
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
