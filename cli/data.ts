@@ -7,7 +7,13 @@ import type { Command } from "commander";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { FILTER_CRITERIA, type FilterCriterion, filterRecords } from "../core/filters.ts";
-import { IMPORT_FORMATS, importFiles, type ImportFormat } from "../core/importers/mod.ts";
+import {
+  formatImportError,
+  IMPORT_FORMATS,
+  type ImportError,
+  importFiles,
+  type ImportFormat,
+} from "../core/importers/mod.ts";
 import { inspectDataset } from "../core/inspect.ts";
 import type { TrajectoryRecord } from "../core/records.ts";
 import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
@@ -31,22 +37,9 @@ async function loadRecords(
   return { name: path.basename(nameOrFile), records: report.records };
 }
 
-function printImportError(
-  e: {
-    file: string;
-    record: { index?: number; id?: string; line?: number };
-    path: string;
-    message: string;
-    value?: unknown;
-  },
-): void {
-  const rec = [
-    e.record.index !== undefined ? `record ${e.record.index}` : "",
-    e.record.id ? `(${e.record.id})` : "",
-    e.record.line !== undefined ? `line ${e.record.line}` : "",
-  ].filter(Boolean).join(" ");
-  const value = e.value === undefined ? "" : `; found ${JSON.stringify(e.value)}`;
-  console.error(`  ${e.file}${rec ? `: ${rec}` : ""}: ${e.path}: ${e.message}${value}`);
+/** Prints one import error (see `formatImportError`), indented. */
+function printImportError(e: ImportError): void {
+  console.error(formatImportError(e).split("\n").map((l) => `  ${l}`).join("\n"));
 }
 
 function printSummary(obj: Record<string, unknown>, indent: string): void {
@@ -124,9 +117,15 @@ export function registerDataCommands(program: Command): void {
         for (const f of report.files) {
           byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
         }
-        if (report.errors.length > 0) {
-          console.error(`${report.errors.length} record(s) not imported:`);
-          for (const e of report.errors) printImportError(e);
+        const fileErrors = report.errors.filter((e) => e.record.index === undefined);
+        const recordErrors = report.errors.filter((e) => e.record.index !== undefined);
+        if (fileErrors.length > 0) {
+          console.error(`${fileErrors.length} file(s) could not be read as a dataset:`);
+          for (const e of fileErrors) printImportError(e);
+        }
+        if (recordErrors.length > 0) {
+          console.error(`${recordErrors.length} record(s) not imported:`);
+          for (const e of recordErrors) printImportError(e);
         }
         console.log(
           `imported ${report.records.length} records from ${files.length} file(s) ` +

@@ -38,9 +38,14 @@ export interface ImportError {
   path: string;
   message: string;
   value?: unknown;
-  /** How many further problems the same record has (only the first is reported). */
+  /** How many further problems the same record has. */
   moreIssues?: number;
+  /** The first few of them (up to {@linkcode MORE_ISSUES_KEPT}). */
+  more?: RecordIssue[];
 }
+
+/** How many further problems of one record an error keeps (besides its first). */
+export const MORE_ISSUES_KEPT = 4;
 
 /** What an importer returns: every input record lands in exactly one of the two lists. */
 export interface ImportResult {
@@ -241,10 +246,13 @@ export class RecordCollector {
   constructor(readonly file: string) {}
 
   /** Files one problem found before validation. */
-  fail(ref: RecordRef, issue: RecordIssue, moreIssues = 0): void {
+  fail(ref: RecordRef, issue: RecordIssue, more: readonly RecordIssue[] = []): void {
     const err: ImportError = { file: this.file, record: ref, path: issue.path, message: issue.message };
     if (issue.value !== undefined) err.value = issue.value;
-    if (moreIssues > 0) err.moreIssues = moreIssues;
+    if (more.length > 0) {
+      err.moreIssues = more.length;
+      err.more = more.slice(0, MORE_ISSUES_KEPT);
+    }
     this.errors.push(err);
   }
 
@@ -252,7 +260,7 @@ export class RecordCollector {
   add(ref: RecordRef, raw: unknown): void {
     const v = validateRecord(raw);
     if (!v.ok) {
-      this.fail(ref, v.issues[0]!, v.issues.length - 1);
+      this.fail(ref, v.issues[0]!, v.issues.slice(1));
       return;
     }
     const first = this.#seen.get(v.record.uuid);

@@ -20,6 +20,7 @@ import {
   RecordCollector,
   refOf,
   stableId,
+  trimTrailingUser,
 } from "./_common.ts";
 
 /**
@@ -96,7 +97,8 @@ function importLines(
         message: `Line is not valid JSON: ${parsed.message}`,
         value: preview(lineText, 60),
       };
-      const id = /"(?:uuid|id)"\s*:\s*"([^"\\]+)"/.exec(lineText)?.[1];
+      // Only a top-level `"uuid"` at the start of the line names the record (a nested "id" may be a tool call's).
+      const id = /^\s*\{\s*"uuid"\s*:\s*"([^"\\]+)"/.exec(lineText)?.[1];
       out.fail(id === undefined ? { index, line } : { index, line, id }, issue);
       return;
     }
@@ -125,9 +127,22 @@ export function importOpenAIChatJsonl(text: string, source: ImportSource): Impor
       };
     }
     const id = raw.uuid ?? raw.id;
-    return cm2RecordFromRaw({
+    const r = cm2RecordFromRaw({
       ...raw,
       uuid: typeof id === "string" || typeof id === "number" ? String(id) : stableId("chat-", line),
     });
+    // As the ToolTalk and τ-bench importers: a conversation that ends with user messages no assistant answered
+    // keeps the rest, and the trim is counted.
+    if (r.ok && Array.isArray(r.value.messages)) {
+      const trimmed = trimTrailingUser(r.value.messages as { role?: unknown }[]);
+      if (trimmed.trimmed > 0) {
+        r.value.messages = trimmed.messages;
+        r.value.meta = {
+          ...(r.value.meta as Record<string, unknown> | undefined),
+          trimmed_trailing_user: trimmed.trimmed,
+        };
+      }
+    }
+    return r;
   });
 }

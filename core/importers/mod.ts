@@ -280,17 +280,20 @@ export async function importFiles(
   return report;
 }
 
-/** One line for an import error: `file record path: message (value)`. */
+/**
+ * One import error as a user reads it: the file, the 1-based line (or the 1-based record number where the format
+ * has no lines; "whole file" for a file-level error), the record's uuid when it has one, the field, the problem
+ * and the value; then, on indented lines, the record's further problems (the first few, and how many more).
+ */
 export function formatImportError(e: ImportError): string {
-  const rec = [
-    e.record.line !== undefined
-      ? `line ${e.record.line}`
-      : e.record.index !== undefined
-      ? `record ${e.record.index}`
-      : "",
-    e.record.id !== undefined ? `(${e.record.id})` : "",
+  const where = e.record.index === undefined && e.record.line === undefined ? "whole file" : [
+    e.record.line !== undefined ? `line ${e.record.line}` : `record #${(e.record.index ?? 0) + 1}`,
+    e.record.id !== undefined ? `(uuid ${e.record.id})` : "",
   ].filter((s) => s !== "").join(" ");
-  const value = e.value === undefined ? "" : ` (${JSON.stringify(e.value)})`;
-  const more = e.moreIssues ? ` [+${e.moreIssues} more]` : "";
-  return `${e.file}${rec ? ` ${rec}` : ""} ${e.path}: ${e.message}${value}${more}`;
+  const value = (v: unknown) => (v === undefined ? "" : ` (found ${JSON.stringify(v)})`);
+  const lines = [`${e.file}: ${where}: ${e.path}: ${e.message}${value(e.value)}`];
+  for (const m of e.more ?? []) lines.push(`    also ${m.path}: ${m.message}${value(m.value)}`);
+  const rest = (e.moreIssues ?? 0) - (e.more?.length ?? 0);
+  if (rest > 0) lines.push(`    and ${rest} more problem(s) in this record`);
+  return lines.join("\n");
 }

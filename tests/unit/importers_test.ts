@@ -193,7 +193,7 @@ Deno.test("a corrupt CM2 JSONL gives exactly one precise error per bad record an
   ]);
   assert.equal(
     formatImportError(report.errors[4]!),
-    `${FIXTURES}/cm2_records.jsonl line 7 (bad-weights) checklists[0][0]: Checklist weights of turn 0 sum to 0.8, expected 1 (0.8)`,
+    `${FIXTURES}/cm2_records.jsonl: line 7 (uuid bad-weights): checklists[0][0]: Checklist weights of turn 0 sum to 0.8, expected 1 (found 0.8)`,
   );
 });
 
@@ -234,10 +234,52 @@ Deno.test("importOpenAIChatJsonl() normalises OpenAI messages and hashes a stabl
     message: "A user message must be followed by an assistant message",
     value: "tool",
     moreIssues: 1,
+    more: [{
+      path: "messages[1].role",
+      message: "A tool message must answer a tool call of the assistant message before it",
+      value: "tool",
+    }],
   }]);
   assert.deepEqual(
     importOpenAIChatJsonl(text, { file }).records.map((r) => r.uuid),
     records.map((r) => r.uuid),
+  );
+});
+
+Deno.test("importOpenAIChatJsonl() trims an unanswered last user message and counts it, as the other formats", () => {
+  const line = JSON.stringify({
+    id: "trailing",
+    messages: [
+      { role: "user", content: "Hi" },
+      { role: "assistant", content: "Hello!" },
+      { role: "user", content: "Thanks, bye" },
+    ],
+  });
+  const { records, errors } = importOpenAIChatJsonl(`${line}\n`, { file: "t.jsonl" });
+  assert.deepEqual(errors, []);
+  assert.equal(records[0]!.messages.length, 2);
+  assert.equal(records[0]!.meta?.trimmed_trailing_user, 1);
+});
+
+Deno.test("a line that is not JSON is not named after a nested id; errors read 1-based, with every problem", () => {
+  const bad = '{"messages": [{"role": "assistant", "tool_calls": [{"id": "call_1"';
+  const { errors } = importOpenAIChatJsonl(`${bad}\n`, { file: "t.jsonl" });
+  assert.equal(errors[0]!.record.id, undefined);
+  assert.match(formatImportError(errors[0]!), /^t\.jsonl: line 1: \$: Line is not valid JSON/);
+  const many = JSON.stringify({
+    id: "m",
+    messages: [{ role: "tool", content: "" }, { role: "tool", content: "" }],
+  });
+  const e = importOpenAIChatJsonl(`${many}\n`, { file: "t.jsonl" }).errors[0]!;
+  const text = formatImportError(e);
+  assert.match(text, /^t\.jsonl: line 1 \(uuid m\): /);
+  assert.equal(
+    text.split("\n").length - 1,
+    Math.min(e.moreIssues ?? 0, 4) + ((e.moreIssues ?? 0) > 4 ? 1 : 0),
+  );
+  assert.match(
+    formatImportError({ file: "f", record: {}, path: "$", message: "Cannot read" }),
+    /^f: whole file: /,
   );
 });
 
