@@ -49,6 +49,8 @@ export function buildProgram(): Command {
 export async function main(args: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(["deno", "cm2", ...args]);
+    // Every command is finite: do not wait on handles a library may keep open (a finished `run watch` hung).
+    Deno.exit(Deno.exitCode);
   } catch (err) {
     if (err instanceof StoreError || err instanceof DatasetError || err instanceof ConfigError) {
       console.error(`error: ${err.message}`);

@@ -20,6 +20,7 @@ import {
   statusQuery,
   stopSignal,
   trainingRun,
+  type TrainingRunResult,
 } from "../workflows/training.ts";
 import { fail, nonNegative, withClient, workflowLink } from "./common.ts";
 
@@ -41,15 +42,55 @@ function runId(name: string): string {
   return name.startsWith("run/") ? name : workflowIds.run(name);
 }
 
-async function status(name: string): Promise<RunStatus> {
-  return await withClient(async ({ client }) => {
-    try {
-      return await client.workflow.getHandle(runId(name)).query(statusQuery);
-    } catch (err) {
-      if (err instanceof WorkflowNotFoundError) fail(`No run ${runId(name)}`);
-      throw err;
-    }
+/**
+ * A run's state without needing a worker where none is needed: a closed run's from its result (or its close
+ * status), a running run's from its status query. A running run that no worker serves fails in one line that
+ * says which task queue needs one.
+ */
+async function runState(client: Client, name: string): Promise<RunStatus | { closed: string }> {
+  const handle = client.workflow.getHandle(runId(name));
+  let desc;
+  try {
+    desc = await handle.describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) fail(`No run ${runId(name)}`);
+    throw err;
+  }
+  if (desc.status.name === "COMPLETED") {
+    const r: TrainingRunResult = await handle.result();
+    return {
+      name: r.name,
+      phase: r.stopped ? "stopped" : "completed",
+      iteration: r.iterations,
+      iterations: r.iterations,
+      policyVersion: r.policyVersion,
+      checkpoint: r.checkpoint,
+      recent: r.recent,
+    };
+  }
+  if (desc.status.name !== "RUNNING") return { closed: desc.status.name.toLowerCase() };
+  const noWorker = () =>
+    fail(
+      `${runId(name)} is running, but no worker is polling ${desc.taskQueue}; start one with ` +
+        "`deno task worker` (the same --store as the run)",
+    );
+  const queue = await client.workflowService.describeTaskQueue({
+    namespace: client.options.namespace,
+    taskQueue: { name: desc.taskQueue },
+    taskQueueType: 1, // TASK_QUEUE_TYPE_WORKFLOW
   });
+  if ((queue.pollers ?? []).length === 0) noWorker();
+  try {
+    return await handle.query(statusQuery);
+  } catch (err) {
+    const text = `${(err as Error).message} ${((err as Error).cause as Error | undefined)?.message ?? ""}`;
+    if (/no poller|deadline|timeout/i.test(text)) noWorker();
+    throw err;
+  }
+}
+
+async function status(name: string): Promise<RunStatus | { closed: string }> {
+  return await withClient(async ({ client }) => await runState(client, name));
 }
 
 function formatSummary(s: RunStatus["recent"][number]): string {
@@ -117,6 +158,11 @@ export function registerRunCommands(program: Command): void {
   run.command("status").argument("<name>", "run name or id").description("show a run's state").action(
     async (name: string) => {
       const s = await status(name);
+      if ("closed" in s) {
+        console.log(`${runId(name)}: ${s.closed}`);
+        console.log(`Web UI: ${workflowLink(runId(name))}`);
+        return;
+      }
       console.log(
         `${runId(name)}: ${s.phase}, iteration ${s.iteration}/${s.iterations}, policy v${s.policyVersion}`,
       );
@@ -138,8 +184,8 @@ export function registerRunCommands(program: Command): void {
         let started = false;
         let printed = 0;
         while (true) {
-          const s = await handle.query(statusQuery).catch(() => undefined);
-          if (!s) break;
+          const s = await runState(client, name);
+          if ("closed" in s) break;
           while (printed < s.recent.length) {
             if (started) bar.stop();
             started = false;
