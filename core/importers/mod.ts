@@ -87,6 +87,32 @@ export function detectFormat(path: string, text: string): ImportFormat | undefin
   return "cm2-json";
 }
 
+/**
+ * Benchmark files that are not training data, recognised so that an import says what they are instead of
+ * failing record by record: τ²-bench task definitions, BFCL test entries and BFCL function docs (each line a
+ * JSON object, even in `.json` files). None holds a reference trajectory to derive checklists from.
+ */
+export function recognizeNonTrainingFile(text: string): string | undefined {
+  const parsed = parseJson(text);
+  const first = parsed.ok ? (Array.isArray(parsed.value) ? parsed.value[0] : undefined) : (() => {
+    const line = jsonlLines(text)[0];
+    const p = line ? parseJson(line.text) : undefined;
+    return p?.ok ? p.value : undefined;
+  })();
+  if (!isObject(first)) return undefined;
+  const why = "it holds no reference trajectory to train on; use it with `cm2 eval`, not `data import`";
+  if ("user_scenario" in first && "evaluation_criteria" in first) {
+    return `This is a τ²-bench task file (user scenarios and evaluation criteria): ${why}`;
+  }
+  if (typeof first.id === "string" && ("question" in first || "ground_truth" in first)) {
+    return `This is a BFCL test file (questions and ground-truth calls, ids like ${first.id}): ${why}`;
+  }
+  if (typeof first.name === "string" && isObject(first.parameters) && !("messages" in first)) {
+    return "This is a BFCL function-doc file (tool schemas, not conversations): it cannot be imported as records";
+  }
+  return undefined;
+}
+
 /** Tool catalogs and per-format options for {@linkcode importText}. */
 export interface ImportTextOptions {
   tooltalkCatalog?: ToolTalkCatalog;
@@ -219,10 +245,20 @@ export async function importFiles(
       fileError(`File cannot be read: ${e instanceof Error ? e.message : String(e)}`, file);
       continue;
     }
+    const known = options.format === undefined && file.toLowerCase().endsWith(".json")
+      ? recognizeNonTrainingFile(text)
+      : undefined;
+    if (known) {
+      fileError(known, file);
+      continue;
+    }
     const format = options.format ?? detectFormat(file, text);
     summary.format = format;
     if (format === undefined) {
-      fileError("File format is not recognised", file);
+      fileError(
+        `File format is not recognised; the formats are ${IMPORT_FORMATS.join(", ")} (--format)`,
+        file,
+      );
       continue;
     }
     const textOptions: ImportTextOptions = {};

@@ -341,7 +341,10 @@ Deno.test("importFiles() counts unreadable, unknown and duplicate inputs instead
   );
   assert.deepEqual(report.errors.map((e) => [e.path, e.message]), [
     ["uuid", "Record uuid is not unique, first imported from /x/a.jsonl"],
-    ["$", "File format is not recognised"],
+    [
+      "$",
+      "File format is not recognised; the formats are cm2-json, cm2-jsonl, openai-jsonl, tooltalk, tau-bench (--format)",
+    ],
     ["$", "File cannot be read: No such file /x/missing.json"],
   ]);
   const tt = await importFiles(["/y/conv.json"], (p) => {
@@ -382,4 +385,25 @@ Deno.test("ruleWeights() rounds to 4 decimals and sums to 1 within 1e-9", () => 
     for (const x of w) assert.equal(Math.round(x * 1e4) / 1e4, x);
   }
   assert.deepEqual(ruleWeights([1, 1, 1]), [0.3334, 0.3333, 0.3333]);
+});
+
+Deno.test("benchmark files that are not training data are named, not imported record by record", async () => {
+  const bench = new URL("../../../shared/benchdata/", import.meta.url);
+  const files = [
+    [new URL("tau2-bench/v1.0.1/airline/tasks.json", bench), /τ²-bench task file/],
+    [new URL("bfcl-v4/data/BFCL_v4_multi_turn_base.json", bench), /BFCL test file/],
+    [new URL("bfcl-v4/data/multi_turn_func_doc/math_api.json", bench), /BFCL function-doc file/],
+  ] as const;
+  for (const [url, what] of files) {
+    const file = url.pathname;
+    const report = await importFiles([file], (p) => Deno.readTextFile(p));
+    assert.equal(report.records.length, 0);
+    assert.equal(report.errors.length, 1, JSON.stringify(report.errors.slice(0, 2)));
+    assert.match(report.errors[0]!.message, what);
+  }
+  const unknown = await importFiles(["x.txt"], () => "hello");
+  assert.match(
+    unknown.errors[0]!.message,
+    /formats are cm2-json, cm2-jsonl, openai-jsonl, tooltalk, tau-bench/,
+  );
 });
