@@ -10,7 +10,8 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { RunConfig } from "../core/config.ts";
 import { importFiles } from "../core/importers/mod.ts";
-import { datasetRef as namedDataset, loadManifest, saveDataset } from "../store/datasets.ts";
+import { datasetRef as namedDataset, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
+import { validateRecord } from "../core/records.ts";
 import { type ArtifactStore, putJson, type Ref } from "../store/mod.ts";
 import { canonicalStoreUrl } from "../store/open.ts";
 
@@ -48,14 +49,39 @@ export function createDatasetActivities(deps: DatasetDeps) {
     },
 
     /**
-     * Imports the configured dataset (a file, or `datasets/<name>` in the store), keeps the records
-     * that have checklists, stores it, and splits off the last `heldOut` records for validation.
+     * Imports the configured dataset (a file, or `datasets/<name>` in the store), keeps the records that pass
+     * the import validation and have checklists, stores them, and splits off the last `heldOut` records for
+     * validation.
      */
     async prepareDataset(
       input: { config: RunConfig },
     ): Promise<{ datasetRef: Ref; trainCount: number; valCount: number }> {
       const spec = input.config.dataset;
       let ref = spec.path.startsWith("datasets/") ? await namedDataset(store, spec.path.slice(9)) : undefined;
+      if (ref) {
+        // A stored dataset passes the same validation as an import (it may predate a rule): what fails it, or has
+        // no checklist, is left out of a derived `run-<name>` version, and the count says so.
+        const manifest = await loadManifest(store, ref);
+        const records = await loadAllRecords(store, manifest);
+        const kept = records.filter((r) => validateRecord(r).ok && r.checklists.length > 0);
+        if (kept.length === 0) {
+          throw ApplicationFailure.nonRetryable(
+            `Dataset ${spec.path} has no valid record with a checklist (${records.length} stored)`,
+            "InvalidInput",
+          );
+        }
+        if (kept.length < records.length) {
+          ({ ref } = await saveDataset(store, `run-${input.config.name}`, kept, {
+            sources: [{
+              file: spec.path,
+              format: "dataset",
+              imported: kept.length,
+              errors: records.length - kept.length,
+            }],
+            derivedFrom: { step: "prepare", parent: ref },
+          }));
+        }
+      }
       if (!ref) {
         const file = path.isAbsolute(spec.path) ? spec.path : path.join(deps.root, spec.path);
         const report = await importFiles([file], (p) => fs.readFile(p, "utf8"));

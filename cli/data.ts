@@ -161,23 +161,69 @@ export function registerDataCommands(program: Command): void {
     .argument("<dataset>", "dataset name in the store, or a file")
     .option("--out <name>", "store the kept records as this dataset")
     .option("--disable <criteria>", `comma-separated criteria to skip (of ${FILTER_CRITERIA.join(", ")})`)
+    .option(
+      "--enable <criteria>",
+      "comma-separated criteria to apply even where skipped by default (think_tags)",
+    )
+    .option("--rejected <file>", "write each rejected record's uuid and reasons as JSON lines")
     .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
     .option("--allow-empty", "write --out even when every record was rejected")
-    .description("apply CM2's seven rule-based filters; print counts per criterion")
+    .description(
+      "apply CM2's seven rule-based filters; print counts per criterion and each rejected record with its " +
+        "reasons (think_tags applies by default only to data that has <think> tags)",
+    )
     .action(
-      async (name: string, opts: { out?: string; disable?: string; store: string; allowEmpty?: boolean }) => {
+      async (
+        name: string,
+        opts: {
+          out?: string;
+          disable?: string;
+          enable?: string;
+          rejected?: string;
+          store: string;
+          allowEmpty?: boolean;
+        },
+      ) => {
         const store = storeFrom(opts);
         const { records } = await loadRecords(store, name);
-        const disabled = (opts.disable ?? "").split(",").map((s) => s.trim()).filter(Boolean);
-        for (const d of disabled) {
+        const list = (v?: string) => (v ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+        for (const d of [...list(opts.disable), ...list(opts.enable)]) {
           if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
         }
+        // Data without reasoning traces would fail think_tags everywhere: skip it unless the data has them.
+        const traces = records.some((r) =>
+          r.messages.some((m) => m.role === "assistant" && m.content.includes("<think>"))
+        );
+        const disabled = [
+          ...list(opts.disable),
+          ...(traces || list(opts.enable).includes("think_tags") ? [] : ["think_tags"]),
+        ];
         const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
         const result = filterRecords(records, { criteria: enabled });
         console.log(`kept ${result.kept.length} of ${records.length} records`);
         for (const c of FILTER_CRITERIA) {
           const n = result.counts[c];
-          console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : "skipped"}`);
+          const skipped = c === "think_tags" && !traces && !list(opts.disable).includes(c)
+            ? "skipped (no <think> tags in the data; --enable think_tags to apply)"
+            : "skipped";
+          console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : skipped}`);
+        }
+        for (const r of result.rejected.slice(0, 50)) {
+          console.log(
+            `  rejected ${r.uuid}: ${
+              r.reasons.map((x) => `${x.criterion} at ${x.path}: ${x.message}`).join("; ")
+            }`,
+          );
+        }
+        if (result.rejected.length > 50) {
+          console.log(`  … and ${result.rejected.length - 50} more (see --rejected)`);
+        }
+        if (opts.rejected) {
+          await Deno.writeTextFile(
+            opts.rejected,
+            result.rejected.map((r) => JSON.stringify(r)).join("\n") + "\n",
+          );
+          console.log(`rejected records → ${opts.rejected}`);
         }
         if (opts.out) {
           if (result.kept.length === 0 && !opts.allowEmpty) {

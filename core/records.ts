@@ -384,6 +384,19 @@ export function validateRecord(raw: unknown): RecordValidation {
     }
     names.set(name, k);
   });
+  // What a run cannot replay or simulate: a call to a tool the record does not offer. (An empty tool response
+  // is left to `data filter`'s tool_response_json_valid: τ-bench's `think` tool answers "" by design.)
+  record.messages.forEach((m, i) => {
+    m.tool_calls.forEach((c, k) => {
+      if (!names.has(c.function.name)) {
+        issues.push({
+          path: `messages[${i}].tool_calls[${k}].function.name`,
+          message: "The call names a tool the record does not offer",
+          value: c.function.name,
+        });
+      }
+    });
+  });
   const turns = countUserTurns(record.messages);
   record.checklists.forEach((variant, v) =>
     issues.push(...checkChecklist(variant, turns, `checklists[${v}]`))

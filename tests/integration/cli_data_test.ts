@@ -77,12 +77,45 @@ Deno.test("data import: versions, a failed import changes nothing, rejects and b
     }
     assert.equal(await count(store.root), before, "no blob or temp file was left behind");
 
-    // filter --out: not an empty dataset unless asked.
-    const filtered = await cm2(store.root, "data", "filter", "mine", "--out", "none", "--disable", "");
-    if (/kept 0 of/.test(filtered.out)) {
-      assert.equal(filtered.code, 1);
-      assert.equal(await datasetRef(store, "none"), undefined);
-    }
+    // filter: think_tags skipped for data without reasoning traces; rejected records named, with --rejected
+    // as JSON lines; --out does not write an empty dataset unless asked.
+    const rejectedFile = path.join(dir, "rejected.jsonl");
+    const kept = await cm2(
+      store.root,
+      "data",
+      "filter",
+      "mine",
+      "--out",
+      "clean",
+      "--rejected",
+      rejectedFile,
+    );
+    assert.equal(kept.code, 0, kept.err);
+    assert.match(kept.out, /think_tags +skipped \(no <think> tags in the data/);
+    assert.ok(await datasetRef(store, "clean"));
+    const all = await cm2(store.root, "data", "filter", "mine", "--out", "none", "--enable", "think_tags");
+    assert.equal(all.code, 1);
+    assert.match(all.out, /rejected \S+: think_tags at /);
+    assert.match(all.err, /not writing an empty dataset none/);
+    assert.equal(await datasetRef(store, "none"), undefined);
+    const forced = await cm2(
+      store.root,
+      "data",
+      "filter",
+      "mine",
+      "--enable",
+      "think_tags",
+      "--rejected",
+      rejectedFile,
+    );
+    assert.equal(forced.code, 0, forced.err);
+    const rejectedLines = (await fs.readFile(rejectedFile, "utf8")).trim().split("\n").map((l) =>
+      JSON.parse(l) as { uuid: unknown; reasons: unknown[] }
+    );
+    assert.ok(
+      rejectedLines.length > 0 &&
+        rejectedLines.every((l) => typeof l.uuid === "string" && l.reasons.length > 0),
+    );
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }

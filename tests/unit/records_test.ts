@@ -267,3 +267,14 @@ Deno.test("turnRanges() and countUserTurns() split messages at user messages", (
   assert.equal(countUserTurns(msgs), 2);
   assert.deepEqual(turnRanges(msgs), [{ start: 1, end: 5 }, { start: 5, end: 7 }]);
 });
+
+Deno.test("validateRecord() refuses a call to a tool the record does not offer", () => {
+  const found = issues(record({ tools: [] }));
+  assert.ok(
+    found.some((i) =>
+      /does not offer/.test(i.message) && i.value === "get_weather" && /tool_calls\[0\]/.test(i.path)
+    ),
+    JSON.stringify(found),
+  );
+  assert.deepEqual(issues(record()), []);
+});
