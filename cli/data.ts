@@ -73,74 +73,7 @@ export function registerDataCommands(program: Command): void {
       "import records into the store as a new version of a dataset (exit 1 when nothing was imported, or when " +
         "records were rejected without --allow-rejects; an existing dataset is never replaced by an empty one)",
     )
-    .action(
-      async (
-        paths: string[],
-        opts: { name: string; format?: string; store: string; allowRejects?: boolean },
-      ) => {
-        if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
-          fail(`Unknown format ${JSON.stringify(opts.format)}; use one of ${IMPORT_FORMATS.join(", ")}`);
-        }
-        const files: string[] = [];
-        for (const p of paths) {
-          const st = await fs.stat(p).catch(() => fail(`No such file or directory: ${p}`));
-          if (st.isDirectory()) {
-            for (const e of (await fs.readdir(p)).sort()) {
-              if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
-            }
-          } else files.push(p);
-        }
-        const report = await importFiles(
-          files,
-          readText,
-          opts.format ? { format: opts.format as ImportFormat } : {},
-        );
-        const store = storeFrom(opts);
-        if (report.records.length === 0) {
-          for (const e of report.errors) printImportError(e);
-          const empty = report.files.filter((f) => !f.failed && f.imported === 0 && f.errored === 0);
-          for (const f of empty) console.error(`${f.file}: empty file (no record in it)`);
-          fail(
-            `nothing imported from ${files.length} file(s); dataset ${opts.name} is unchanged`,
-          );
-        }
-        const { ref, manifest } = await saveDataset(store, opts.name, report.records, {
-          sources: report.files.map((f) => ({
-            file: f.file,
-            format: f.format ?? "unknown",
-            imported: f.imported,
-            errors: f.errored + (f.failed ? 1 : 0),
-          })),
-          derivedFrom: { step: "import", parent: null },
-        });
-        const byFormat = new Map<string, number>();
-        for (const f of report.files) {
-          byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
-        }
-        const fileErrors = report.errors.filter((e) => e.record.index === undefined);
-        const recordErrors = report.errors.filter((e) => e.record.index !== undefined);
-        if (fileErrors.length > 0) {
-          console.error(`${fileErrors.length} file(s) could not be read as a dataset:`);
-          for (const e of fileErrors) printImportError(e);
-        }
-        if (recordErrors.length > 0) {
-          console.error(`${recordErrors.length} record(s) not imported:`);
-          for (const e of recordErrors) printImportError(e);
-        }
-        console.log(
-          `imported ${report.records.length} records from ${files.length} file(s) ` +
-            `(${[...byFormat].map(([f, n]) => `${f}: ${n}`).join(", ")}), ${report.errors.length} error(s)`,
-        );
-        console.log(`dataset ${opts.name} v${manifest.version} → ${ref.uri} (${store.url})`);
-        if (report.errors.length > 0 && !opts.allowRejects) {
-          console.error(
-            `error: ${report.errors.length} record(s) rejected (the ${report.records.length} valid ones are saved); ` +
-              "pass --allow-rejects to exit 0",
-          );
-          Deno.exit(1);
-        }
-      },
-    );
+    .action(importCommand);
 
   data.command("inspect")
     .argument("<dataset>", "dataset name in the store, or a file")
@@ -172,78 +105,142 @@ export function registerDataCommands(program: Command): void {
       "apply CM2's seven rule-based filters; print counts per criterion and each rejected record with its " +
         "reasons (think_tags applies by default only to data that has <think> tags)",
     )
-    .action(
-      async (
-        name: string,
-        opts: {
-          out?: string;
-          disable?: string;
-          enable?: string;
-          rejected?: string;
-          store: string;
-          allowEmpty?: boolean;
-        },
-      ) => {
-        const store = storeFrom(opts);
-        const { records } = await loadRecords(store, name);
-        const list = (v?: string) => (v ?? "").split(",").map((s) => s.trim()).filter(Boolean);
-        for (const d of [...list(opts.disable), ...list(opts.enable)]) {
-          if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
-        }
-        // Data without reasoning traces would fail think_tags everywhere: skip it unless the data has them.
-        const traces = records.some((r) =>
-          r.messages.some((m) => m.role === "assistant" && m.content.includes("<think>"))
-        );
-        const disabled = [
-          ...list(opts.disable),
-          ...(traces || list(opts.enable).includes("think_tags") ? [] : ["think_tags"]),
-        ];
-        const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
-        const result = filterRecords(records, { criteria: enabled });
-        console.log(`kept ${result.kept.length} of ${records.length} records`);
-        for (const c of FILTER_CRITERIA) {
-          const n = result.counts[c];
-          const skipped = c === "think_tags" && !traces && !list(opts.disable).includes(c)
-            ? "skipped (no <think> tags in the data; --enable think_tags to apply)"
-            : "skipped";
-          console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : skipped}`);
-        }
-        for (const r of result.rejected.slice(0, 50)) {
-          console.log(
-            `  rejected ${r.uuid}: ${
-              r.reasons.map((x) => `${x.criterion} at ${x.path}: ${x.message}`).join("; ")
-            }`,
-          );
-        }
-        if (result.rejected.length > 50) {
-          console.log(`  … and ${result.rejected.length - 50} more (see --rejected)`);
-        }
-        if (opts.rejected) {
-          await Deno.writeTextFile(
-            opts.rejected,
-            result.rejected.map((r) => JSON.stringify(r)).join("\n") + "\n",
-          );
-          console.log(`rejected records → ${opts.rejected}`);
-        }
-        if (opts.out) {
-          if (result.kept.length === 0 && !opts.allowEmpty) {
-            fail(
-              `every record was rejected; not writing an empty dataset ${opts.out} (pass --allow-empty to)`,
-            );
-          }
-          const parent = await datasetRef(store, name);
-          const { ref } = await saveDataset(store, opts.out, result.kept, {
-            sources: [{
-              file: name,
-              format: "dataset",
-              imported: result.kept.length,
-              errors: records.length - result.kept.length,
-            }],
-            derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
-            allowEmpty: opts.allowEmpty ?? false,
-          });
-          console.log(`dataset ${opts.out} → ${ref.uri}`);
-        }
-      },
+    .action(filterCommand);
+}
+
+/** `cm2 data import`: see its description. */
+async function importCommand(
+  paths: string[],
+  opts: { name: string; format?: string; store: string; allowRejects?: boolean },
+): Promise<void> {
+  if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
+    fail(`Unknown format ${JSON.stringify(opts.format)}; use one of ${IMPORT_FORMATS.join(", ")}`);
+  }
+  const files: string[] = [];
+  for (const p of paths) {
+    const st = await fs.stat(p).catch(() => fail(`No such file or directory: ${p}`));
+    if (st.isDirectory()) {
+      for (const e of (await fs.readdir(p)).sort()) {
+        if (/\.(json|jsonl)$/.test(e)) files.push(path.join(p, e));
+      }
+    } else files.push(p);
+  }
+  const report = await importFiles(
+    files,
+    readText,
+    opts.format ? { format: opts.format as ImportFormat } : {},
+  );
+  const store = storeFrom(opts);
+  if (report.records.length === 0) {
+    for (const e of report.errors) printImportError(e);
+    const empty = report.files.filter((f) => !f.failed && f.imported === 0 && f.errored === 0);
+    for (const f of empty) console.error(`${f.file}: empty file (no record in it)`);
+    fail(
+      `nothing imported from ${files.length} file(s); dataset ${opts.name} is unchanged`,
     );
+  }
+  const { ref, manifest } = await saveDataset(store, opts.name, report.records, {
+    sources: report.files.map((f) => ({
+      file: f.file,
+      format: f.format ?? "unknown",
+      imported: f.imported,
+      errors: f.errored + (f.failed ? 1 : 0),
+    })),
+    derivedFrom: { step: "import", parent: null },
+  });
+  const byFormat = new Map<string, number>();
+  for (const f of report.files) {
+    byFormat.set(f.format ?? "unknown", (byFormat.get(f.format ?? "unknown") ?? 0) + f.imported);
+  }
+  const fileErrors = report.errors.filter((e) => e.record.index === undefined);
+  const recordErrors = report.errors.filter((e) => e.record.index !== undefined);
+  if (fileErrors.length > 0) {
+    console.error(`${fileErrors.length} file(s) could not be read as a dataset:`);
+    for (const e of fileErrors) printImportError(e);
+  }
+  if (recordErrors.length > 0) {
+    console.error(`${recordErrors.length} record(s) not imported:`);
+    for (const e of recordErrors) printImportError(e);
+  }
+  console.log(
+    `imported ${report.records.length} records from ${files.length} file(s) ` +
+      `(${[...byFormat].map(([f, n]) => `${f}: ${n}`).join(", ")}), ${report.errors.length} error(s)`,
+  );
+  console.log(`dataset ${opts.name} v${manifest.version} → ${ref.uri} (${store.url})`);
+  if (report.errors.length > 0 && !opts.allowRejects) {
+    console.error(
+      `error: ${report.errors.length} record(s) rejected (the ${report.records.length} valid ones are saved); ` +
+        "pass --allow-rejects to exit 0",
+    );
+    Deno.exit(1);
+  }
+}
+
+/** `cm2 data filter`: see its description. */
+async function filterCommand(name: string, opts: {
+  out?: string;
+  disable?: string;
+  enable?: string;
+  rejected?: string;
+  store: string;
+  allowEmpty?: boolean;
+}): Promise<void> {
+  const store = storeFrom(opts);
+  const { records } = await loadRecords(store, name);
+  const list = (v?: string) => (v ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  for (const d of [...list(opts.disable), ...list(opts.enable)]) {
+    if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
+  }
+  // Data without reasoning traces would fail think_tags everywhere: skip it unless the data has them.
+  const traces = records.some((r) =>
+    r.messages.some((m) => m.role === "assistant" && m.content.includes("<think>"))
+  );
+  const disabled = [
+    ...list(opts.disable),
+    ...(traces || list(opts.enable).includes("think_tags") ? [] : ["think_tags"]),
+  ];
+  const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
+  const result = filterRecords(records, { criteria: enabled });
+  console.log(`kept ${result.kept.length} of ${records.length} records`);
+  for (const c of FILTER_CRITERIA) {
+    const n = result.counts[c];
+    const skipped = c === "think_tags" && !traces && !list(opts.disable).includes(c)
+      ? "skipped (no <think> tags in the data; --enable think_tags to apply)"
+      : "skipped";
+    console.log(`  ${c.padEnd(28)} ${enabled.includes(c) ? `${n} rejected` : skipped}`);
+  }
+  for (const r of result.rejected.slice(0, 50)) {
+    console.log(
+      `  rejected ${r.uuid}: ${r.reasons.map((x) => `${x.criterion} at ${x.path}: ${x.message}`).join("; ")}`,
+    );
+  }
+  if (result.rejected.length > 50) {
+    console.log(`  … and ${result.rejected.length - 50} more (see --rejected)`);
+  }
+  if (opts.rejected) {
+    await Deno.writeTextFile(
+      opts.rejected,
+      result.rejected.map((r) => JSON.stringify(r)).join("\n") + "\n",
+    );
+    console.log(`rejected records → ${opts.rejected}`);
+  }
+  if (opts.out) {
+    if (result.kept.length === 0 && !opts.allowEmpty) {
+      fail(
+        `every record was rejected; not writing an empty dataset ${opts.out} (pass --allow-empty to)`,
+      );
+    }
+    const parent = await datasetRef(store, name);
+    const { ref } = await saveDataset(store, opts.out, result.kept, {
+      sources: [{
+        file: name,
+        format: "dataset",
+        imported: result.kept.length,
+        errors: records.length - result.kept.length,
+      }],
+      derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
+      allowEmpty: opts.allowEmpty ?? false,
+    });
+    console.log(`dataset ${opts.out} → ${ref.uri}`);
+  }
 }
