@@ -34,3 +34,10 @@ Deno.test("the trainer's activity name is the key the workflow calls it by", () 
 Deno.test("a name format with a missing field is an error, not 'undefined'", () => {
   assert.throws(() => fillName("runs/{run}/checkpoints/it-{iteration}", { run: "x" }), /needs iteration/);
 });
+
+Deno.test("the trainer package carries core/wire_names.json byte for byte", async () => {
+  const root = new URL("../../", import.meta.url);
+  const source = await Deno.readTextFile(new URL("core/wire_names.json", root));
+  const copy = await Deno.readTextFile(new URL("trainer/cm2_trainer/wire_names.json", root));
+  assert.equal(copy, source, "copy core/wire_names.json to trainer/cm2_trainer/wire_names.json");
+});

@@ -21,9 +21,9 @@ from .store import InvalidRef, Ref
 
 BATCH_SCHEMA = "cm2.batch/v1"
 CHECKPOINT_SCHEMA = "cm2.checkpoint/v1"
-# Names that cross the wire: the one list both languages read (core/wire_names.json, beside the TypeScript that
-# uses it; the trainer runs from the repository checkout).
-WIRE_NAMES: dict[str, Any] = json.loads((Path(__file__).resolve().parents[2] / "core" / "wire_names.json").read_text())
+# Names that cross the wire: the one list both languages read. `core/wire_names.json` is the source; this package
+# carries a byte-identical copy (package data, so an installed trainer has it), which a test keeps equal.
+WIRE_NAMES: dict[str, Any] = json.loads((Path(__file__).resolve().parent / "wire_names.json").read_text())
 ACTIVITY_NAME: str = WIRE_NAMES["activities"]["updatePolicy"]
 TASK_QUEUE: str = WIRE_NAMES["taskQueues"]["trainer"]
 
