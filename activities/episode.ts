@@ -36,7 +36,7 @@ import {
   verdictFromResult,
 } from "../core/episode_judge.ts";
 import { episodeOptionsOf } from "../core/episode_options.ts";
-import { LlmError } from "../core/llm_types.ts";
+import { LlmError, type Sampling } from "../core/llm_types.ts";
 import { cacheKey, parseSimulation } from "../core/simulator.ts";
 import type { CachedStore } from "../store/cached.ts";
 import { loadManifest } from "../store/datasets.ts";
@@ -91,6 +91,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
   const judgeOf = (config: RunConfig): JudgeRequestOptions => ({
     model: config.models.judge.model,
     hash: sha256Hex,
+    defaults: config.models.judge.sampling as Sampling,
   });
   /** The judge tasks of a waiting state, built once per state on this worker (a round's calls share them). */
   const rounds = new Map<string, Promise<JudgeTask[]>>();

@@ -59,6 +59,8 @@ export interface JudgeRequestOptions {
   hash: (text: string) => string;
   /** Sampling of judge requests (absent fields: the role's defaults). */
   sampling?: Sampling;
+  /** The role's default sampling, which the client adds to each request (part of the cache key). */
+  defaults?: Sampling;
 }
 
 /** Where one judge call of a round goes: the variant, the step (and its message), the items, the vote. */
@@ -129,7 +131,12 @@ export function judgeRequests(
     }
     return {
       ...cell,
-      key: judgeCacheKey(opts.hash, { model: opts.model, items: judged, context, vote: cell.vote }),
+      key: judgeCacheKey(opts.hash, {
+        model: opts.model,
+        request,
+        ...(opts.defaults ? { defaults: opts.defaults } : {}),
+        vote: cell.vote,
+      }),
       itemIds: judged.map((i) => i.id),
       promptVersion: promptVersionFor(judged.length),
       request,

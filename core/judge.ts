@@ -190,28 +190,19 @@ export function promptVersionFor(count: number): string {
 }
 
 /**
- * Content-addressed key of one judge call: `hash` over the judge model, the prompt version, the judged
- * fields of the items, the rendered transcript sections and the vote number. Identical inputs in any
- * episode of any iteration map to the same key.
+ * Content-addressed key of one judge call: `hash` over what is actually asked — the judge model, the rendered
+ * request (messages, response schema, per-request sampling), the role's default sampling that the client adds,
+ * and the vote number. Identical calls in any episode of any iteration map to the same key; changing one word
+ * of the prompt, the schema or the sampling is a new key (no prompt-version label to forget to bump).
  */
 export function judgeCacheKey(
   hash: (text: string) => string,
-  parts: { model: string; items: readonly JudgeItem[]; context: JudgeContext; vote: number },
+  parts: { model: string; request: ChatRequest; defaults?: Sampling; vote: number },
 ): string {
-  const items = parts.items.map((i) => ({
-    id: i.id,
-    question: i.question,
-    focus_on: i.focus_on,
-    pass_condition: i.pass_condition,
-    failure_examples: i.failure_examples,
-    snippets: i.evidence.map((e) => e.snippet),
-  }));
   return hash(canonicalJson({
     model: parts.model,
-    prompt: promptVersionFor(parts.items.length),
-    items,
-    previous: parts.context.previous,
-    current: parts.context.current,
+    request: parts.request,
+    defaults: parts.defaults ?? {},
     vote: parts.vote,
   }));
 }

@@ -90,15 +90,30 @@ Deno.test("judgeRequest() uses the one-item schema for one item and the batch sc
   assert.throws(() => judgeRequest([], ctx), /at least 1 item/);
 });
 
-Deno.test("judgeCacheKey() is content-addressed over model, items, transcript and vote", () => {
-  const base = { model: "judge-a", items: [item], context: ctx, vote: 0 };
+Deno.test("judgeCacheKey() is keyed on what is asked: model, rendered request, default sampling, vote", () => {
+  const request = judgeRequest([item], ctx);
+  const base = { model: "judge-a", request, vote: 0 };
   const k = judgeCacheKey(sha256, base);
   assert.match(k, /^[0-9a-f]{64}$/);
-  assert.equal(judgeCacheKey(sha256, { ...base, items: [{ ...item }] }), k);
+  assert.equal(judgeCacheKey(sha256, { ...base, request: judgeRequest([{ ...item }], ctx) }), k);
   assert.notEqual(judgeCacheKey(sha256, { ...base, model: "judge-b" }), k);
   assert.notEqual(judgeCacheKey(sha256, { ...base, vote: 1 }), k);
-  assert.notEqual(judgeCacheKey(sha256, { ...base, context: { ...ctx, current: ctx.current + "x" } }), k);
-  assert.notEqual(judgeCacheKey(sha256, { ...base, items: [{ ...item, pass_condition: "other" }] }), k);
+  assert.notEqual(
+    judgeCacheKey(sha256, { ...base, request: judgeRequest([item], { ...ctx, current: ctx.current + "x" }) }),
+    k,
+  );
+  assert.notEqual(
+    judgeCacheKey(sha256, { ...base, request: judgeRequest([{ ...item, pass_condition: "o" }], ctx) }),
+    k,
+  );
+  assert.notEqual(judgeCacheKey(sha256, { ...base, defaults: { temperature: 1 } }), k);
+  // One word of the prompt changed, with the same prompt-version label: a different key.
+  const edited = {
+    ...request,
+    messages: [{ ...request.messages[0]!, content: request.messages[0]!.content.replace("the", "a") }],
+  };
+  assert.notEqual(request.messages[0]!.content, edited.messages[0]!.content);
+  assert.notEqual(judgeCacheKey(sha256, { ...base, request: edited }), k);
 });
 
 const res = (content: string) => ({ content, finishReason: "stop" as const });
