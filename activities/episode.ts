@@ -28,12 +28,12 @@ import {
 } from "../core/episode.ts";
 import { toolResultFromSimulation } from "../core/episode.ts";
 import {
+  askJudge,
   type JudgeRequestOptions,
   judgeRoundRequests,
   type JudgeTask,
   type JudgeVerdict,
   verdictFromError,
-  verdictFromResult,
 } from "../core/episode_judge.ts";
 import { episodeOptionsOf } from "../core/episode_options.ts";
 import { LlmError, type Sampling } from "../core/llm_types.ts";
@@ -270,13 +270,12 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       if (!task) throw ApplicationFailure.nonRetryable(`No judge task ${input.task}`, "InvalidInput");
       let verdict: JudgeVerdict;
       try {
-        verdict = verdictFromResult(
-          task,
-          await deps.models("judge", config).complete({
+        // An answer that does not parse is asked again (a new call, its own idempotency key) before it counts.
+        verdict = await askJudge(task, (attempt) =>
+          deps.models("judge", config).complete({
             ...task.request,
-            idempotencyKey: callKey(`judge/${task.key}`),
-          }),
-        );
+            idempotencyKey: callKey(`judge/${task.key}${attempt > 0 ? `/again-${attempt}` : ""}`),
+          }));
       } catch (err) {
         if (err instanceof LlmError && !err.retryable) {
           verdict = verdictFromError(task, `${err.type}: ${err.message}`);

@@ -69,6 +69,7 @@ export function createRewardActivities(deps: { store: ArtifactStore; cached: Cac
         meanReward: scored.meanReward,
         itemPassRate: scored.itemPassRate,
         judgeCalls: scored.judgeCalls,
+        judgeRetries: scored.judgeRetries,
         simulatorCalls: scored.simulatorCalls,
         replayHits: scored.replayHits,
         samples: scored.samples.length,

@@ -41,6 +41,8 @@ export interface ScoredIteration<R> {
   /** Share of reached checklist items that passed. */
   itemPassRate: number;
   judgeCalls: number;
+  /** Judge answers that did not parse and were asked again. */
+  judgeRetries: number;
   simulatorCalls: number;
   replayHits: number;
 }
@@ -80,6 +82,7 @@ export function scoreGroups<R>(
     meanReward: 0,
     itemPassRate: 0,
     judgeCalls: 0,
+    judgeRetries: 0,
     simulatorCalls: 0,
     replayHits: 0,
   };
@@ -100,6 +103,7 @@ export function scoreGroups<R>(
     }
     states.forEach((s, e) => {
       out.judgeCalls += s.metrics.judgeVerdicts;
+      out.judgeRetries += s.metrics.judgeRetries ?? 0;
       out.simulatorCalls += s.metrics.simulated;
       out.replayHits += s.metrics.replayHits;
       const a = adv.episodes[e]!;

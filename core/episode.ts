@@ -136,6 +136,8 @@ export interface EpisodeMetrics {
   simulatorFailures: number;
   judgeVerdicts: number;
   judgeCellsSkipped: number;
+  /** Judge answers that did not parse and were asked again (absent in states written before retries). */
+  judgeRetries?: number;
 }
 
 /** How and why the episode ended. */
@@ -300,6 +302,7 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
       simulatorFailures: 0,
       judgeVerdicts: 0,
       judgeCellsSkipped: 0,
+      judgeRetries: 0,
     },
   };
   state.turns.push(newTurn(messages.length - 1, state, 0));

@@ -167,10 +167,33 @@ export function shareRound(state: EpisodeState, copy: EpisodeState): void {
   if (known) builtRounds.set(copy, known);
 }
 
-/** The answer to one {@linkcode JudgeTask}. */
+/** The answer to one {@linkcode JudgeTask}; `retries`: answers that did not parse and were asked again. */
 export type JudgeVerdict =
   & Pick<JudgeTask, "variant" | "step" | "items" | "vote">
+  & { retries?: number }
   & ({ ok: true; answers: boolean[] } | { ok: false; error: string });
+
+/**
+ * How many times one judge call is asked before an answer that does not parse counts as a judge failure (the
+ * reference allows 2). Transport errors are retried by the activity's retry policy, not here.
+ */
+export const JUDGE_PARSE_ATTEMPTS = 2;
+
+/**
+ * Asks the judge for one task until its answer parses, at most {@linkcode JUDGE_PARSE_ATTEMPTS} times; `ask`
+ * makes one call (attempt 0, 1, …) and may throw (the caller decides what a thrown error means). The verdict
+ * says how many answers were asked again.
+ */
+export async function askJudge(
+  task: JudgeTask,
+  ask: (attempt: number) => Promise<Pick<ChatResult, "content" | "finishReason">>,
+): Promise<JudgeVerdict> {
+  let verdict = verdictFromResult(task, await ask(0));
+  for (let attempt = 1; !verdict.ok && attempt < JUDGE_PARSE_ATTEMPTS; attempt++) {
+    verdict = { ...verdictFromResult(task, await ask(attempt)), retries: attempt };
+  }
+  return verdict;
+}
 
 /** The verdict of a task from the judge's result. */
 export function verdictFromResult(
@@ -201,6 +224,8 @@ export function applyJudgement(state0: EpisodeState, verdicts: readonly JudgeVer
   const state = clone(state0);
   const t = state.turn;
   const turn = state.turns[t]!;
+  state.metrics.judgeRetries = (state.metrics.judgeRetries ?? 0) +
+    verdicts.reduce((n, v) => n + (v.retries ?? 0), 0);
   const failed = verdicts.find((v) => !v.ok);
   if (failed && !failed.ok) {
     state.pendingEnd = null;

@@ -22,11 +22,11 @@ import {
   toolResultFromSimulation,
 } from "./episode.ts";
 import {
+  askJudge,
   type JudgeRequestOptions,
   judgeRoundRequests,
   type JudgeVerdict,
   verdictFromError,
-  verdictFromResult,
 } from "./episode_judge.ts";
 import {
   advance,
@@ -136,7 +136,7 @@ export async function runEpisode(
           const i = pending.tasks[next++]!;
           const task = tasks[i]!;
           try {
-            const v = verdictFromResult(task, await models.judge.complete(task.request));
+            const v = await askJudge(task, () => models.judge.complete(task.request));
             if (v.ok && opts.judgeCache) opts.judgeCache[task.key] = v.answers;
             verdicts.set(i, v);
           } catch (err) {

@@ -68,6 +68,8 @@ export interface IterationSummary {
   meanReward: number;
   itemPassRate: number;
   judgeCalls: number;
+  /** Judge answers asked again because they did not parse (absent in summaries of older runs). */
+  judgeRetries?: number;
   simulatorCalls: number;
   replayHits: number;
   updateLoss: number | null;
@@ -134,6 +136,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     meanReward: scored.meanReward,
     itemPassRate: scored.itemPassRate,
     judgeCalls: scored.judgeCalls,
+    ...(scored.judgeRetries !== undefined ? { judgeRetries: scored.judgeRetries } : {}),
     simulatorCalls: scored.simulatorCalls,
     replayHits: scored.replayHits,
     updateLoss: update ? update.result.metrics.loss : null,

@@ -444,9 +444,26 @@ Deno.test("model and judge failures end the episode with ok=false, never a silen
   const bad = await runEpisode(record(), models(happyPolicy(), garbage), { hash: sha256 });
   assert.deepEqual([bad.state.end?.reason, bad.state.end?.ok], ["judge-failure", false]);
   assert.equal(episodeVerdicts(bad.state).ok, false);
+  assert.equal(garbage.requests.length % 2, 0, "an answer that does not parse is asked again once");
+  assert.ok((bad.state.metrics.judgeRetries ?? 0) > 0);
 
   const down = await runEpisode(record(), models(happyPolicy(), fake("judge", [])), { hash: sha256 });
   assert.equal(down.state.end?.reason, "judge-failure");
+});
+
+Deno.test("a judge answer that does not parse is asked again, and a good second answer counts", async () => {
+  // Every first answer is prose; the same request asked again gets a real verdict.
+  const seen = new Map<string, number>();
+  const answers = fake("judge", (req) => {
+    const key = JSON.stringify(req.messages);
+    const k = seen.get(key) ?? 0;
+    seen.set(key, k + 1);
+    return k === 0 ? result("Let me think about it") : verdict(true);
+  });
+  const run = await runEpisode(record(), models(happyPolicy(), answers), { hash: sha256 });
+  assert.equal(run.state.end?.reason, "reply-complete");
+  assert.equal(run.state.metrics.judgeRetries, run.state.metrics.judgeVerdicts);
+  assert.equal(answers.requests.length, 2 * run.state.metrics.judgeVerdicts);
 });
 
 Deno.test("k votes decide each cell by majority, ties false", async () => {
