@@ -113,7 +113,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
   async function settle(
     config: RunConfig,
     state0: EpisodeState,
-    at: { owner: EpisodeOwner; recordRef: Ref; base: EpisodeHandle | null },
+    at: { owner: EpisodeOwner; recordRef: Ref | null; base: EpisodeHandle | null },
   ): Promise<EpisodeStep> {
     const tools = new Map<string, string | undefined>();
     const verdicts = new Map<string, boolean[] | undefined>();
@@ -149,10 +149,14 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
     }
   }
 
-  /** Loads a state and the base for its next save. */
-  async function load(stateRef: Ref) {
+  /**
+   * Loads a state and the base for its next save. A state from before v2 names no owner: it takes the group
+   * key its workflow passes.
+   */
+  async function load(stateRef: Ref, groupKey?: string) {
     const h = await states.load(stateRef);
-    return { state: h.state, at: { owner: h.owner, recordRef: h.recordRef, base: h } };
+    const owner = h.owner.group === "" && groupKey ? { group: groupKey, episode: h.owner.episode } : h.owner;
+    return { state: h.state, at: { owner, recordRef: h.recordRef, base: h } };
   }
 
   return {
@@ -179,7 +183,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       input: { configRef: Ref; groupKey: string; stateRef: Ref; policyVersion?: number },
     ): Promise<EpisodeStep> {
       const config = await cfg(input.configRef);
-      const { state, at } = await load(input.stateRef);
+      const { state, at } = await load(input.stateRef, input.groupKey);
       const live = policyModelName(config, input.policyVersion ?? 0);
       const policy = config.models.policy;
       const model = live === policy.model ? deps.models("policy", config) : deps.models("policy", {
@@ -251,7 +255,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       },
     ): Promise<EpisodeStep> {
       const config = await cfg(input.configRef);
-      const { state, at } = await load(input.stateRef);
+      const { state, at } = await load(input.stateRef, input.groupKey);
       const results = await Promise.all(input.simulated.map((s) => cached.readJson<ToolResult>(s.resultRef)));
       let waiting = state; // shared with the reader's cache: never changed in place
       if (!state.toolResults && input.planRef) {
@@ -300,7 +304,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       },
     ): Promise<EpisodeStep> {
       const config = await cfg(input.configRef);
-      const { state, at } = await load(input.stateRef);
+      const { state, at } = await load(input.stateRef, input.groupKey);
       let waiting = state; // shared with the reader's cache: never changed in place
       if (!state.judgeAnswers && input.tasksRef) {
         const plan = await cached.readJson<{ cached: (boolean[] | null)[] }>(input.tasksRef);
@@ -315,7 +319,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       input: { configRef: Ref; groupKey: string; stateRef: Ref; reason: string; message: string },
     ): Promise<EpisodeStep> {
       const config = await cfg(input.configRef);
-      const { state, at } = await load(input.stateRef);
+      const { state, at } = await load(input.stateRef, input.groupKey);
       return await settle(config, failPending(state, judgeOf(config), input.message), at);
     },
   };

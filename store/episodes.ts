@@ -70,7 +70,8 @@ export interface EpisodeHandle {
   state: EpisodeState;
   ref: Ref;
   owner: EpisodeOwner;
-  recordRef: Ref;
+  /** The record's blob (null for an old v1 state, which embeds its record: the next save stores it). */
+  recordRef: Ref | null;
   /** Deltas since the last snapshot and their bytes, the snapshot's bytes (null: an old v1 blob). */
   head: { chain: number; deltaBytes: number; snapshotBytes: number } | null;
 }
@@ -160,8 +161,9 @@ export class EpisodeStates {
    */
   async save(
     state: EpisodeState,
-    at: { owner: EpisodeOwner; recordRef: Ref; base: EpisodeHandle | null },
+    at: { owner: EpisodeOwner; recordRef: Ref | null; base: EpisodeHandle | null },
   ): Promise<EpisodeHandle> {
+    const recordRef = at.recordRef ?? await this.cached.writeJson(state.record);
     const base = at.base;
     const b = base?.head ?? null;
     const snapshot = !base || !b || state.phase === "done" || b.chain + 1 > MAX_CHAIN ||
@@ -171,7 +173,7 @@ export class EpisodeStates {
       stored = {
         schema: EPISODE_SCHEMA,
         owner: at.owner,
-        record: at.recordRef,
+        record: recordRef,
         options: await this.#options(state.options),
         messages: state.messages,
         meta: state.meta,
@@ -198,7 +200,7 @@ export class EpisodeStates {
     const head = snapshot
       ? { chain: 0, deltaBytes: 0, snapshotBytes: ref.bytes }
       : { chain: b!.chain + 1, deltaBytes: b!.deltaBytes + ref.bytes, snapshotBytes: b!.snapshotBytes };
-    return this.#remember({ state, ref, owner: at.owner, recordRef: at.recordRef, head });
+    return this.#remember({ state, ref, owner: at.owner, recordRef, head });
   }
 
   /**
@@ -224,7 +226,7 @@ export class EpisodeStates {
           state: stored as EpisodeState,
           ref,
           owner: { group: "", episode: "" },
-          recordRef: ref,
+          recordRef: null,
           head: null,
         };
       }

@@ -135,9 +135,16 @@ Deno.test("stored episode states: a whole v1 state (written before v2) still loa
     const records = await sampleRecords();
     const state = startEpisode(records[0]!);
     const ref = await putJson(store, state);
-    const loaded = await new EpisodeStates(new CachedStore(store)).load(ref);
+    const states = new EpisodeStates(new CachedStore(store));
+    const loaded = await states.load(ref);
     assert.deepEqual(loaded.state, state);
     assert.equal(loaded.head, null);
+    // An episode in flight across the upgrade goes on: its next state is a v2 snapshot with its record by ref.
+    const next = completePolicy(loaded.state, reply("Hello"));
+    const owner = { group: "runs/t/it-0/task-0", episode: "ep" };
+    const saved = await states.save(next, { owner, recordRef: loaded.recordRef, base: loaded });
+    assert.equal((await getJson<StoredEpisode>(store, saved.ref)).schema, EPISODE_SCHEMA);
+    assert.deepEqual((await new EpisodeStates(new CachedStore(store)).load(saved.ref)).state, next);
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
