@@ -10,6 +10,7 @@ import type { EpisodeState } from "./episode.ts";
 import { episodeVerdicts } from "./episode_judge.ts";
 import { computeAdvantages, type GroupAdvantages, itemPassRate, type RewardOptionsInput } from "./rewards.ts";
 import type { BatchSample } from "./trainer_contract.ts";
+import type { ChecklistVariant } from "./records.ts";
 
 /** One group's finished episodes, in episode order; `id` names an episode in the batch. */
 export interface ScoredGroupInput<R> {
@@ -71,7 +72,47 @@ export function batchSample(
   return sample;
 }
 
-/** Scores every group of an iteration (checklist variant 0) under `options`. */
+/**
+ * A group's advantages under each checklist variant the episodes were judged on (`options.variants`, at most the
+ * record's), averaged: reward, turn scores and every step's advantage are the mean over variants (CM2: the sum
+ * over variants / V). With one variant this is that variant's result.
+ */
+export function variantAdvantages(
+  states: readonly EpisodeState[],
+  options: RewardOptionsInput,
+): {
+  adv: GroupAdvantages;
+  verdicts: ReturnType<typeof episodeVerdicts>[];
+  variants: { checklist: ChecklistVariant; verdicts: ReturnType<typeof episodeVerdicts>[] }[];
+} {
+  const record = states[0]!.record;
+  const count = Math.max(1, Math.min(states[0]!.options.variants, record.checklists.length));
+  const variants = Array.from({ length: count }, (_, v) => ({
+    checklist: record.checklists[v]!,
+    verdicts: states.map((s) => episodeVerdicts(s, v)),
+  }));
+  const each = variants.map((x) =>
+    computeAdvantages({ checklist: x.checklist, episodes: x.verdicts }, options)
+  );
+  const first = each[0]!;
+  if (count === 1) return { adv: first, verdicts: variants[0]!.verdicts, variants };
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const adv: GroupAdvantages = {
+    ...first,
+    episodes: first.episodes.map((e, i) => ({
+      ...e,
+      reward: mean(each.map((a) => a.episodes[i]!.reward)),
+      turnScores: e.turnScores.map((_, t) => mean(each.map((a) => a.episodes[i]!.turnScores[t] ?? 0))),
+      advantages: e.advantages.map((s, k) => ({
+        ...s,
+        advantage: mean(each.map((a) => a.episodes[i]!.advantages[k]?.advantage ?? 0)),
+      })),
+    })),
+  };
+  return { adv, verdicts: variants[0]!.verdicts, variants };
+}
+
+/** Scores every group of an iteration (averaged over its checklist variants) under `options`. */
 export function scoreGroups<R>(
   groups: ScoredGroupInput<R>[],
   options: RewardOptionsInput,
@@ -92,13 +133,13 @@ export function scoreGroups<R>(
   let reached = 0;
   for (const group of groups) {
     const states = group.episodes.map((e) => e.state);
-    const checklist = states[0]!.record.checklists[0]!;
-    const verdicts = states.map((s) => episodeVerdicts(s));
-    const adv = computeAdvantages({ checklist, episodes: verdicts }, options);
-    for (const row of itemPassRate(checklist, verdicts)) {
-      for (const item of row) {
-        passed += item.passed;
-        reached += item.reached;
+    const { adv, verdicts, variants } = variantAdvantages(states, options);
+    for (const { checklist, verdicts: vv } of variants) {
+      for (const row of itemPassRate(checklist, vv)) {
+        for (const item of row) {
+          passed += item.passed;
+          reached += item.reached;
+        }
       }
     }
     states.forEach((s, e) => {

@@ -690,3 +690,24 @@ Deno.test("scoreGroups() turns a group's finished episodes into batch samples, r
   assert.deepEqual(scored.samples[0]!.advantages, adv.episodes[0]!.advantages);
   assert.ok(scored.judgeCalls > 0 && scored.itemPassRate > 0 && scored.itemPassRate < 1);
 });
+
+Deno.test("a record's checklist variants are averaged: one all passed, one all failed gives reward 0.5", async () => {
+  const { scoreGroups } = await import("../../core/batch.ts");
+  const rec = record(2);
+  rec.checklists[1] = rec.checklists[1]!.map((turn) =>
+    turn.map((i) => ({ ...i, question: `${i.question} (v1)` }))
+  );
+  const judge = judgeBy((content) => !content.includes("(v1)"));
+  const options = { preset: "fixed" as const, level: "trajectory" as const };
+  const score = async (variants: number) => {
+    const { state } = await runEpisode(rec, models(happyPolicy(), judge), { hash: sha256, variants });
+    const scored = scoreGroups([{
+      taskIndex: 0,
+      recordIndex: 0,
+      episodes: [{ id: "e", stateRef: "r", state }],
+    }], options);
+    return scored.groups[0]!.episodes[0]!.reward;
+  };
+  assert.equal(await score(1), 1);
+  assert.equal(await score(2), 0.5);
+});
