@@ -150,6 +150,24 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
   }
 
   /**
+   * Records a model call that failed in a way the activity's retry will try again (rate limit, server error,
+   * timeout, a broken connection or body) under `<group>/faults/`, before the activity fails: the iteration's
+   * metrics count these (`modelFaults`), apart from retries that a lost worker causes. First writer wins, so a
+   * retried record is one record.
+   */
+  async function noteFault(groupKey: string, what: string, err: unknown): Promise<void> {
+    if (!(err instanceof LlmError) || !err.retryable) return;
+    let attempt = 1;
+    try {
+      attempt = Context.current().info.attempt;
+    } catch { /* outside an activity */ }
+    const name = `${groupKey}/faults/${sha256Hex(callKey(what)).slice(0, 32)}-${attempt}`;
+    try {
+      await cached.settle(name, await cached.writeJson({ type: err.type, call: what, attempt }));
+    } catch { /* the record is best effort: the activity fails either way */ }
+  }
+
+  /**
    * Loads a state and the base for its next save. A state from before v2 names no owner: it takes the group
    * key its workflow passes.
    */
@@ -197,6 +215,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
           idempotencyKey: callKey(`policy/${state.assistantSteps}`),
         });
       } catch (err) {
+        await noteFault(input.groupKey, `policy/${state.assistantSteps}`, err);
         toFailure(err);
       }
       return await settle(config, completePolicy(state, result), at);
@@ -231,7 +250,10 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
           );
         } catch (err) {
           if (err instanceof LlmError && !err.retryable) parsed = { ok: false as const, error: err.message };
-          else toFailure(err);
+          else {
+            await noteFault(input.groupKey, `sim/${state.assistantSteps}/${call.index}`, err);
+            toFailure(err);
+          }
         }
         result = toolResultFromSimulation(call, parsed);
         if (parsed.ok && sim.cache) {
@@ -283,7 +305,10 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       } catch (err) {
         if (err instanceof LlmError && !err.retryable) {
           verdict = verdictFromError(task, `${err.type}: ${err.message}`);
-        } else toFailure(err);
+        } else {
+          await noteFault(input.groupKey, `judge/${task.key}`, err);
+          toFailure(err);
+        }
       }
       const name = judgeName(task.key);
       if (verdict.ok && !cached.isSettled(name)) {

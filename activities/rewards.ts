@@ -63,9 +63,21 @@ export function createRewardActivities(deps: { store: ArtifactStore; cached: Cac
         };
         batchRef = await putJson(store, batch);
       }
+      // Model faults the episode activities recorded (each a failed call that was retried), by type.
+      const modelFaults: Record<string, number> = {};
+      const kind = input.validation ? "val" : "it";
+      for (const g of input.groups) {
+        const group = storeNames.group(input.runName, kind, input.iteration, g.taskIndex);
+        for (const name of await store.listNames(`${group}/faults/`)) {
+          const ref = await store.getName(name);
+          const type = ref ? (await cached.readJson<{ type?: string }>(ref)).type ?? "unknown" : "unknown";
+          modelFaults[type] = (modelFaults[type] ?? 0) + 1;
+        }
+      }
       return {
         rewardsRef,
         batchRef,
+        modelFaults,
         meanReward: scored.meanReward,
         itemPassRate: scored.itemPassRate,
         judgeCalls: scored.judgeCalls,

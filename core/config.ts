@@ -136,6 +136,8 @@ export const Cm2Schema = z.object({
 /** Trainer settings, sent to the Python trainer worker with every update. */
 export const TrainerSchema = z.object({
   taskQueue: z.string().default(TRAINER_QUEUE),
+  /** A trainer that sends no heartbeat for this long is taken for dead and its update is retried elsewhere. */
+  heartbeatTimeoutS: z.number().int().positive().default(300),
   base: z.object({
     kind: z.enum(["hf", "gguf"]).default("gguf"),
     path: z.string().default(".cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf"),

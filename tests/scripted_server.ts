@@ -74,7 +74,11 @@ export type ScriptedReply =
   | { fault: "timeout"; delayMs: number }
   | { fault: "truncated-json"; json?: unknown }
   | { fault: "malformed-json"; content?: string }
-  | { fault: "refusal"; via?: "refusal" | "content_filter" };
+  | { fault: "refusal"; via?: "refusal" | "content_filter" }
+  /** HTTP 200 whose body is this text (cut or not JSON): the client cannot read a completion from it. */
+  | { fault: "body"; body: string }
+  /** The connection breaks while the body is sent: the client sees a network error. */
+  | { fault: "reset" };
 
 /** Decides the reply to a call; `callIndex` counts the calls this handler has seen, from 0. */
 export type ScriptHandler = (
@@ -235,6 +239,17 @@ export function startScriptedServer(opts: ScriptedServerOptions): ScriptedServer
         case "malformed-json": {
           const content = reply.content ?? "Sure! The answer is yes, the assistant did what was asked.";
           return finish(completion(req, { content }, headers, ++sequence, opts), "malformed-json");
+        }
+        case "body":
+          return finish(new Response(reply.body, { status: 200, headers }), "body");
+        case "reset": {
+          const stream = new ReadableStream<Uint8Array>({
+            start(controller) {
+              controller.enqueue(new TextEncoder().encode('{"id":"chatcmpl-reset","choices":['));
+              controller.error(new Error("connection reset (scripted)"));
+            },
+          });
+          return finish(new Response(stream, { status: 200, headers }), "reset");
         }
         case "refusal": {
           const res = reply.via === "content_filter"

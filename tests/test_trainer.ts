@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { Context } from "@temporalio/activity";
 import { type ArtifactStore, getJson, putJson } from "../store/mod.ts";
 import {
   BatchSchema,
@@ -26,10 +27,18 @@ export interface TestTrainerLog {
   applied: Map<string, number>;
 }
 
+/** Options of the test trainer: a pause inside each update (so a kill can land there), a hook on commit. */
+export interface TestTrainerOptions {
+  updateDelayMs?: number;
+  /** Called when this process commits an update (writes the checkpoint pointer first). */
+  onCommit?: (runId: string, iteration: number) => void | Promise<void>;
+}
+
 /** Creates the test trainer's activities over a store (the same store the orchestrator uses). */
 export function createTestTrainer(
   store: ArtifactStore,
   log: TestTrainerLog = { calls: [], applied: new Map() },
+  opts: TestTrainerOptions = {},
 ) {
   return {
     log,
@@ -82,7 +91,17 @@ export function createTestTrainer(
           createdAt: new Date().toISOString(),
         };
         const mine = await putJson(store, manifest);
+        if (opts.updateDelayMs) {
+          // A long update that heartbeats, as the real trainer does, so a killed trainer is noticed.
+          for (let left = opts.updateDelayMs; left > 0; left -= 250) {
+            try {
+              Context.current().heartbeat();
+            } catch { /* outside an activity */ }
+            await new Promise((r) => setTimeout(r, Math.min(250, left)));
+          }
+        }
         const winner = await store.setNameIfAbsent(name, mine);
+        if (winner.sha256 === mine.sha256) await opts.onCommit?.(req.runId, req.iteration);
         const m = await getJson(store, winner, CheckpointManifestSchema);
         return UpdateResultSchema.parse({
           runId: m.runId,

@@ -70,6 +70,8 @@ export interface IterationSummary {
   judgeCalls: number;
   /** Judge answers asked again because they did not parse (absent in summaries of older runs). */
   judgeRetries?: number;
+  /** Model calls that failed and were retried, by failure type (absent in summaries of older runs). */
+  modelFaults?: Record<string, number>;
   simulatorCalls: number;
   replayHits: number;
   updateLoss: number | null;
@@ -137,6 +139,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     itemPassRate: scored.itemPassRate,
     judgeCalls: scored.judgeCalls,
     ...(scored.judgeRetries !== undefined ? { judgeRetries: scored.judgeRetries } : {}),
+    ...(scored.modelFaults !== undefined ? { modelFaults: scored.modelFaults } : {}),
     simulatorCalls: scored.simulatorCalls,
     replayHits: scored.replayHits,
     updateLoss: update ? update.result.metrics.loss : null,
@@ -228,7 +231,11 @@ async function updateAndPublish(
 ): Promise<{ result: UpdateResult; version: number }> {
   const { config, runName, iteration } = input;
   progress.phase = "update";
-  const trainer = proxyActivities<TrainerActivities>({ ...TRAIN, taskQueue: config.trainer.taskQueue });
+  const trainer = proxyActivities<TrainerActivities>({
+    ...TRAIN,
+    taskQueue: config.trainer.taskQueue,
+    heartbeatTimeout: `${config.trainer.heartbeatTimeoutS ?? 300} seconds`,
+  });
   const result = await trainer.updatePolicy({
     runId: runName,
     iteration,

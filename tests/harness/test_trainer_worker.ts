@@ -1,6 +1,7 @@
 /**
  * Runs the test-only trainer (TEST DOUBLE, `tests/test_trainer.ts`) as its own worker process:
- * `deno run -A tests/harness/test_trainer_worker.ts --task-queue Q --store DIR` with
+ * `deno run -A tests/harness/test_trainer_worker.ts --task-queue Q --store URL [--update-delay-ms N]
+ * [--commit-log FILE]` (a line `<run>/<iteration>` per update this process commits) with
  * `TEMPORAL_ADDRESS` set. Tests that restart or kill things keep native Temporal workers out of the
  * test process this way.
  *
@@ -14,7 +15,12 @@ import { createTestTrainer } from "../test_trainer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { "task-queue": { type: "string" }, store: { type: "string" } },
+  options: {
+    "task-queue": { type: "string" },
+    store: { type: "string" },
+    "update-delay-ms": { type: "string" },
+    "commit-log": { type: "string" },
+  },
 });
 if (!values["task-queue"] || !values.store) throw new Error("--task-queue and --store are required");
 const connection = await NativeConnection.connect({
@@ -23,7 +29,15 @@ const connection = await NativeConnection.connect({
 const worker = await Worker.create({
   connection,
   taskQueue: values["task-queue"],
-  activities: createTestTrainer(openStore(values.store, ROOT)).activities,
+  activities: createTestTrainer(openStore(values.store, ROOT), undefined, {
+    updateDelayMs: Number(values["update-delay-ms"] ?? 0),
+    ...(values["commit-log"]
+      ? {
+        onCommit: (run: string, it: number) =>
+          Deno.writeTextFile(values["commit-log"]!, `${run}/${it}\n`, { append: true }),
+      }
+      : {}),
+  }).activities,
 });
 for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => worker.shutdown());
 await worker.run();
