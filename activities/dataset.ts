@@ -63,7 +63,9 @@ export function createDatasetActivities(deps: DatasetDeps) {
         // no checklist, is left out of a derived `run-<name>` version, and the count says so.
         const manifest = await loadManifest(store, ref);
         const records = await loadAllRecords(store, manifest);
-        const kept = records.filter((r) => validateRecord(r).ok && r.checklists.length > 0);
+        const kept = records.filter((r) =>
+          validateRecord(r, manifest.validation ?? {}).ok && r.checklists.length > 0
+        );
         if (kept.length === 0) {
           throw ApplicationFailure.nonRetryable(
             `Dataset ${spec.path} has no valid record with a checklist (${records.length} stored)`,
@@ -79,12 +81,14 @@ export function createDatasetActivities(deps: DatasetDeps) {
               errors: records.length - kept.length,
             }],
             derivedFrom: { step: "prepare", parent: ref },
+            ...(manifest.validation ? { validation: manifest.validation } : {}),
           }));
         }
       }
       if (!ref) {
         const file = path.isAbsolute(spec.path) ? spec.path : path.join(deps.root, spec.path);
-        const report = await importFiles([file], (p) => fs.readFile(p, "utf8"));
+        const validation = { allowEmptyToolResponses: spec.allowEmptyToolResponses };
+        const report = await importFiles([file], (p) => fs.readFile(p, "utf8"), { validation });
         const labeled = report.records.filter((r) => r.checklists.length > 0);
         if (labeled.length === 0) {
           throw ApplicationFailure.nonRetryable(
@@ -101,6 +105,7 @@ export function createDatasetActivities(deps: DatasetDeps) {
             errors: f.errored,
           })),
           derivedFrom: { step: "prepare", parent: null },
+          validation,
         }));
       }
       const manifest = await loadManifest(store, ref);

@@ -484,6 +484,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
           }],
           derivedFrom: { step: `label:${input.promptVersion}`, parent: input.datasetRef },
           allowEmpty: true,
+          ...(manifest.validation ? { validation: manifest.validation } : {}),
         });
       } catch (err) {
         if (err instanceof DatasetError) throw ApplicationFailure.nonRetryable(err.message, "InvalidInput");

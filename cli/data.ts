@@ -66,6 +66,10 @@ export function registerDataCommands(program: Command): void {
     .option("--format <format>", `force a format: ${IMPORT_FORMATS.join(", ")}`)
     .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
     .option(
+      "--allow-empty-tool-responses",
+      "accept records whose tool messages are empty (τ-bench's think tool answers nothing); runs check them alike",
+    )
+    .option(
       "--allow-rejects",
       "exit 0 even when some records were rejected (the valid rest is saved either way)",
     )
@@ -111,7 +115,13 @@ export function registerDataCommands(program: Command): void {
 /** `cm2 data import`: see its description. */
 async function importCommand(
   paths: string[],
-  opts: { name: string; format?: string; store: string; allowRejects?: boolean },
+  opts: {
+    name: string;
+    format?: string;
+    store: string;
+    allowRejects?: boolean;
+    allowEmptyToolResponses?: boolean;
+  },
 ): Promise<void> {
   if (opts.format && !IMPORT_FORMATS.includes(opts.format as ImportFormat)) {
     fail(`Unknown format ${JSON.stringify(opts.format)}; use one of ${IMPORT_FORMATS.join(", ")}`);
@@ -128,7 +138,10 @@ async function importCommand(
   const report = await importFiles(
     files,
     readText,
-    opts.format ? { format: opts.format as ImportFormat } : {},
+    {
+      ...(opts.format ? { format: opts.format as ImportFormat } : {}),
+      ...(opts.allowEmptyToolResponses ? { validation: { allowEmptyToolResponses: true } } : {}),
+    },
   );
   const store = storeFrom(opts);
   if (report.records.length === 0) {
@@ -147,6 +160,7 @@ async function importCommand(
       errors: f.errored + (f.failed ? 1 : 0),
     })),
     derivedFrom: { step: "import", parent: null },
+    ...(opts.allowEmptyToolResponses ? { validation: { allowEmptyToolResponses: true } } : {}),
   });
   const byFormat = new Map<string, number>();
   for (const f of report.files) {

@@ -197,6 +197,8 @@ export const RunConfigSchema = z.object({
     path: z.string().default("data/sample/tooltalk_sample.jsonl"),
     /** Records held out for validation, taken from the end of the dataset. */
     heldOut: z.number().int().min(0).default(2),
+    /** Accept records with empty tool responses when a file is imported for the run (τ-bench's `think` tool). */
+    allowEmptyToolResponses: z.boolean().default(false),
   }).strict().prefault({}),
   models: z.object({
     policy: role({ temperature: 1, top_p: 1, max_tokens: 512 }, "http://127.0.0.1:8765/v1", "cm2"),

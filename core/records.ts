@@ -358,7 +358,16 @@ export function checkChecklist(
  * if (!v.ok) for (const i of v.issues) console.error(`${i.path}: ${i.message} (${JSON.stringify(i.value)})`);
  * ```
  */
-export function validateRecord(raw: unknown): RecordValidation {
+/** Options of {@linkcode validateRecord}. */
+export interface ValidationOptions {
+  /**
+   * Accept tool messages with empty content (default false: a tool that answered nothing is usually broken data;
+   * τ-bench's `think` tool answers "" by design, so its trajectories need this).
+   */
+  allowEmptyToolResponses?: boolean | undefined;
+}
+
+export function validateRecord(raw: unknown, opts: ValidationOptions = {}): RecordValidation {
   const parsed = TrajectoryRecordSchema.safeParse(raw);
   if (!parsed.success) {
     return {
@@ -384,8 +393,8 @@ export function validateRecord(raw: unknown): RecordValidation {
     }
     names.set(name, k);
   });
-  // What a run cannot replay or simulate: a call to a tool the record does not offer. (An empty tool response
-  // is left to `data filter`'s tool_response_json_valid: τ-bench's `think` tool answers "" by design.)
+  // What a run cannot replay or simulate: a call to a tool the record does not offer; an empty tool response
+  // unless allowed.
   record.messages.forEach((m, i) => {
     m.tool_calls.forEach((c, k) => {
       if (!names.has(c.function.name)) {
@@ -396,6 +405,13 @@ export function validateRecord(raw: unknown): RecordValidation {
         });
       }
     });
+    if (m.role === "tool" && m.content.trim() === "" && !opts.allowEmptyToolResponses) {
+      issues.push({
+        path: `messages[${i}].content`,
+        message: "Tool response is empty (allow with --allow-empty-tool-responses)",
+        value: m.content,
+      });
+    }
   });
   const turns = countUserTurns(record.messages);
   record.checklists.forEach((variant, v) =>

@@ -25,6 +25,8 @@ export const DatasetManifestSchema = z.object({
   })),
   /** What produced this version (import, filter, label …) and from which parent manifest. */
   derivedFrom: z.object({ step: z.string(), parent: RefSchema.nullable() }).optional(),
+  /** The validation options its records passed (e.g. empty tool responses allowed); a run checks them alike. */
+  validation: z.object({ allowEmptyToolResponses: z.boolean().optional() }).optional(),
   /** Version number under this name (1, 2, …; absent before versioning) and the version it replaced. */
   version: z.number().int().positive().optional(),
   previous: RefSchema.nullable().optional(),
@@ -54,6 +56,7 @@ export async function saveDataset(
     derivedFrom?: DatasetManifest["derivedFrom"];
     now?: Date;
     allowEmpty?: boolean;
+    validation?: DatasetManifest["validation"];
   },
 ): Promise<{ ref: Ref; manifest: DatasetManifest }> {
   const pointer = `datasets/${name}`;
@@ -86,6 +89,7 @@ export async function saveDataset(
     uuids: records.map((r) => r.uuid),
     sources: meta.sources,
     ...(meta.derivedFrom ? { derivedFrom: meta.derivedFrom } : {}),
+    ...(meta.validation && Object.keys(meta.validation).length > 0 ? { validation: meta.validation } : {}),
     version,
     previous: previousRef ?? null,
   };

@@ -13,12 +13,15 @@ import {
   type TrajectoryRecord,
   TurnBlockSchema,
   validateRecord,
+  type ValidationOptions,
   variantFromTurnBlocks,
 } from "../records.ts";
 
 /** Where the text being imported came from. */
 export interface ImportSource {
   file: string;
+  /** Validation options every record of the file is checked with. */
+  validation?: ValidationOptions;
 }
 
 /** Which input record an error is about: its position, and its id or 1-based line where known. */
@@ -243,7 +246,7 @@ export class RecordCollector {
   readonly errors: ImportError[] = [];
   readonly #seen = new Map<string, RecordRef>();
 
-  constructor(readonly file: string) {}
+  constructor(readonly file: string, readonly validation: ValidationOptions = {}) {}
 
   /** Files one problem found before validation. */
   fail(ref: RecordRef, issue: RecordIssue, more: readonly RecordIssue[] = []): void {
@@ -258,7 +261,7 @@ export class RecordCollector {
 
   /** Validates one candidate record and files it. */
   add(ref: RecordRef, raw: unknown): void {
-    const v = validateRecord(raw);
+    const v = validateRecord(raw, this.validation);
     if (!v.ok) {
       this.fail(ref, v.issues[0]!, v.issues.slice(1));
       return;

@@ -64,7 +64,7 @@ export function cm2RecordFromRaw(raw: unknown): Normalised<Record<string, unknow
  * ```
  */
 export function importCm2Json(text: string, source: ImportSource): ImportResult {
-  const out = new RecordCollector(source.file);
+  const out = new RecordCollector(source.file, source.validation);
   const parsed = parseJson(text);
   if (!parsed.ok) {
     out.fail({}, {
@@ -88,7 +88,7 @@ function importLines(
   source: ImportSource,
   toRecord: (raw: unknown, line: string) => Normalised<Record<string, unknown>>,
 ): ImportResult {
-  const out = new RecordCollector(source.file);
+  const out = new RecordCollector(source.file, source.validation);
   jsonlLines(text).forEach(({ line, text: lineText }, index) => {
     const parsed = parseJson(lineText);
     if (!parsed.ok) {

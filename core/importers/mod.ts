@@ -12,7 +12,7 @@
  * @module
  */
 import { dirname, join } from "node:path";
-import type { TrajectoryRecord } from "../records.ts";
+import type { TrajectoryRecord, ValidationOptions } from "../records.ts";
 import {
   type ImportError,
   type ImportResult,
@@ -167,6 +167,8 @@ export interface ImportFilesOptions {
   tauBenchCatalogPath?: string;
   tooltalk?: Omit<ToolTalkOptions, "catalog">;
   tauBenchDomain?: string;
+  /** Validation options for every record. */
+  validation?: ValidationOptions;
 }
 
 /** Per-file counts: every input record of the file is either imported or errored. */
@@ -289,7 +291,10 @@ export async function importFiles(
       fileError(`Tool catalog cannot be loaded: ${e instanceof Error ? e.message : String(e)}`, file);
       continue;
     }
-    const result = importText(format, text, { file }, textOptions);
+    const result = importText(format, text, {
+      file,
+      ...(options.validation ? { validation: options.validation } : {}),
+    }, textOptions);
     for (const e of result.errors) {
       if (e.record.index === undefined) summary.failed = true;
       else summary.errored++;

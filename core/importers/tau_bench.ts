@@ -66,7 +66,7 @@ function detectDomain(file: string, catalog: TauBenchCatalog, traj: unknown): st
  * `meta` keeps the source, domain, task id, trial, reward and the user simulator's instruction.
  */
 export function importTauBench(text: string, source: ImportSource, options: TauBenchOptions): ImportResult {
-  const out = new RecordCollector(source.file);
+  const out = new RecordCollector(source.file, source.validation);
   const parsed = parseJson(text);
   if (!parsed.ok || !Array.isArray(parsed.value)) {
     const message = parsed.ok

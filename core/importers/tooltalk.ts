@@ -166,7 +166,7 @@ function systemText(conv: Record<string, unknown>): string {
  * source, conversation id, name, suites and APIs used.
  */
 export function importToolTalk(text: string, source: ImportSource, options: ToolTalkOptions): ImportResult {
-  const out = new RecordCollector(source.file);
+  const out = new RecordCollector(source.file, source.validation);
   const parsed = parseJson(text);
   if (!parsed.ok) {
     out.fail({ index: 0 }, {

@@ -67,6 +67,32 @@ Deno.test("data import: versions, a failed import changes nothing, rejects and b
     assert.equal(allowed.code, 0, allowed.err);
     assert.equal(first.count, lines.length);
 
+    // An empty tool response: rejected with its reason, unless allowed, which the manifest keeps for runs.
+    const rec = JSON.parse(lines.find((l) => l.includes('"role": "tool"') || l.includes('"role":"tool"'))!);
+    const i = rec.messages.findIndex((m: { role: string }) => m.role === "tool");
+    rec.messages[i].content = "";
+    rec.uuid = "empty-tool-response";
+    const emptyTool = path.join(dir, "empty_tool.jsonl");
+    await fs.writeFile(emptyTool, JSON.stringify(rec) + "\n");
+    const refused = await cm2(store.root, "data", "import", emptyTool, "--name", "et");
+    assert.equal(refused.code, 1);
+    assert.match(
+      refused.err,
+      /line 1 \(uuid empty-tool-response\): messages\[\d+\]\.content: Tool response is empty/,
+    );
+    const allowedEmpty = await cm2(
+      store.root,
+      "data",
+      "import",
+      emptyTool,
+      "--name",
+      "et",
+      "--allow-empty-tool-responses",
+    );
+    assert.equal(allowedEmpty.code, 0, allowedEmpty.err);
+    const et = await loadManifest(store, (await datasetRef(store, "et"))!);
+    assert.deepEqual([et.count, et.validation], [1, { allowEmptyToolResponses: true }]);
+
     // A name the store cannot hold: one line, exit 2, nothing written.
     const before = await count(store.root);
     for (const name of ["../escape", "x".repeat(260)]) {

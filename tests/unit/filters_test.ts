@@ -241,6 +241,7 @@ Deno.test("filters on the tau-bench airline trajectories count plain-string tool
   const { records } = await importFiles(
     [`${BENCH}/tau-bench/historical_trajectories/gpt-4o-airline.json`],
     read,
+    { validation: { allowEmptyToolResponses: true } },
   );
   const all = filterRecords(records);
   assert.deepEqual(all.counts, {

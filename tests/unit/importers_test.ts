@@ -55,7 +55,16 @@ Deno.test("importFiles() imports all 78 ToolTalk conversations: 77 records and o
 });
 
 Deno.test("importFiles() imports all 200 tau-bench airline trajectories with zero errors and keeps the reward", async () => {
-  const report = await importFiles([`${BENCH}/tau-bench/historical_trajectories/gpt-4o-airline.json`], read);
+  const file = `${BENCH}/tau-bench/historical_trajectories/gpt-4o-airline.json`;
+  // Its `think` tool answers "" by design: by default those records are rejected, each with the reason.
+  const strict = await importFiles([file], read);
+  assert.equal(strict.records.length + strict.errors.length, 200);
+  assert.ok(strict.errors.length > 0);
+  assert.ok(
+    strict.errors.every((e) => /Tool response is empty/.test(e.message)),
+    strict.errors[0]?.message ?? "",
+  );
+  const report = await importFiles([file], read, { validation: { allowEmptyToolResponses: true } });
   assert.deepEqual(report.errors, []);
   assert.equal(report.records.length, 200);
   assert.equal(report.files[0]!.format, "tau-bench");

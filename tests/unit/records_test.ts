@@ -278,3 +278,12 @@ Deno.test("validateRecord() refuses a call to a tool the record does not offer",
   );
   assert.deepEqual(issues(record()), []);
 });
+
+Deno.test("validateRecord() refuses an empty tool response unless allowed", () => {
+  const empty = record({ messages: [MESSAGES[0], MESSAGES[1], t("c1", ""), ...MESSAGES.slice(3)] });
+  assert.ok(
+    issues(empty).some((i) => /Tool response is empty/.test(i.message)),
+    JSON.stringify(issues(empty)),
+  );
+  assert.ok(validateRecord(empty, { allowEmptyToolResponses: true }).ok);
+});
