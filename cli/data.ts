@@ -146,8 +146,6 @@ async function importCommand(
   const store = storeFrom(opts);
   if (report.records.length === 0) {
     for (const e of report.errors) printImportError(e);
-    const empty = report.files.filter((f) => !f.failed && f.imported === 0 && f.errored === 0);
-    for (const f of empty) console.error(`${f.file}: empty file (no record in it)`);
     fail(
       `nothing imported from ${files.length} file(s); dataset ${opts.name} is unchanged`,
     );

@@ -317,6 +317,9 @@ export async function importFiles(
       summary.imported++;
       report.records.push(r);
     }
+    if (summary.imported === 0 && summary.errored === 0 && !summary.failed) {
+      fileError("File holds no record (it is empty, or only whitespace)");
+    }
   }
   return report;
 }

@@ -416,3 +416,12 @@ Deno.test("benchmark files that are not training data are named, not imported re
     /formats are cm2-json, cm2-jsonl, openai-jsonl, tooltalk, tau-bench/,
   );
 });
+
+Deno.test("an empty file is a file-level error, not 0 records imported", async () => {
+  const texts: Record<string, string> = { "/x/empty.jsonl": "\n  \n", "/x/ok.jsonl": "" };
+  const report = await importFiles(["/x/empty.jsonl"], (p) => texts[p]!);
+  assert.equal(report.records.length, 0);
+  assert.equal(report.errors.length, 1);
+  assert.match(formatImportError(report.errors[0]!), /whole file: \$: File holds no record/);
+  assert.equal(report.files[0]!.failed, true);
+});
