@@ -248,10 +248,41 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     let restarts = 0;
     let inFlight = 0;
     let kills = 0;
+    let killing = Promise.resolve();
+    /** One kill -9 of the orchestrator worker and its restart, after every injected fault is recorded. */
+    const killWorker = (what: string) =>
+      killing = killing.then(async () => {
+        if (finished) return;
+        await faultsSettled();
+        const t = Date.now();
+        worker.kill("SIGKILL");
+        await worker.status;
+        kills++;
+        const open = models.calls.slice(firstCall).filter((c) =>
+          c.startedAt <= t && (c.endedAt === undefined || c.endedAt >= t - IN_FLIGHT_WINDOW_MS)
+        ).length;
+        inFlight += open;
+        log(`kill ${kills} ${what} after ${calls()} calls (${open} in flight)`);
+        worker = spawnWorker(address, taskQueue, storeRoot);
+        children.push(worker);
+      });
+    // One kill aimed at the reward computation of the first iteration (best effort: the phase is short).
+    const rewardWatch = (async () => {
+      if (plan.kills === 0) return;
+      while (!finished) {
+        const p = await client.workflow.getHandle(workflowIds.iteration(name, 0)).query(
+          iterationProgressQuery,
+        )
+          .catch(() => null);
+        if (p?.phase === "rewards") return await killWorker("during reward computation");
+        if (p && p.phase !== "episodes") return;
+        await sleep(10);
+      }
+    })();
     const points = Array.from({ length: plan.kills }, () => 0.05 + 0.9 * rand()).sort((a, b) => a - b)
       .map((p) => Math.max(1, Math.floor(p * totalCalls)));
     const restartAt = plan.restart ? Math.floor(totalCalls / 2) : Infinity;
-    for (const at of points) {
+    for (const [k, at] of points.entries()) {
       while (!finished && calls() < at) {
         if (calls() >= restartAt && restarts === 0) {
           await server.stop();
@@ -263,19 +294,9 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         await sleep(20);
       }
       if (finished) break;
-      await faultsSettled();
-      const t = Date.now();
-      worker.kill("SIGKILL");
-      await worker.status;
-      kills++;
-      const open = models.calls.slice(firstCall).filter((c) =>
-        c.startedAt <= t && (c.endedAt === undefined || c.endedAt >= t - IN_FLIGHT_WINDOW_MS)
-      ).length;
-      inFlight += open;
-      log(`kill ${kills}/${points.length} after ${calls()} calls (${open} in flight)`);
-      worker = spawnWorker(address, taskQueue, storeRoot);
-      children.push(worker);
+      await killWorker(`(${k + 1} of ${points.length} at random points)`);
     }
+    await rewardWatch;
     const completed = await done;
     await trainerWatch;
     for (const c of [worker, trainer]) {

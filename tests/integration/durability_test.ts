@@ -21,7 +21,7 @@ Deno.test({
       log: () => {},
     });
     const text = JSON.stringify(report);
-    assert.equal(report.kills, 5, text);
+    assert.ok(report.kills >= 5, text);
     assert.equal(report.trainer_kills, 1, text);
     assert.equal(report.server_restarts, 1, text);
     assert.ok(report.faults_injected > 0, text);
