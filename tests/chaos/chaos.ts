@@ -266,17 +266,25 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         worker = spawnWorker(address, taskQueue, storeRoot);
         children.push(worker);
       });
-    // One kill aimed at the reward computation of the first iteration (best effort: the phase is short).
+    // One kill aimed at an iteration's reward computation: each iteration is watched in turn until one lands
+    // (the phase is short, and the worker may be down when it is polled).
+    let rewardKills = 0;
     const rewardWatch = (async () => {
       if (plan.kills === 0) return;
-      while (!finished) {
-        const p = await client.workflow.getHandle(workflowIds.iteration(name, 0)).query(
-          iterationProgressQuery,
-        )
-          .catch(() => null);
-        if (p?.phase === "rewards") return await killWorker("during reward computation");
-        if (p && p.phase !== "episodes") return;
-        await sleep(10);
+      for (let it = 0; it < iterations && rewardKills === 0; it++) {
+        while (!finished) {
+          const p = await client.workflow.getHandle(workflowIds.iteration(name, it)).query(
+            iterationProgressQuery,
+          )
+            .catch(() => null);
+          if (p?.phase === "rewards") {
+            await killWorker(`during the reward computation of iteration ${it}`);
+            rewardKills++;
+            break;
+          }
+          if (p && p.phase !== "episodes") break;
+          await sleep(5);
+        }
       }
     })();
     const points = Array.from({ length: plan.kills }, () => 0.05 + 0.9 * rand()).sort((a, b) => a - b)
