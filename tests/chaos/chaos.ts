@@ -224,24 +224,28 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     };
 
     let trainerKills = 0;
+    // One trainer kill during an update: each iteration is watched in turn until one lands (the worker that
+    // answers the query may be down when the phase is polled).
     const trainerWatch = (async () => {
       if (!plan.trainerKill) return;
-      const it = Math.min(1, iterations - 1);
-      while (!finished) {
-        const p = await client.workflow.getHandle(workflowIds.iteration(name, it)).query(
-          iterationProgressQuery,
-        )
-          .catch(() => null);
-        if (p?.phase === "update") {
-          await sleep(300);
-          trainer.kill("SIGKILL");
-          await trainer.status;
-          trainerKills++;
-          log(`trainer killed during the update of iteration ${it}`);
-          trainer = spawnTrainer();
-          return;
+      for (let it = 0; it < iterations; it++) {
+        while (!finished && trainerKills === 0) {
+          const p = await client.workflow.getHandle(workflowIds.iteration(name, it)).query(
+            iterationProgressQuery,
+          )
+            .catch(() => null);
+          if (p?.phase === "update") {
+            await sleep(300);
+            trainer.kill("SIGKILL");
+            await trainer.status;
+            trainerKills++;
+            log(`trainer killed during the update of iteration ${it}`);
+            trainer = spawnTrainer();
+            return;
+          }
+          if (p && p.phase !== "episodes" && p.phase !== "rewards") break;
+          await sleep(50);
         }
-        await sleep(50);
       }
     })();
 
