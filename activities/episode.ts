@@ -336,7 +336,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
         waiting = { ...state, judgeAnswers: plan.cached };
       }
       const verdicts = new Map(input.verdicts.map(({ task, ...v }) => [task, v as JudgeVerdict]));
-      return await settle(config, completeJudge(waiting, judgeOf(config), verdicts), at);
+      return await settle(config, completeJudge(waiting, verdicts), at);
     },
 
     /** Ends an episode whose model call failed for good (retries exhausted): the failure is data. */

@@ -199,7 +199,6 @@ export function completeTools(state0: EpisodeState, simulated: readonly ToolResu
 /** Completes the judge round with the verdicts of the tasks named in `pending.tasks` (by task index). */
 export function completeJudge(
   state0: EpisodeState,
-  _judge: JudgeRequestOptions,
   verdicts: ReadonlyMap<number, JudgeVerdict>,
 ): EpisodeState {
   const stash = state0.judgeAnswers;

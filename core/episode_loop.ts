@@ -145,7 +145,7 @@ export async function runEpisode(
         }
       };
       await Promise.all(Array.from({ length: Math.min(limit, pending.tasks.length) }, lane));
-      state = completeJudge(state, judge, verdicts);
+      state = completeJudge(state, verdicts);
     }
   }
   return { state, cache, judgeCacheHits };

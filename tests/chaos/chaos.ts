@@ -40,7 +40,7 @@ import { type DevServer, freePort, startDevServer } from "../../scripts/temporal
 import { ROOT } from "../../scripts/paths.ts";
 import { spawnWorker } from "../../scripts/worker_process.ts";
 import { type RecordedCall, startScriptedServer } from "../scripted_server.ts";
-import { echoSimulator, hashJudge, referencePolicy } from "../harness/scripted_models.ts";
+import { trainingRoles } from "../harness/scripted_models.ts";
 import { type InjectedFault, withFaults } from "../harness/faults.ts";
 import { sampleRecords, scriptedConfig } from "../harness/training.ts";
 import { uniqueQueue } from "../harness/temporal.ts";
@@ -129,11 +129,11 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
   let server: DevServer = await startDevServer({ port, headless: true, dbFile, reuse: false });
   const address = server.address;
   const records = await sampleRecords();
-  const faults = withFaults({
-    "policy-model": referencePolicy(records, { deviateEvery: 3 }),
-    "judge-model": hashJudge(0.7),
-    "sim-model": echoSimulator(),
-  }, { rate: opts.faults ?? 0, seed: opts.seed ?? 7, timeoutMs: CLIENT_TIMEOUT_MS });
+  const faults = withFaults(trainingRoles(records), {
+    rate: opts.faults ?? 0,
+    seed: opts.seed ?? 7,
+    timeoutMs: CLIENT_TIMEOUT_MS,
+  });
   const models = startScriptedServer({ roles: faults.roles, adapters: true, latencyMs: 30 });
   const connection = await NativeConnection.connect({ address });
   const client = new Client({ connection });

@@ -59,6 +59,21 @@ export function referencePolicy(
   };
 }
 
+/**
+ * The scripted roles of the training tests, benchmarks and chaos runs: the reference policy (replying early about
+ * one call in `deviateEvery`), a judge true with probability ≈ `pTrue`, and the echoing simulator.
+ */
+export function trainingRoles(
+  records: readonly TrajectoryRecord[],
+  opts: { deviateEvery?: number; pTrue?: number } = {},
+): Record<string, ScriptHandler> {
+  return {
+    "policy-model": referencePolicy(records, { deviateEvery: opts.deviateEvery ?? 3 }),
+    "judge-model": hashJudge(opts.pTrue ?? 0.7),
+    "sim-model": echoSimulator(),
+  };
+}
+
 /** A judge whose answer is a pure function of the prompt (true with probability ≈ `pTrue`). */
 export function hashJudge(pTrue = 0.7): ScriptHandler {
   return (req: ParsedChatRequest): ScriptedReply => {

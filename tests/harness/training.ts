@@ -16,7 +16,7 @@ import { TrajectoryRecordSchema } from "../../core/records.ts";
 import { FsStore } from "../../store/fs_store.ts";
 import { type ScriptedServer, startScriptedServer } from "../scripted_server.ts";
 import { createTestTrainer, type TestTrainerLog } from "../test_trainer.ts";
-import { echoSimulator, hashJudge, referencePolicy } from "./scripted_models.ts";
+import { trainingRoles } from "./scripted_models.ts";
 import { uniqueQueue, workflowBundle } from "./temporal.ts";
 
 /** The sample dataset's records. */
@@ -72,11 +72,7 @@ export async function trainingStack(
 ): Promise<TrainingStack> {
   const records = await sampleRecords();
   const server = startScriptedServer({
-    roles: {
-      "policy-model": referencePolicy(records, { deviateEvery: 3 }),
-      "judge-model": hashJudge(opts.pTrue ?? 0.7),
-      "sim-model": echoSimulator(),
-    },
+    roles: trainingRoles(records, opts.pTrue !== undefined ? { pTrue: opts.pTrue } : {}),
     adapters: true,
     loraBase: "policy-model",
     ...(opts.latencyMs ? { latencyMs: opts.latencyMs } : {}),

@@ -17,7 +17,7 @@ import { spawnWorker } from "../../scripts/worker_process.ts";
 import { trainingRun } from "../../workflows/training.ts";
 import { startScriptedServer } from "../scripted_server.ts";
 import { createTestTrainer } from "../test_trainer.ts";
-import { echoSimulator, hashJudge, referencePolicy } from "../harness/scripted_models.ts";
+import { trainingRoles } from "../harness/scripted_models.ts";
 import { startS3Server } from "../harness/s3_server.ts";
 import { uniqueQueue, useTemporal } from "../harness/temporal.ts";
 import { sampleRecords } from "../harness/training.ts";
@@ -32,11 +32,7 @@ Deno.test({
     const s3 = await startS3Server();
     const records = await sampleRecords();
     const models = startScriptedServer({
-      roles: {
-        "policy-model": referencePolicy(records, { deviateEvery: 3 }),
-        "judge-model": hashJudge(0.7),
-        "sim-model": echoSimulator(),
-      },
+      roles: trainingRoles(records),
       adapters: true,
       latencyMs: 40,
     });

@@ -11,7 +11,7 @@ import { spawnWorker } from "../../scripts/worker_process.ts";
 import { FsStore } from "../../store/fs_store.ts";
 import { trainingRun } from "../../workflows/training.ts";
 import { startScriptedServer } from "../scripted_server.ts";
-import { echoSimulator, hashJudge, referencePolicy } from "../harness/scripted_models.ts";
+import { trainingRoles } from "../harness/scripted_models.ts";
 import { uniqueQueue } from "../harness/temporal.ts";
 import { sampleRecords, scriptedConfig } from "../harness/training.ts";
 
@@ -64,11 +64,7 @@ Deno.test({
     let server = await startDevServer({ port, headless: true, dbFile, reuse: false });
     const records = await sampleRecords();
     const models = startScriptedServer({
-      roles: {
-        "policy-model": referencePolicy(records, { deviateEvery: 3 }),
-        "judge-model": hashJudge(0.7),
-        "sim-model": echoSimulator(),
-      },
+      roles: trainingRoles(records),
       adapters: true,
       latencyMs: 20,
     });

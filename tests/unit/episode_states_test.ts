@@ -110,7 +110,7 @@ Deno.test("stored episode states: deltas load back exactly, hold only what a ste
           const verdicts = new Map<number, JudgeVerdict>(
             tasks.map((t, k) => [k, verdictFromResult(t, reply(JSON.stringify(judgeVerdict(k % 3 !== 0))))]),
           );
-          state = completeJudge(state, judge, verdicts);
+          state = completeJudge(state, verdicts);
         }
       }
     }
