@@ -8,14 +8,17 @@
 import type { RunConfig } from "./config.ts";
 import type { JudgeMode, SkipBasis } from "./judge.ts";
 import type { Sampling } from "./llm_types.ts";
-import { resolveRewardOptions, rewardOptionsOf } from "./rewards.ts";
+import { resolveRewardOptions, type RewardOptions, rewardOptionsOf } from "./rewards.ts";
 import type { SimulatorOptions } from "./simulator.ts";
 
 /** Judge settings that shape the state machine. */
 export interface EpisodeJudgeOptions {
   /** `exhaustive` (default, the reference) or `incremental`; see `core/judge.ts`. */
   mode?: JudgeMode;
-  /** Skip rule of `incremental` mode (default `completed`, safe for every reward level). */
+  /**
+   * Skip rule of `incremental` mode (default `completed`, safe for every reward level and preset; a run
+   * config gets the widest rule that is safe for its reward options, see {@linkcode skipBasisFor}).
+   */
   skipBasis?: SkipBasis;
   /** Votes per cell, majority wins, ties false (default 1). */
   votes?: number;
@@ -90,6 +93,14 @@ export function resolveEpisodeOptions(opts: EpisodeOptions = {}): ResolvedEpisod
   };
 }
 
+/**
+ * The widest skip rule of `incremental` judging that leaves the given rewards unchanged (`core/judge.ts`):
+ * `paid` when dependencies are read from the pre-step verdicts, `completed` otherwise.
+ */
+export function skipBasisFor(reward: Pick<RewardOptions, "dependencyTiming">): SkipBasis {
+  return reward.dependencyTiming === "pre-step-verdicts" ? "paid" : "completed";
+}
+
 /** Episode options from the run config. */
 export function episodeOptionsOf(config: RunConfig): EpisodeOptions {
   const c = config.cm2;
@@ -102,7 +113,12 @@ export function episodeOptionsOf(config: RunConfig): EpisodeOptions {
       ? { maxResponseTokens: config.models.policy.sampling.max_tokens }
       : {}),
     unfinishedTurn: reward.unfinishedTurn,
-    judge: { mode: c.judge.mode, votes: c.judge.votes, itemsPerCall: c.judge.itemsPerCall },
+    judge: {
+      mode: c.judge.mode,
+      skipBasis: skipBasisFor(reward),
+      votes: c.judge.votes,
+      itemsPerCall: c.judge.itemsPerCall,
+    },
     simulator: { replayScope: c.simulator.replayScope, cache: c.simulator.cache },
   };
 }

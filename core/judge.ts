@@ -9,19 +9,26 @@
  * Judging plans ({@linkcode JudgeMode}):
  * - `exhaustive` (the reference): every (step, item) cell of the turn is judged, all in one round.
  * - `incremental`: steps are judged in order, one round per step. A cell (s, c) is skipped when its
- *   verdict cannot change any reward, and filled with `true`:
- *   - basis `completed` (default, safe for every reward level and preset): item c was *completed* at an
- *     earlier step: judged true at some step s' < s while each of its dependencies had been judged true
- *     (and completed) at a step before s' (the strictest dependency timing, eq. 2). Completion under the
- *     reference's same-step item-order timing is never later, so the cell is irrelevant there too. Once
- *     an item is completed its later verdicts are read by no reward: the OR of the turn score and of the
- *     strictness gate is already true, the completion step is fixed, and the item is no longer eligible.
+ *   verdict cannot change any reward, and filled with `true`. Which cells those are depends on how the
+ *   rewards read dependencies ({@linkcode SkipBasis}):
+ *   - basis `completed` (default, safe for every reward level, preset and dependency timing): both of
+ *     - item c was *completed* at an earlier step s' < s: judged true at s' while each of its dependencies
+ *       had been completed at a step before s' (the strictest completion timing). Completion under the
+ *       reference's same-step item-order timing is never later. Once an item is completed its later
+ *       verdicts are read by no completion-based reward: the OR of the turn score and of the strictness gate
+ *       is already true, the completion step is fixed, and the item is no longer eligible;
+ *     - and the `paid` condition below, which covers eq. 2 on raw verdicts.
+ *   - basis `paid` (rewards with `dependencyTiming: "pre-step-verdicts"`, the `paper` and `fixed` presets):
+ *     item c *paid* at an earlier step (its first flip from false to true with every dependency judged
+ *     true in the pre-step state), and every item that depends on c paid at an earlier step too. A paid item
+ *     pays no more, so its own later verdicts are read by nothing; but a dependent that has not paid yet
+ *     reads c's verdict in its pre-step state, so c is judged until its dependents are done.
  *   - basis `satisfied` (OR-only rewards: the `reference` preset at trajectory or turn level, and the
  *     gate): item c was judged true at any earlier step, dependencies ignored. Not safe at step level or
  *     with `dependenciesAtTurnLevel`, because a dependency completed later needs c's later verdicts.
  *   Filled cells are `true`, the value the OR already has, so `turnPassed` and every reward computed from
  *   the filled matrix equal those of the exhaustive matrix whenever the judge answers the judged cells the
- *   same way.
+ *   same way (`tests/unit/judge_test.ts` checks this on random matrices for every preset and level).
  *
  * Voting: with `votes = k`, each cell is asked k times (k cache keys) and the majority wins; a tie (even k)
  * is `false`, so an item is credited only when more than half the votes say so. Any failed vote is a judge
@@ -45,7 +52,7 @@ export const JUDGE_BATCH_PROMPT_VERSION = "cm2-judge-batch-v1";
 /** How the cells of a turn are scheduled; see the module doc. */
 export type JudgeMode = "exhaustive" | "incremental";
 /** What makes a cell skippable in `incremental` mode; see the module doc. */
-export type SkipBasis = "completed" | "satisfied";
+export type SkipBasis = "completed" | "paid" | "satisfied";
 
 /** The fields of a checklist item the judge reads. */
 export type JudgeItem = Pick<
@@ -291,20 +298,31 @@ export function fillSkipped(
   if (mode === "exhaustive") return { sat: out, filled: 0 };
   const index = new Map(items.map((it, c) => [it.id, c]));
   const deps = items.map((it) => it.dependence.map((d) => index.get(d) ?? -1));
-  const done = items.map(() => -1);
+  const dependents = items.map((_, c) => items.flatMap((_, x) => deps[x]!.includes(c) ? [x] : []));
+  const completed = items.map(() => -1);
+  const paid = items.map(() => -1);
+  const skippable = (c: number): boolean => {
+    if (basis === "satisfied") return completed[c]! >= 0;
+    const paidOut = paid[c]! >= 0 && dependents[c]!.every((x) => paid[x]! >= 0);
+    return paidOut && (basis === "paid" || completed[c]! >= 0);
+  };
   let filled = 0;
   for (const [s, row] of out.entries()) {
     for (let c = 0; c < items.length; c++) {
-      if (row[c] === null && done[c]! >= 0) {
+      if (row[c] === null && skippable(c)) {
         row[c] = true;
         filled++;
       }
     }
     if (row.some((v) => v === null)) break;
+    const pre = s > 0 ? out[s - 1]! : undefined;
     for (let c = 0; c < items.length; c++) {
-      if (done[c]! >= 0 || row[c] !== true) continue;
-      const ready = basis === "satisfied" || deps[c]!.every((d) => d >= 0 && done[d]! >= 0 && done[d]! < s);
-      if (ready) done[c] = s;
+      if (row[c] !== true) continue;
+      const strict = basis === "satisfied" ||
+        deps[c]!.every((d) => d >= 0 && completed[d]! >= 0 && completed[d]! < s);
+      if (completed[c]! < 0 && strict) completed[c] = s;
+      const flips = pre?.[c] !== true && deps[c]!.every((d) => d >= 0 && pre?.[d] === true);
+      if (paid[c]! < 0 && flips) paid[c] = s;
     }
   }
   return { sat: out, filled };

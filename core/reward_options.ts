@@ -59,12 +59,16 @@ export interface RewardSwitches {
    */
   readonly dependenciesAtTurnLevel: boolean;
   /**
-   * When a dependency counts as holding for completion. `"before-step"`: it was completed at an earlier
-   * step (eq. 2's pre-step state). `"item-order"`: also when it was completed at the same step and comes
-   * earlier in item order (the reference's walk; an item completed this way counts in the step-level
-   * baseline but never receives a step advantage, §5.7). Eligibility (`E_s`) always uses earlier steps.
+   * When an item can pay, that is, when its dependencies hold (each item pays at most once, at its first
+   * paying step). `"pre-step-verdicts"` (eq. 2 as written, §5.10): item c pays at step s iff every dependency
+   * was judged true and c itself judged false in the pre-step state (the verdicts of step s − 1; before step 0
+   * nothing holds), and c is judged true at s. Dependencies are read from the verdicts, not from whether they
+   * paid. `"before-step"`: c is judged true at s and every dependency completed (paid) at an earlier step.
+   * `"item-order"`: also when a dependency completed at the same step earlier in item order (the reference's
+   * walk; an item completed this way counts in the step-level baseline but never receives a step advantage,
+   * §5.7). Eligibility (`E_s`) and backfill use the same rule, with `item-order` read as `before-step`.
    */
-  readonly dependencyTiming: "before-step" | "item-order";
+  readonly dependencyTiming: "pre-step-verdicts" | "before-step" | "item-order";
   /**
    * Baseline population at turn and step level. `"all"`: every (non-failed) episode of the group, an
    * unreached turn or item scoring 0 (eq. 7–8). `"reached"`: turn level, the episodes that reached the turn;
@@ -108,7 +112,7 @@ export type RewardOptionsInput = { readonly [K in keyof RewardOptions]?: RewardO
  * | `divideBySumWeights`      | false             | true (eq. 10)  | false             |
  * | `trajectoryDivisor`       | `reference-turns` | `reached-turns` | `reference-turns` |
  * | `dependenciesAtTurnLevel` | false (OR)        | true (eq. 2)   | true              |
- * | `dependencyTiming`        | `item-order`      | `before-step`  | `before-step`     |
+ * | `dependencyTiming`        | `item-order`      | `pre-step-verdicts` | `pre-step-verdicts` |
  * | `baselinePopulation`      | `reached`         | `all`          | `reached`         |
  * | `stepFnorm`               | `none`            | `per-item`     | `none`            |
  * | `singletonGroup`          | `verl`            | `zero`         | `zero`            |
@@ -116,12 +120,14 @@ export type RewardOptionsInput = { readonly [K in keyof RewardOptions]?: RewardO
  * - `reference`: what the released code does (§5): OR over steps, `T_ref` divisor, failed episodes kept
  *   with reward 0 in the GRPO mean, `> 4` holders or eligible episodes, eligibility-conditioned step
  *   baseline without Fnorm or Σw division, unfinished last turn without credit.
- * - `paper`: eq. 2–10 as written: completion needs dependencies from earlier steps, backfill, means and
+ * - `paper`: eq. 2–10 as written: an item pays when it flips from false to true while its dependencies
+ *   were judged true in the pre-step state (raw verdicts, at most once per item), backfill, means and
  *   Fnorm over the whole group, division by the reached turns `L` and by Σw. The paper does not say how
  *   failed episodes are treated; they are dropped.
  * - `fixed`: `reference` with its bugs fixed: unfinished turns judged, failed episodes dropped from the
- *   baseline and the loss, dependencies respected everywhere with one consistent timing (so that every
- *   completed item also gets its step advantage), and no verl singleton special case.
+ *   baseline and the loss, dependencies respected everywhere with the paper's rule on raw verdicts (so that
+ *   an out-of-order guess never pays, and every paying item also gets its step advantage), and no verl
+ *   singleton special case.
  */
 export const REWARD_PRESETS: Readonly<Record<RewardPreset, Readonly<RewardSwitches>>> = Object.freeze({
   reference: Object.freeze({
@@ -147,7 +153,7 @@ export const REWARD_PRESETS: Readonly<Record<RewardPreset, Readonly<RewardSwitch
     divideBySumWeights: true,
     trajectoryDivisor: "reached-turns",
     dependenciesAtTurnLevel: true,
-    dependencyTiming: "before-step",
+    dependencyTiming: "pre-step-verdicts",
     baselinePopulation: "all",
     stepFnorm: "per-item",
     singletonGroup: "zero",
@@ -161,7 +167,7 @@ export const REWARD_PRESETS: Readonly<Record<RewardPreset, Readonly<RewardSwitch
     divideBySumWeights: false,
     trajectoryDivisor: "reference-turns",
     dependenciesAtTurnLevel: true,
-    dependencyTiming: "before-step",
+    dependencyTiming: "pre-step-verdicts",
     baselinePopulation: "reached",
     stepFnorm: "none",
     singletonGroup: "zero",
@@ -202,7 +208,7 @@ const CHOICES: { readonly [K in keyof RewardOptions]?: readonly unknown[] } = {
   divideBySumWeights: [true, false],
   trajectoryDivisor: ["reference-turns", "reached-turns"],
   dependenciesAtTurnLevel: [true, false],
-  dependencyTiming: ["before-step", "item-order"],
+  dependencyTiming: ["pre-step-verdicts", "before-step", "item-order"],
   baselinePopulation: ["all", "reached"],
   stepFnorm: ["per-item", "none"],
   singletonGroup: ["verl", "zero"],

@@ -308,7 +308,8 @@ export function computeAdvantages(group: RewardGroup, input: RewardOptionsInput 
         let sum = 0;
         let weights = 0;
         items.forEach((item, c) => {
-          if (!eligibleAt(deps, tt.done, c, s)) return;
+          const timing = options.dependencyTiming === "item-order" ? "before-step" : options.dependencyTiming;
+          if (!eligibleAt(deps, tt.done, tt.sat, c, s, timing)) return;
           weights += item.weight;
           const stats = itemStats[t]![c]!;
           if (stats.support <= options.minGroupSupport) return;
@@ -349,6 +350,8 @@ interface PreparedTurn {
 /** What one reached turn of an ok episode contributes. */
 interface TurnTrace {
   readonly steps: readonly StepVerdicts[];
+  /** The verdict rows the walk read (all false for an unfinished turn under `no-credit`). */
+  readonly sat: readonly (readonly boolean[])[];
   /** Completion step per item under the dependency timing, -1 when never completed. */
   readonly done: readonly number[];
   /** Whether the item was eligible at some point of the completion walk. */
@@ -422,15 +425,15 @@ function traceEpisode(
       ? done.map((at) => at >= 0)
       : items.map((_, c) => sat.some((row) => row[c] === true));
     const score = items.reduce((acc, item, c) => credited[c] ? acc + item.weight : acc, 0);
-    traces.push({ steps: turn.steps, done, eligible, credited, score });
+    traces.push({ steps: turn.steps, sat, done, eligible, credited, score });
   });
   return traces;
 }
 
 /**
- * The completion walk: steps in order, items in index order within a step. An item completes at the first
- * step where it is judged true while its dependencies hold; it is eligible while they hold and it is not
- * completed yet.
+ * The completion walk: steps in order, items in index order within a step. An item completes (pays) at the
+ * first step where it is judged true while it is eligible; see {@link eligibleAt} for when that is under
+ * each dependency timing.
  */
 function walkTurn(
   deps: readonly (readonly number[])[],
@@ -440,11 +443,10 @@ function walkTurn(
   const done = deps.map(() => -1);
   const eligible = deps.map(() => false);
   sat.forEach((row, s) => {
-    deps.forEach((ds, c) => {
+    deps.forEach((_, c) => {
       if (done[c]! >= 0) return;
       // Under item-order, done[d] === s can only hold for d < c: later items of this step are not walked yet.
-      const ready = ds.every((d) => done[d]! >= 0 && (done[d]! < s || timing === "item-order"));
-      if (!ready) return;
+      if (!eligibleAt(deps, done, sat, c, s, timing)) return;
       eligible[c] = true;
       if (row[c] === true) done[c] = s;
     });
@@ -452,16 +454,31 @@ function walkTurn(
   return { done, eligible };
 }
 
-/** `c ∈ E_s`: dependencies completed at earlier steps, and c itself not completed at an earlier step. */
+/**
+ * `c ∈ E_s`: item c can pay at step s. Never after it has paid (each item pays at most once, at its first
+ * paying flip). Then, by timing:
+ * - `pre-step-verdicts` (eq. 2 as written): every dependency was judged true and c itself judged false in
+ *   the pre-step state (the verdicts of step s − 1; before step 0 nothing holds).
+ * - `before-step`: every dependency completed at an earlier step.
+ * - `item-order` (the reference's walk): also a dependency completed at this step, earlier in item order.
+ *   Step advantages read it with the `before-step` rule (the reference's eligibility, §5.7), which is what
+ *   the walk sees for the dependencies not yet walked at this step.
+ */
 function eligibleAt(
   deps: readonly (readonly number[])[],
   done: readonly number[],
+  sat: readonly (readonly boolean[])[],
   c: number,
   s: number,
+  timing: RewardSwitches["dependencyTiming"],
 ): boolean {
   const own = done[c]!;
   if (own >= 0 && own < s) return false;
-  return deps[c]!.every((d) => done[d]! >= 0 && done[d]! < s);
+  if (timing === "pre-step-verdicts") {
+    const pre = s > 0 ? sat[s - 1]! : undefined;
+    return pre?.[c] !== true && deps[c]!.every((d) => pre?.[d] === true);
+  }
+  return deps[c]!.every((d) => done[d]! >= 0 && (done[d]! < s || (timing === "item-order" && done[d] === s)));
 }
 
 function trajectoryReward(trace: readonly TurnTrace[], tRef: number, options: RewardSwitches): number {

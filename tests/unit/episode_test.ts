@@ -154,6 +154,10 @@ const verdict = (answer: boolean) => result(JSON.stringify({ analysis_of_pass_co
 const judgeBy = (decide: (prompt: string) => boolean) =>
   fake("judge", (req) => verdict(decide(req.messages[0]!.content)));
 const judgeAll = (answer: boolean) => judgeBy(() => answer);
+/** A judge that answers as a careful model would on the happy path: a reply item holds once the reply is there. */
+const honestly = (p: string) =>
+  (!p.includes("Reply gives temp?") || p.includes("21 degrees")) &&
+  (!p.includes("Reply confirms booking?") || p.includes("Booked, reference"));
 
 const happyPolicy = () =>
   fake("policy", [
@@ -257,8 +261,11 @@ Deno.test("runEpisode() replays recorded calls, passes the gate and replays the 
       },
     ],
   });
-  const rewards = computeAdvantages({ checklist: record().checklists[0]!, episodes: [v] });
-  assert.equal(rewards.episodes[0]!.reward, 1);
+  const reward = (preset: "fixed" | "reference") =>
+    computeAdvantages({ checklist: record().checklists[0]!, episodes: [v] }, { preset }).episodes[0]!.reward;
+  assert.equal(reward("reference"), 1);
+  // C2 (depends on C1) is judged true at step 0, before C1 held, and stays true: under eq. 2 it never pays
+  assert.equal(reward("fixed"), (1 - 0.3 + 1) / 2);
 });
 
 Deno.test("the policy sees text-written calls as structured calls, without the raw blocks", async () => {
@@ -527,10 +534,11 @@ Deno.test("incremental judging asks fewer cells and yields the same rewards as e
   const ex = await run("exhaustive");
   const inc = await run("incremental");
   assert.equal(ex.calls, 10);
-  // turn 0: step 0 asks C0..C2; step 1 skips C0 and C1 but re-asks C2 (its dependency C1 only completed at
-  // step 0). turn 1: step 0 asks C0, C1; step 1 re-asks only the unsatisfied C1.
-  assert.equal(inc.calls, 3 + 1 + 2 + 1);
-  assert.equal(inc.state.metrics.judgeCellsSkipped, 3);
+  // turn 0: step 0 asks C0..C2; step 1 skips C0 (paid, nothing depends on it) but re-asks C1 (C2 depends on
+  // it and has not paid: it reads C1's verdict before each step) and C2. turn 1: step 0 asks C0, C1; step 1
+  // re-asks only the unpaid C1.
+  assert.equal(inc.calls, 3 + 2 + 2 + 1);
+  assert.equal(inc.state.metrics.judgeCellsSkipped, 2);
   const checklist = record().checklists[0]!;
   for (const level of ["trajectory", "turn", "step"] as const) {
     assert.deepEqual(
@@ -697,7 +705,7 @@ Deno.test("a record's checklist variants are averaged: one all passed, one all f
   rec.checklists[1] = rec.checklists[1]!.map((turn) =>
     turn.map((i) => ({ ...i, question: `${i.question} (v1)` }))
   );
-  const judge = judgeBy((content) => !content.includes("(v1)"));
+  const judge = judgeBy((content) => !content.includes("(v1)") && honestly(content));
   const options = { preset: "fixed" as const, level: "trajectory" as const };
   const score = async (variants: number) => {
     const { state } = await runEpisode(rec, models(happyPolicy(), judge), { hash: sha256, variants });

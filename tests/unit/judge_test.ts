@@ -20,12 +20,14 @@ import {
   computeAdvantages,
   type EpisodeVerdicts,
   itemPassRate,
+  resolveRewardOptions,
   type RewardItem,
   type RewardLevel,
   type RewardPreset,
   turnPassed,
 } from "../../core/rewards.ts";
 import { prng } from "../../core/sampling.ts";
+import { skipBasisFor } from "../../core/episode_options.ts";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 
@@ -170,18 +172,36 @@ Deno.test("roundCells() asks for every cell in exhaustive mode and one step at a
   assert.deepEqual(fillSkipped(blank(2), plan, "exhaustive").filled, 0);
 });
 
-Deno.test("fillSkipped() skips items completed at an earlier step, waiting for dependencies", () => {
-  // step 0: C0 true, C1 true (but C0 is not completed before step 0), C2 false
-  const sat: SatMatrix = [[true, true, false], [null, null, null], [null, null, null]];
-  const r = fillSkipped(sat, plan, "incremental");
-  assert.deepEqual(r.sat[1], [true, null, null], "C0 is done; C1 must be re-judged now that C0 holds");
-  assert.equal(r.filled, 1);
-  assert.deepEqual(roundCells(r.sat, "incremental"), [{ step: 1, item: 1 }, { step: 1, item: 2 }]);
-  r.sat[1] = [true, true, false];
-  const r2 = fillSkipped(r.sat, plan, "incremental");
-  assert.deepEqual(r2.sat[2], [true, true, null]);
+Deno.test("fillSkipped() skips an item once it paid and its dependents paid, under every basis's rule", () => {
+  // step 0: C0 true (pays: no dependencies), C1 false, C2 false
+  const sat: SatMatrix = [[true, false, false], [null, null, null], [null, null, null]];
+  for (const basis of ["completed", "paid"] as const) {
+    const r = fillSkipped(sat, plan, "incremental", basis);
+    assert.deepEqual(
+      r.sat[1],
+      [null, null, null],
+      `${basis}: C1 reads C0's verdict before step 1, so C0 is asked`,
+    );
+    assert.equal(r.filled, 0);
+    // step 1: C1 flips while C0 held before the step, so C1 pays; now C0 and C1 are done
+    r.sat[1] = [true, true, false];
+    const r2 = fillSkipped(r.sat, plan, "incremental", basis);
+    assert.deepEqual(r2.sat[2], [true, true, null], basis);
+    assert.equal(r2.filled, 2);
+    assert.deepEqual(roundCells(r2.sat, "incremental"), [{ step: 2, item: 2 }]);
+  }
+  // C0 true at step 0, false at step 1, C1 true at step 2: completed (C0 completed earlier) but not paid
+  // (C0 was false before step 2), so only the satisfied basis may skip C1 at step 3.
+  const gap: SatMatrix = [[true, false, false], [false, false, false], [false, true, false], [
+    null,
+    null,
+    null,
+  ]];
+  assert.deepEqual(fillSkipped(gap, plan, "incremental", "completed").sat[3], [null, null, null]);
+  assert.deepEqual(fillSkipped(gap, plan, "incremental", "paid").sat[3], [null, null, null]);
+  assert.deepEqual(fillSkipped(gap, plan, "incremental", "satisfied").sat[3], [true, true, null]);
   const loose = fillSkipped(sat, plan, "incremental", "satisfied");
-  assert.deepEqual(loose.sat[1], [true, true, null], "the satisfied basis ignores dependencies");
+  assert.deepEqual(loose.sat[1], [true, null, null], "the satisfied basis ignores dependencies");
 });
 
 // ---- exhaustive vs incremental equivalence on random verdict matrices ----
@@ -222,12 +242,12 @@ Deno.test("incremental judging gives the same gates, rewards and advantages as e
   const r = prng(20260126);
   const presets: RewardPreset[] = ["reference", "paper", "fixed"];
   const levels: RewardLevel[] = ["trajectory", "turn", "step"];
-  let asked = 0;
+  const asked = { completed: 0, paid: 0 };
   let total = 0;
   for (let trial = 0; trial < 150; trial++) {
     const checklist = randomChecklist(r);
     const exhaustive: EpisodeVerdicts[] = [];
-    const byBasis: Record<SkipBasis, EpisodeVerdicts[]> = { completed: [], satisfied: [] };
+    const byBasis: Record<SkipBasis, EpisodeVerdicts[]> = { completed: [], paid: [], satisfied: [] };
     for (let e = 0; e < 6; e++) {
       const reached = 1 + Math.floor(r() * checklist.length);
       const ok = r() < 0.9;
@@ -245,7 +265,7 @@ Deno.test("incremental judging gives the same gates, rewards and advantages as e
         })),
       });
       exhaustive.push(build(turns.map((t) => t.oracle)));
-      for (const basis of ["completed", "satisfied"] as const) {
+      for (const basis of ["completed", "paid", "satisfied"] as const) {
         const judged = turns.map((t) => judgeIncrementally(t.oracle, t.items, basis));
         byBasis[basis].push(build(judged.map((j) => j.sat)));
         judged.forEach((j, k) => {
@@ -254,32 +274,49 @@ Deno.test("incremental judging gives the same gates, rewards and advantages as e
             turnPassed(turns[k]!.items, rows(j.sat)),
             turnPassed(turns[k]!.items, rows(turns[k]!.oracle)),
           );
-          if (basis === "completed") {
-            asked += j.asked;
-            total += turns[k]!.oracle.length * turns[k]!.items.length;
-          }
+          if (basis !== "satisfied") asked[basis] += j.asked;
+          if (basis === "completed") total += turns[k]!.oracle.length * turns[k]!.items.length;
         });
       }
     }
+    const timings = [undefined, "pre-step-verdicts", "before-step", "item-order"] as const;
     for (const preset of presets) {
       for (const level of levels) {
-        const opts = { preset, level, minGroupSupport: 0 };
-        const want = computeAdvantages({ checklist, episodes: exhaustive }, opts).episodes;
-        assert.deepEqual(computeAdvantages({ checklist, episodes: byBasis.completed }, opts).episodes, want);
-        if (preset === "reference" && level !== "step") {
+        for (const dependencyTiming of timings) {
+          const opts = { preset, level, minGroupSupport: 0, dependencyTiming };
+          const want = computeAdvantages({ checklist, episodes: exhaustive }, opts).episodes;
+          const where = `${preset}/${level}/${dependencyTiming ?? "preset"} in trial ${trial}`;
           assert.deepEqual(
-            computeAdvantages({ checklist, episodes: byBasis.satisfied }, opts).episodes,
+            computeAdvantages({ checklist, episodes: byBasis.completed }, opts).episodes,
             want,
+            where,
           );
+          const widest = skipBasisFor(resolveRewardOptions(opts));
+          assert.deepEqual(
+            computeAdvantages({ checklist, episodes: byBasis[widest] }, opts).episodes,
+            want,
+            where,
+          );
+          if (preset === "reference" && level !== "step" && dependencyTiming === undefined) {
+            assert.deepEqual(
+              computeAdvantages({ checklist, episodes: byBasis.satisfied }, opts).episodes,
+              want,
+            );
+          }
         }
       }
     }
-    for (const dependencies of ["ignore", "before-step", "item-order"] as const) {
+    for (const dependencies of ["ignore", "pre-step-verdicts", "before-step", "item-order"] as const) {
+      const basis = dependencies === "pre-step-verdicts" ? "paid" : "completed";
       assert.deepEqual(
-        itemPassRate(checklist, byBasis.completed, { dependencies }),
+        itemPassRate(checklist, byBasis[basis], { dependencies }),
         itemPassRate(checklist, exhaustive, { dependencies }),
       );
     }
   }
-  assert.ok(asked < total, `incremental judging asked ${asked} of ${total} cells`);
+  assert.ok(asked.completed < total, `incremental judging asked ${asked.completed} of ${total} cells`);
+  assert.ok(
+    asked.paid <= asked.completed,
+    `the paid basis asked ${asked.paid}, completed ${asked.completed}`,
+  );
 });

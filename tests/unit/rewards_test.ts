@@ -117,6 +117,8 @@ Deno.test("computeAdvantages() reproduces the worked example of §5.9 (trajector
 //
 // Turn 0: A (.5, required), B (.3, depends on A), C (.2).   Turn 1: X (.6, required), Y (.4, depends on X).
 // E1: turn 0 steps [A B], [A B C]; turn 1 steps [Y], [X Y].
+//     pre-step verdicts (paper, fixed): A@0, C@1, B never (true at step 0 before A held, and never flips again)
+//       | X@1, Y never (true before X held).
 //     before-step completion: A@0, B@1, C@1 | X@1, Y never eligible.  item-order: A@0, B@0, C@1 | X@1, Y@1.
 // E2: turn 0 steps [], [A], [A B]; turn 1 unfinished, one step [X].  Completion: A@1, B@2, C eligible, never.
 // E3: turn 0 one step [C] (gate fails).  A eligible never done, B never eligible, C@0.
@@ -161,8 +163,23 @@ Deno.test("computeAdvantages() trajectory level, reference: OR over steps, T_ref
   assert.deepEqual(result.episodes.map((e) => e.excluded), [false, false, false, false]);
 });
 
-Deno.test("computeAdvantages() trajectory level, paper: dependencies, reached-turn divisor, failed dropped", () => {
+Deno.test("computeAdvantages() trajectory level, paper: eq. 2 on raw verdicts, reached-turn divisor, failed dropped", () => {
   const result = computeAdvantages(GROUP, { preset: "paper" });
+  // E1: S_0 = .7 (A@0, C@1; B was true before A held and never flips); S_1 = .6 (X@1) → (.7+.6)/2 = .65
+  // E2: S_0 = .8 (A@1, B@2); turn 1 judged: X → .6 → (.8+.6)/2 = .7
+  // E3: .2 / 1 reached turn = .2.   mean over E1..E3 = 1.55/3
+  closeAll(result.episodes.map((e) => e.reward), [0.65, 0.7, 0.2, 0], "R");
+  closeAll(result.episodes[0]!.turnScores, [0.7, 0.6], "S E1");
+  const mean = 1.55 / 3;
+  closeAll(advantagesOf(result)[0]!, [0.65 - mean, 0.65 - mean, 0.65 - mean, 0.65 - mean], "A E1");
+  closeAll(advantagesOf(result)[2]!, [0.2 - mean], "A E3");
+  closeAll(advantagesOf(result)[3]!, [0], "A E4");
+  assert.equal(result.episodes[3]!.excluded, true);
+  assert.equal(result.stats.trajectory.support, 3);
+});
+
+Deno.test("computeAdvantages() trajectory level, paper with before-step completion: dependencies from paid items", () => {
+  const result = computeAdvantages(GROUP, { preset: "paper", dependencyTiming: "before-step" });
   // E1: S_0 = 1 (B completes at step 1, after A at step 0); S_1 = .6 (Y true only before X held) → (1+.6)/2 = .8
   // E2: S_0 = .8; turn 1 judged: X → .6 → (.8+.6)/2 = .7
   // E3: .2 / 1 reached turn = .2.   mean over E1..E3 = 1.7/3
@@ -176,8 +193,21 @@ Deno.test("computeAdvantages() trajectory level, paper: dependencies, reached-tu
   assert.equal(result.stats.trajectory.support, 3);
 });
 
-Deno.test("computeAdvantages() trajectory level, fixed: dependencies, T_ref divisor, unfinished turn judged", () => {
+Deno.test("computeAdvantages() trajectory level, fixed: eq. 2 on raw verdicts, T_ref divisor, unfinished turn judged", () => {
   const result = computeAdvantages(GROUP, { preset: "fixed" });
+  // E1 (.7+.6)/2 = .65, E2 (.8+.6)/2 = .7, E3 .2/2 = .1; mean = 1.45/3
+  closeAll(result.episodes.map((e) => e.reward), [0.65, 0.7, 0.1, 0], "R");
+  closeAll(
+    advantagesOf(result)[1]!,
+    [0.7 - 1.45 / 3, 0.7 - 1.45 / 3, 0.7 - 1.45 / 3, 0.7 - 1.45 / 3],
+    "A E2",
+  );
+  closeAll(advantagesOf(result)[2]!, [0.1 - 1.45 / 3], "A E3");
+  assert.equal(result.episodes[3]!.excluded, true);
+});
+
+Deno.test("computeAdvantages() trajectory level, fixed with before-step completion", () => {
+  const result = computeAdvantages(GROUP, { preset: "fixed", dependencyTiming: "before-step" });
   // E1 (1+.6)/2 = .8, E2 (.8+.6)/2 = .7, E3 .2/2 = .1; mean = 1.6/3 = .5333
   closeAll(result.episodes.map((e) => e.reward), [0.8, 0.7, 0.1, 0], "R");
   closeAll(advantagesOf(result)[1]!, [0.7 - 1.6 / 3, 0.7 - 1.6 / 3, 0.7 - 1.6 / 3, 0.7 - 1.6 / 3], "A E2"); // .1667
@@ -215,6 +245,20 @@ Deno.test("computeAdvantages() turn level, reference: mean over holders, failed 
 
 Deno.test("computeAdvantages() turn level, paper: mean over all G, unreached turns count as 0", () => {
   const result = computeAdvantages(GROUP, { preset: "paper", level: "turn" });
+  // turn 0: r = .7, .8, .2 over E1..E3 → mean 1.7/3 → A = 2/15, 7/30, −11/30
+  // turn 1: r = .6 (E1), .6 (E2 judged), 0 (E3 unreached) → mean .4 → A = .2, .2
+  closeAll(advantagesOf(result)[0]!, [2 / 15, 2 / 15, 0.2, 0.2], "A E1");
+  closeAll(advantagesOf(result)[1]!, [7 / 30, 7 / 30, 7 / 30, 0.2], "A E2");
+  closeAll(advantagesOf(result)[2]!, [-11 / 30], "A E3");
+  assert.deepEqual(result.stats.turns.map((t) => t.support), [3, 3]);
+});
+
+Deno.test("computeAdvantages() turn level, paper with before-step completion", () => {
+  const result = computeAdvantages(GROUP, {
+    preset: "paper",
+    level: "turn",
+    dependencyTiming: "before-step",
+  });
   // turn 0: r = 1, .8, .2 over E1..E3 → mean 2/3
   // turn 1: r = .6 (E1, Y not credited), .6 (E2 judged), 0 (E3 unreached) → mean .4 → A = .2, .2
   closeAll(advantagesOf(result)[0]!, [1 / 3, 1 / 3, 0.2, 0.2], "A E1");
@@ -225,9 +269,18 @@ Deno.test("computeAdvantages() turn level, paper: mean over all G, unreached tur
 
 Deno.test("computeAdvantages() turn level, fixed: holders with dependencies and judged unfinished turn", () => {
   const result = computeAdvantages(GROUP, { preset: "fixed", level: "turn", minGroupSupport: 1 });
-  // turn 0 as above; turn 1 holders E1 (.6), E2 (.6) → mean .6 → A = 0, 0
-  closeAll(advantagesOf(result)[0]!, [1 / 3, 1 / 3, 0, 0], "A E1");
-  closeAll(advantagesOf(result)[1]!, [2 / 15, 2 / 15, 2 / 15, 0], "A E2");
+  // turn 0 as paper's (.7, .8, .2); turn 1 holders E1 (.6), E2 (.6) → mean .6 → A = 0, 0
+  closeAll(advantagesOf(result)[0]!, [2 / 15, 2 / 15, 0, 0], "A E1");
+  closeAll(advantagesOf(result)[1]!, [7 / 30, 7 / 30, 7 / 30, 0], "A E2");
+  const strict = computeAdvantages(GROUP, {
+    preset: "fixed",
+    level: "turn",
+    minGroupSupport: 1,
+    dependencyTiming: "before-step",
+  });
+  // with before-step completion E1's turn 0 scores 1 (B credited once A paid): r = 1, .8, .2
+  closeAll(advantagesOf(strict)[0]!, [1 / 3, 1 / 3, 0, 0], "A E1 before-step");
+  closeAll(advantagesOf(strict)[1]!, [2 / 15, 2 / 15, 2 / 15, 0], "A E2 before-step");
 });
 
 Deno.test("computeAdvantages() turn level needs more than minGroupSupport holders", () => {
@@ -265,8 +318,29 @@ Deno.test("computeAdvantages() step level, reference: conditioned baseline, no �
   assert.deepEqual(result.stats.items[1]!.map((s) => s.support), [2, 1]);
 });
 
-Deno.test("computeAdvantages() step level, paper: all-G baseline, Σw division, credit only after dependencies", () => {
+Deno.test("computeAdvantages() step level, paper: all-G baseline, Σw division, eligibility from pre-step verdicts", () => {
   const result = computeAdvantages(GROUP, { preset: "paper", level: "step" });
+  // Turn 0 paying indicators over E1..E3: A 1,1,0 → b = 2/3; B 0,1,0 → b = 1/3; C 1,0,1 → b = 2/3
+  // E1 s0: E = {A, C} (A not held before s0): (.5/3 + .2/3) / .7 = 1/3
+  // E1 s1: E = {C} (A paid; B was already true before s1, so it cannot flip): .2(1/3) / .2 = 1/3
+  // Turn 1 indicators: X 1, 1 (judged), 0 (unreached) → b = 2/3; Y never pays → b = 0, never eligible
+  // E1 s0, s1: E = {X} (pays at s1, backfilled): .6(1/3) / .6 = 1/3
+  closeAll(advantagesOf(result)[0]!, [1 / 3, 1 / 3, 1 / 3, 1 / 3], "A E1");
+  // E2 s0, s1: (.5(1/3) + .2(−2/3)) / .7 = 1/21;  s2: E = {B, C}: (.3(2/3) − .2(2/3)) / .5 = 2/15
+  // E2 turn 1 s0: X pays at s0: .6(1/3) / .6 = 1/3
+  closeAll(advantagesOf(result)[1]!, [1 / 21, 1 / 21, 2 / 15, 1 / 3], "A E2");
+  // E3 s0: (.5(−2/3) + .2(1/3)) / .7 = −8/21
+  closeAll(advantagesOf(result)[2]!, [-8 / 21], "A E3");
+  assert.equal(result.episodes[3]!.excluded, true);
+  assert.deepEqual(result.stats.items[0]!.map((m) => Math.round(m.mean * 3)), [2, 1, 2]);
+});
+
+Deno.test("computeAdvantages() step level, paper with before-step completion", () => {
+  const result = computeAdvantages(GROUP, {
+    preset: "paper",
+    level: "step",
+    dependencyTiming: "before-step",
+  });
   // Turn 0 completion indicators over E1..E3 (before-step): A 1,1,0; B 1,1,0; C 1,0,1 → every b = 2/3
   // E1 s0: E = {A, C}: (.5/3 + .2/3) / .7 = 1/3;  s1: E = {B, C}: (.3/3 + .2/3) / .5 = 1/3
   // Turn 1 indicators: X 1, 1 (judged), 0 (unreached) → b = 2/3; Y never completed → b = 0, never eligible
@@ -280,10 +354,10 @@ Deno.test("computeAdvantages() step level, paper: all-G baseline, Σw division, 
   assert.equal(result.episodes[3]!.excluded, true);
 });
 
-Deno.test("computeAdvantages() step level, fixed: consistent before-step timing, judged unfinished turn", () => {
+Deno.test("computeAdvantages() step level, fixed: pre-step verdicts, conditioned baseline, judged unfinished turn", () => {
   const result = computeAdvantages(GROUP, { preset: "fixed", level: "step", minGroupSupport: 1 });
-  // Turn 0 (conditioned): A 1,1,0 → 2/3; B 1,1,– → 1; C 1,0,1 → 2/3
-  // E1 s0: E = {A, C}: .7/3;  s1: E = {B, C} (B completes at s1 and now gets its term): .3(1 − 1) + .2/3
+  // Turn 0 (conditioned on eligibility): A 1,1,0 → 2/3; B –,1,– → support 1, adds 0; C 1,0,1 → 2/3
+  // E1 s0: E = {A, C}: .7/3;  s1: E = {C} (B was true before s1, so it cannot flip): .2/3
   // Turn 1: X 1 (E1), 1 (E2 judged) → b = 1 → 0;  Y never eligible (support 0) → nothing
   closeAll(advantagesOf(result)[0]!, [0.7 / 3, 0.2 / 3, 0, 0], "A E1");
   closeAll(advantagesOf(result)[1]!, [0.1 / 3, 0.1 / 3, -0.4 / 3, 0], "A E2");
@@ -340,6 +414,47 @@ Deno.test("computeAdvantages() credits no item before its dependencies hold (pap
   }
   // the reference OR credits B anyway
   closeAll(computeAdvantages(group, { preset: "reference" }).episodes[0]!.turnScores, [1], "reference S");
+});
+
+Deno.test("computeAdvantages() §5.10 check case: a dependent judged true before its dependency held never pays", () => {
+  // A (.5), B (.5, depends on A). Step 0 {B}, step 1 {A, B}, step 2 {A, B}: B flips at step 0 while A does not
+  // hold and never flips again; A pays at step 1. Eq. 2 gives S = .5.
+  const checklist: RewardChecklist = [[item("A", 0.5), item("B", 0.5, ["A"])]];
+  const group = { checklist, episodes: [episode(true, [["01", "11", "11"]])] };
+  for (const preset of ["paper", "fixed"] as const) {
+    closeAll(computeAdvantages(group, { preset }).episodes[0]!.turnScores, [0.5], preset);
+  }
+  // crediting B once A is completed is the out-of-order guess the dependency exists to deny
+  const strict = computeAdvantages(group, { preset: "paper", dependencyTiming: "before-step" });
+  closeAll(strict.episodes[0]!.turnScores, [1], "before-step");
+  closeAll(computeAdvantages(group, { preset: "reference" }).episodes[0]!.turnScores, [1], "reference");
+  // step level: B is never in E_s (true in every pre-step state once A holds), A is in E_0 and E_1
+  const two = { checklist, episodes: [group.episodes[0]!, episode(true, [["00", "00", "00"]])] };
+  const steps = computeAdvantages(two, { preset: "paper", level: "step" });
+  // A: indicators 1, 0 → b = .5; B: 0, 0 → b = 0. E1 s0, s1: E = {A}: .5(1 − .5) / .5 = .5; s2: E = {} → 0
+  closeAll(advantagesOf(steps)[0]!, [0.5, 0.5, 0], "A E1");
+});
+
+Deno.test("computeAdvantages() pays an item once, at its first paying flip (paper, fixed)", () => {
+  // A (no dependencies) true, false, true: two flips from false to true; it pays at step 0 only.
+  const checklist: RewardChecklist = [[item("A", 0.6), item("B", 0.4, ["A"])]];
+  const flaky = episode(true, [["10", "00", "10", "01"]]); // B flips at 3, but A was true before step 3 again
+  const other = episode(true, [["00", "00", "00", "00"]]);
+  for (const preset of ["paper", "fixed"] as const) {
+    closeAll(
+      computeAdvantages({ checklist, episodes: [flaky] }, { preset }).episodes[0]!.turnScores,
+      [1],
+      preset,
+    );
+  }
+  const steps = computeAdvantages({ checklist, episodes: [flaky, other] }, {
+    preset: "paper",
+    level: "step",
+  });
+  // A: 1, 0 → b = .5; B: 1, 0 → b = .5. s0: E = {A}: .6(.5)/.6 = .5; s1, s2: A paid, B needs A before the step:
+  // s1: A false at s0? no, A true at s0 → B eligible at s1 (pays at 3, backfilled): .4(.5)/.4 = .5;
+  // s2: A false at s1 → E = {} → 0; s3: A true at s2, B false at s2 → E = {B}: .5
+  closeAll(advantagesOf(steps)[0]!, [0.5, 0.5, 0, 0.5], "A flaky");
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -490,8 +605,9 @@ Deno.test("computeAdvantages() never credits an item judged true before its depe
   let referenceChanged = 0;
   for (let k = 0; k < 200; k++) {
     const group = randomGroup(random);
-    // Rewrite, at random, an item's verdicts at every step up to the first step by which all its dependencies
-    // were first judged true (computed from the original verdicts). The item cannot complete there.
+    // Rewrite, at random, an item's verdicts at every step before the first step by which all its dependencies
+    // were first judged true (computed from the original verdicts). The item cannot pay there, nor up to that
+    // step; under eq. 2 on raw verdicts its verdict at that step is its pre-step state for the next, so it stays.
     const mutated: RandomGroup = {
       checklist: group.checklist,
       episodes: group.episodes.map((ep) => ({
@@ -502,8 +618,9 @@ Deno.test("computeAdvantages() never credits an item judged true before its depe
             const s = turn.steps.findIndex((step) => step.sat[c] === true);
             return s < 0 ? Infinity : s;
           });
+          // Items that others depend on keep their verdicts: eq. 2 reads them as dependencies at every step.
           const block = items.map((it) =>
-            it.dependence.length === 0
+            it.dependence.length === 0 || items.some((x) => x.dependence.includes(it.id))
               ? -1
               : Math.max(...it.dependence.map((id) => firstTrue[items.findIndex((x) => x.id === id)]!))
           );
@@ -511,7 +628,7 @@ Deno.test("computeAdvantages() never credits an item judged true before its depe
             complete: turn.complete,
             steps: turn.steps.map((step, s) => ({
               messageIndex: step.messageIndex,
-              sat: step.sat.map((v, c) => (s <= block[c]! ? random() < 0.5 : v)),
+              sat: step.sat.map((v, c) => (s < block[c]! ? random() < 0.5 : v)),
             })),
           };
         }),
