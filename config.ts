@@ -13,7 +13,7 @@ import { NativeConnection } from "@temporalio/worker";
 import * as path from "node:path";
 import { type ConfigIssue, parseRunConfig, type RoleConfig, type RunConfig } from "./core/config.ts";
 import type { ChatModel, Role, Sampling } from "./core/llm_types.ts";
-import { createChatModel } from "./llm/client.ts";
+import { type ChatModelOptions, createChatModel } from "./llm/client.ts";
 
 /** The repository root (paths in run configs are relative to it unless absolute). */
 export const ROOT = path.dirname(new URL(import.meta.url).pathname);
@@ -124,13 +124,23 @@ export function roleModel(role: Role, cfg: RoleConfig): ChatModel {
   if (cfg.apiKeyEnv && !apiKey) {
     throw new Error(`The ${role} model needs an API key in $${cfg.apiKeyEnv}, which is not set`);
   }
-  return createChatModel({
+  return createChatModel(chatModelOptionsOf(role, cfg, apiKey));
+}
+
+/**
+ * The client options of one role. A vLLM endpoint or cm2's policy server (`adapterApi` `vllm` or `cm2`) is
+ * asked for the completion's token ids too, so that the trainer gets the sampled tokens and their log-probs
+ * (rollout correction); other servers get only the standard `logprobs` field, which strict servers accept.
+ */
+export function chatModelOptionsOf(role: Role, cfg: RoleConfig, apiKey?: string): ChatModelOptions {
+  return {
     role,
     baseURL: cfg.baseURL,
     model: cfg.model,
     ...(apiKey ? { apiKey } : {}),
     timeoutMs: cfg.timeoutMs,
     ...(cfg.jsonMaxString ? { jsonMaxString: cfg.jsonMaxString } : {}),
+    ...(cfg.adapterApi === "vllm" || cfg.adapterApi === "cm2" ? { returnTokenIds: true } : {}),
     defaults: Object.fromEntries(Object.entries(cfg.sampling).filter(([, v]) => v !== undefined)) as Sampling,
-  });
+  };
 }

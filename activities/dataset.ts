@@ -10,10 +10,51 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { RunConfig } from "../core/config.ts";
 import { importFiles } from "../core/importers/mod.ts";
-import { datasetRef as namedDataset, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
-import { validateRecord } from "../core/records.ts";
+import {
+  type DatasetManifest,
+  datasetRef as namedDataset,
+  loadAllRecords,
+  loadManifest,
+  saveDataset,
+} from "../store/datasets.ts";
+import { type TrajectoryRecord, validateRecord, type ValidationOptions } from "../core/records.ts";
+import { promptTokensOf } from "../core/episode.ts";
 import { type ArtifactStore, putJson, type Ref } from "../store/mod.ts";
 import { canonicalStoreUrl } from "../store/open.ts";
+
+/** What dataset preparation kept and left out, and why. */
+export interface DatasetSummary {
+  /** Records read (stored, or imported plus the import's errors). */
+  records: number;
+  /** Records the run trains and validates on. */
+  kept: number;
+  /** Left out: the record fails validation. */
+  invalid: number;
+  /** Left out: the record has no checklist. */
+  unlabeled: number;
+  /** Left out: the record's first prompt is longer than `maxPromptTokens` (estimated tokens). */
+  promptTooLong: number;
+  maxPromptTokens: number;
+}
+
+/** Result of `prepareDataset`. */
+export interface PreparedDataset {
+  datasetRef: Ref;
+  trainCount: number;
+  valCount: number;
+  /** Absent in histories recorded before it existed. */
+  summary?: DatasetSummary;
+}
+
+/** One line: how many records were kept and why the others were left out. */
+export function describeDataset(s: DatasetSummary): string {
+  const out = [
+    s.invalid ? `${s.invalid} invalid` : "",
+    s.unlabeled ? `${s.unlabeled} without a checklist` : "",
+    s.promptTooLong ? `${s.promptTooLong} with a first prompt over ${s.maxPromptTokens} tokens` : "",
+  ].filter(Boolean);
+  return `${s.kept} of ${s.records} records kept${out.length ? `; left out: ${out.join(", ")}` : ""}`;
+}
 
 /** What the run preparation activities need. */
 export interface DatasetDeps {
@@ -49,68 +90,70 @@ export function createDatasetActivities(deps: DatasetDeps) {
     },
 
     /**
-     * Imports the configured dataset (a file, or `datasets/<name>` in the store), keeps the records that pass
-     * the import validation and have checklists, stores them, and splits off the last `heldOut` records for
-     * validation.
+     * Imports the configured dataset (a file, or `datasets/<name>` in the store) and keeps the records that
+     * pass the import validation, have checklists and whose first prompt fits `cm2.limits.maxPromptTokens`.
+     * What is left out is counted in the returned summary, never dropped silently; a stored dataset that
+     * loses records is saved as a derived `run-<name>` version. The last `heldOut` records are for validation.
      */
-    async prepareDataset(
-      input: { config: RunConfig },
-    ): Promise<{ datasetRef: Ref; trainCount: number; valCount: number }> {
+    async prepareDataset(input: { config: RunConfig }): Promise<PreparedDataset> {
       const spec = input.config.dataset;
-      let ref = spec.path.startsWith("datasets/") ? await namedDataset(store, spec.path.slice(9)) : undefined;
-      if (ref) {
-        // A stored dataset passes the same validation as an import (it may predate a rule): what fails it, or has
-        // no checklist, is left out of a derived `run-<name>` version, and the count says so.
-        const manifest = await loadManifest(store, ref);
+      const maxPromptTokens = input.config.cm2.limits.maxPromptTokens;
+      const named = spec.path.startsWith("datasets/")
+        ? await namedDataset(store, spec.path.slice(9))
+        : undefined;
+      let loaded: TrajectoryRecord[];
+      let invalid = 0;
+      let validation: ValidationOptions;
+      let sources: DatasetManifest["sources"];
+      if (named) {
+        // A stored dataset passes the same validation as an import (it may predate a rule).
+        const manifest = await loadManifest(store, named);
         const records = await loadAllRecords(store, manifest);
-        const kept = records.filter((r) =>
-          validateRecord(r, manifest.validation ?? {}).ok && r.checklists.length > 0
-        );
-        if (kept.length === 0) {
-          throw ApplicationFailure.nonRetryable(
-            `Dataset ${spec.path} has no valid record with a checklist (${records.length} stored)`,
-            "InvalidInput",
-          );
-        }
-        if (kept.length < records.length) {
-          ({ ref } = await saveDataset(store, `run-${input.config.name}`, kept, {
-            sources: [{
-              file: spec.path,
-              format: "dataset",
-              imported: kept.length,
-              errors: records.length - kept.length,
-            }],
-            derivedFrom: { step: "prepare", parent: ref },
-            ...(manifest.validation ? { validation: manifest.validation } : {}),
-          }));
-        }
-      }
-      if (!ref) {
+        validation = manifest.validation ?? {};
+        loaded = records.filter((r) => validateRecord(r, validation).ok);
+        invalid = records.length - loaded.length;
+        sources = [{ file: spec.path, format: "dataset", imported: loaded.length, errors: invalid }];
+      } else {
         const file = path.isAbsolute(spec.path) ? spec.path : path.join(deps.root, spec.path);
-        const validation = { allowEmptyToolResponses: spec.allowEmptyToolResponses };
+        validation = { allowEmptyToolResponses: spec.allowEmptyToolResponses };
         const report = await importFiles([file], (p) => fs.readFile(p, "utf8"), { validation });
-        const labeled = report.records.filter((r) => r.checklists.length > 0);
-        if (labeled.length === 0) {
-          throw ApplicationFailure.nonRetryable(
-            `Dataset ${spec.path} has no record with a checklist (${report.records.length} imported, ` +
-              `${report.errors.length} errors): label it first with \`cm2 label\``,
-            "InvalidInput",
-          );
-        }
-        ({ ref } = await saveDataset(store, `run-${input.config.name}`, labeled, {
-          sources: report.files.map((f) => ({
-            file: f.file,
-            format: f.format ?? "unknown",
-            imported: f.imported,
-            errors: f.errored,
-          })),
-          derivedFrom: { step: "prepare", parent: null },
+        loaded = report.records;
+        invalid = report.errors.length;
+        sources = report.files.map((f) => ({
+          file: f.file,
+          format: f.format ?? "unknown",
+          imported: f.imported,
+          errors: f.errored,
+        }));
+      }
+      const labeled = loaded.filter((r) => r.checklists.length > 0);
+      const kept = labeled.filter((r) => promptTokensOf(r) <= maxPromptTokens);
+      const summary: DatasetSummary = {
+        records: loaded.length + invalid,
+        kept: kept.length,
+        invalid,
+        unlabeled: loaded.length - labeled.length,
+        promptTooLong: labeled.length - kept.length,
+        maxPromptTokens,
+      };
+      if (kept.length === 0) {
+        const hint = summary.unlabeled > 0 && labeled.length === 0 ? ": label it first with `cm2 label`" : "";
+        throw ApplicationFailure.nonRetryable(
+          `Dataset ${spec.path} has no usable record (${describeDataset(summary)})${hint}`,
+          "InvalidInput",
+        );
+      }
+      let ref = named;
+      if (!ref || kept.length < summary.records) {
+        ({ ref } = await saveDataset(store, `run-${input.config.name}`, kept, {
+          sources,
+          derivedFrom: { step: "prepare", parent: named ?? null },
           validation,
         }));
       }
       const manifest = await loadManifest(store, ref);
       const valCount = Math.min(spec.heldOut, Math.max(0, manifest.count - 1));
-      return { datasetRef: ref, trainCount: manifest.count - valCount, valCount };
+      return { datasetRef: ref, trainCount: manifest.count - valCount, valCount, summary };
     },
   };
 }

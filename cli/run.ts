@@ -9,6 +9,7 @@ import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import { configSummary, type RunConfig } from "../core/config.ts";
 import { workflowIds } from "../core/names.ts";
+import { describeDataset } from "../activities/dataset.ts";
 import { ConfigError, loadRunConfig } from "../config.ts";
 import { ORCHESTRATOR_QUEUE } from "../core/names.ts";
 import {
@@ -166,6 +167,7 @@ export function registerRunCommands(program: Command): void {
       console.log(
         `${runId(name)}: ${s.phase}, iteration ${s.iteration}/${s.iterations}, policy v${s.policyVersion}`,
       );
+      if (s.dataset) console.log(`  dataset: ${describeDataset(s.dataset)}`);
       for (const r of s.recent) console.log(`  ${formatSummary(r)}`);
       console.log(`Web UI: ${workflowLink(runId(name))}`);
     },

@@ -9,6 +9,7 @@ import { z } from "zod";
 import { valueAt } from "./records.ts";
 import { ORCHESTRATOR_QUEUE, TRAINER_QUEUE } from "./names.ts";
 import { REWARD_LEVELS, REWARD_PRESET_NAMES } from "./rewards.ts";
+import { LOSS_AGG_MODES } from "./trainer_params.ts";
 
 /** Sampling defaults of one role. */
 export const SamplingSchema = z.object({
@@ -112,6 +113,13 @@ export const Cm2Schema = z.object({
     maxAssistantSteps: z.number().int().positive().default(30),
     maxUserTurns: z.number().int().positive().default(30),
     maxContextTokens: z.number().int().positive().default(12_000),
+    /** Most tokens after the first prompt per episode (the released run's response length, 8 000). */
+    maxEpisodeResponseTokens: z.number().int().positive().default(8_000),
+    /**
+     * Records whose first prompt (system, tools, first user message) is longer are dropped when the dataset
+     * is prepared, and counted in its summary (the released data filter: 3 500).
+     */
+    maxPromptTokens: z.number().int().positive().default(3_500),
   }).strict().prefault({}),
   judge: z.object({
     votes: z.number().int().positive().default(1),
@@ -142,7 +150,8 @@ export const TrainerSchema = z.object({
     kind: z.enum(["hf", "gguf"]).default("gguf"),
     path: z.string().default(".cm2/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
   }).strict().prefault({}),
-  lr: z.number().positive().default(1e-6),
+  /** LoRA learning rate: 10× the released script's full fine-tuning rate (docs/decisions.md). */
+  lr: z.number().positive().default(1e-5),
   klCoef: z.number().min(0).default(1e-4),
   clipLow: z.number().min(0).default(0.2),
   clipHigh: z.number().min(0).default(0.2),
@@ -151,6 +160,15 @@ export const TrainerSchema = z.object({
   loraRank: z.number().int().positive().default(8),
   loraAlpha: z.number().positive().default(16),
   maxGradNorm: z.number().positive().default(1),
+  /** Loss aggregation; unset: the reward preset's (`reference`: `seq-mean-token-mean`, else `token-mean`). */
+  lossAgg: z.enum(LOSS_AGG_MODES).optional(),
+  /**
+   * Rollout correction: cap of the per-token importance weight between the trainer's and the serving
+   * engine's log-probs (the released run: 2). Tokens without serving log-probs weigh 1. null: off.
+   */
+  rolloutIsCap: z.number().positive().nullable().default(2),
+  /** Rollout correction veto: drop a trajectory with any token weight below this (released run: 1e-4; 0: off). */
+  rolloutIsVeto: z.number().min(0).lt(1).default(1e-4),
 }).strict().prefault({});
 
 /** Checklist labeling (`cm2 label`); command-line flags override these. */

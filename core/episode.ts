@@ -65,6 +65,7 @@ export const END_REASONS = [
   "limit-steps",
   "limit-turns",
   "limit-context",
+  "limit-response",
   "judge-failure",
   "model-failure",
   "simulator-failure",
@@ -84,6 +85,7 @@ export const UNFINISHED_REASONS: readonly EndReason[] = [
   "limit-steps",
   "limit-turns",
   "limit-context",
+  "limit-response",
 ];
 
 /** What kind of tool result a tool message holds. */
@@ -167,6 +169,11 @@ export interface EpisodeState {
   judgedTurns: number;
   /** Context size in tokens: the last policy usage where given, plus estimates of later messages. */
   contextTokens: number;
+  /**
+   * The first prompt's tokens (system, tools, first user message): what follows it is the episode's
+   * response, capped by `maxEpisodeResponseTokens`. Absent in states written before the cap existed.
+   */
+  promptTokens?: number;
   turns: TurnState[];
   /** Calls of the last assistant step, while `phase` is `tools`. */
   pendingCalls: PendingCall[];
@@ -250,6 +257,24 @@ export function toolsOf(record: TrajectoryRecord): ChatTool[] {
   }));
 }
 
+/** The messages of an episode's first prompt: the record's system message (if any) and its first user message. */
+function firstPrompt(record: TrajectoryRecord): ChatMessage[] {
+  const messages: ChatMessage[] = [];
+  const sys = record.messages[0];
+  if (sys?.role === "system") messages.push({ role: "system", content: sys.content });
+  const user = record.messages.find((m) => m.role === "user");
+  if (user) messages.push({ role: "user", content: user.content });
+  return messages;
+}
+
+/**
+ * The estimated tokens of an episode's first prompt (system message, tools, first user message), as
+ * {@linkcode estimateTokens} counts them; what `limits.maxPromptTokens` filters on.
+ */
+export function promptTokensOf(record: TrajectoryRecord): number {
+  return estimateTokens(firstPrompt(record), toolsOf(record));
+}
+
 /**
  * Start an episode: the record's system message (if any), its tools and its first user message.
  * Throws when the record has no checklist or its checklist turn count differs from its user messages.
@@ -264,15 +289,8 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
       `Record ${record.uuid} has ${users.length} user messages but ${first.length} checklist turns`,
     );
   }
-  const messages: ChatMessage[] = [];
-  const meta: MessageMeta[] = [];
-  const sys = record.messages[0];
-  if (sys?.role === "system") {
-    messages.push({ role: "system", content: sys.content });
-    meta.push({ turn: 0, step: null, source: "record" });
-  }
-  messages.push({ role: "user", content: users[0]! });
-  meta.push({ turn: 0, step: null, source: "record" });
+  const messages = firstPrompt(record);
+  const meta: MessageMeta[] = messages.map(() => ({ turn: 0, step: null, source: "record" }));
   const tools = toolsOf(record);
   const state: EpisodeState = {
     version: 1,
@@ -286,6 +304,7 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
     assistantSteps: 0,
     judgedTurns: 0,
     contextTokens: estimateTokens(messages, tools),
+    promptTokens: estimateTokens(messages, tools),
     turns: [],
     pendingCalls: [],
     pendingEnd: null,
@@ -306,8 +325,32 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
     },
   };
   state.turns.push(newTurn(messages.length - 1, state, 0));
-  if (state.contextTokens + 1 >= options.maxContextTokens) return finish(state, "limit-context");
-  return state;
+  return overLimit(state) ?? state;
+}
+
+/**
+ * The episode's response so far: every token after its first prompt (assistant steps, tool results, later
+ * user messages), as the released run counts its response length. null for a state without `promptTokens`.
+ */
+export function responseTokens(state: EpisodeState): number | null {
+  return state.promptTokens === undefined ? null : Math.max(0, state.contextTokens - state.promptTokens);
+}
+
+/**
+ * Ends the episode when the context budget or the episode's response budget is spent (`limit-context`,
+ * `limit-response`: the current turn is unfinished, later turns never happen and earn nothing); else null.
+ * Mutates `state` (callers pass a clone).
+ * @internal Shared with the judge phase (`episode_judge.ts`).
+ */
+export function overLimit(state: EpisodeState): EpisodeState | null {
+  if (state.contextTokens + 1 >= state.options.maxContextTokens) {
+    return finish(state, "limit-context", `The context reached ${state.contextTokens} tokens`);
+  }
+  const response = responseTokens(state);
+  if (response !== null && response + 1 >= state.options.maxEpisodeResponseTokens) {
+    return finish(state, "limit-response", `The episode's response reached ${response} tokens`);
+  }
+  return null;
 }
 
 /** @internal Shared with the judge phase (`episode_judge.ts`). */
@@ -327,7 +370,11 @@ export function policyRequest(state: EpisodeState): ChatRequest {
   const messages = state.messages.map((m, i) =>
     state.meta[i]?.calls === "text" ? { ...m, content: stripToolCallBlocks(m.content) } : m
   );
-  const budget = state.options.maxContextTokens - state.contextTokens - 1;
+  const response = responseTokens(state);
+  const budget = Math.min(
+    state.options.maxContextTokens - state.contextTokens - 1,
+    response === null ? Infinity : state.options.maxEpisodeResponseTokens - response - 1,
+  );
   const req: ChatRequest = {
     messages,
     sampling: {
@@ -376,7 +423,8 @@ export function applyPolicyResult(state0: EpisodeState, result: ChatResult): Epi
   state.contextTokens = reported > 0 ? reported : state.contextTokens + estimateTokens([message]);
 
   if (result.finishReason === "length") {
-    return finish(state, "limit-context", "The policy step hit its token limit");
+    const over = overLimit(state);
+    return over ?? finish(state, "limit-context", "The policy step hit its token limit");
   }
   if (parse.kind === "error") {
     const content = toolCallErrorContent(parse.message);
@@ -491,9 +539,8 @@ export function applyToolResults(state0: EpisodeState, results: readonly ToolRes
     const unknown = errors.some((r) => r.code === "unknown-tool");
     return finish(state, unknown ? "unknown-tool" : "tool-error", errors[0]!.content);
   }
-  if (state.contextTokens + 1 >= state.options.maxContextTokens) {
-    return finish(state, "limit-context", `The context reached ${state.contextTokens} tokens`);
-  }
+  const over = overLimit(state);
+  if (over) return over;
   if (state.assistantSteps >= state.options.maxAssistantSteps) {
     return finish(
       state,

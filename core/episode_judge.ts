@@ -27,6 +27,7 @@ import {
   finish,
   itemsOf,
   newTurn,
+  overLimit,
   recordedUsers,
   referenceTurns,
 } from "./episode.ts";
@@ -298,9 +299,8 @@ export function applyJudgement(state0: EpisodeState, verdicts: readonly JudgeVer
   state.meta.push({ turn: t + 1, step: null, source: "record" });
   state.turns.push(newTurn(state.messages.length - 1, state, t + 1));
   state.contextTokens += estimateTokens([{ role: "user", content }]);
-  if (state.contextTokens + 1 >= state.options.maxContextTokens) {
-    return finish(state, "limit-context", `The context reached ${state.contextTokens} tokens`);
-  }
+  const over = overLimit(state);
+  if (over) return over;
   state.phase = "policy";
   return state;
 }

@@ -36,6 +36,11 @@ export interface EpisodeOptions {
   maxContextTokens?: number;
   /** Most tokens of one policy step (default 8 000); capped by what is left of the context budget. */
   maxResponseTokens?: number;
+  /**
+   * Most tokens after the first prompt over the whole episode (default 8 000, the released run's response
+   * length): past it the episode ends with `limit-response`.
+   */
+  maxEpisodeResponseTokens?: number;
   /** End the episode when a tool result holds `error_tool_call` (default true, the reference). */
   endOnToolError?: boolean;
   /** Checklist variants used, from the first (default 1). */
@@ -56,6 +61,7 @@ export interface ResolvedEpisodeOptions {
   maxUserTurns: number;
   maxContextTokens: number;
   maxResponseTokens: number;
+  maxEpisodeResponseTokens: number;
   endOnToolError: boolean;
   variants: number;
   unfinishedTurn: "judge" | "no-credit";
@@ -78,6 +84,7 @@ export function resolveEpisodeOptions(opts: EpisodeOptions = {}): ResolvedEpisod
     maxUserTurns: positive("maxUserTurns", opts.maxUserTurns ?? 30),
     maxContextTokens: positive("maxContextTokens", opts.maxContextTokens ?? 12_000),
     maxResponseTokens: positive("maxResponseTokens", opts.maxResponseTokens ?? 8_000),
+    maxEpisodeResponseTokens: positive("maxEpisodeResponseTokens", opts.maxEpisodeResponseTokens ?? 8_000),
     endOnToolError: opts.endOnToolError ?? true,
     variants: positive("variants", opts.variants ?? 1),
     unfinishedTurn: opts.unfinishedTurn ?? "judge",
@@ -109,10 +116,13 @@ export function episodeOptionsOf(config: RunConfig): EpisodeOptions {
     maxAssistantSteps: c.limits.maxAssistantSteps,
     maxUserTurns: c.limits.maxUserTurns,
     maxContextTokens: c.limits.maxContextTokens,
+    maxEpisodeResponseTokens: c.limits.maxEpisodeResponseTokens,
     ...(config.models.policy.sampling.max_tokens
       ? { maxResponseTokens: config.models.policy.sampling.max_tokens }
       : {}),
     unfinishedTurn: reward.unfinishedTurn,
+    // rollout correction needs the serving engine's log-probs of the sampled tokens
+    wantTokens: config.trainer.rolloutIsCap !== null,
     judge: {
       mode: c.judge.mode,
       skipBasis: skipBasisFor(reward),

@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { RefSchema } from "./ref.ts";
+import { LOSS_AGG_MODES } from "./trainer_params.ts";
 
 /** Trainer hyperparameters sent with every update. */
 export const TrainerParamsSchema = z.object({
@@ -19,6 +20,10 @@ export const TrainerParamsSchema = z.object({
   loraRank: z.number().int().positive(),
   loraAlpha: z.number().positive(),
   maxGradNorm: z.number().positive(),
+  /** Optional on the wire: requests written before they existed leave them to the trainer's defaults. */
+  lossAgg: z.enum(LOSS_AGG_MODES).optional(),
+  rolloutIsCap: z.number().positive().nullable().optional(),
+  rolloutIsVeto: z.number().min(0).lt(1).optional(),
   seed: z.number().int(),
 });
 
@@ -43,6 +48,10 @@ export const UpdateMetricsSchema = z.object({
   gradNorm: z.number(),
   tokens: z.number().int().min(0),
   seconds: z.number().min(0),
+  /** Rollout correction: mean capped weight over the tokens with serving log-probs; null when none had them. */
+  isMeanWeight: z.number().nullable().optional(),
+  /** Rollout correction: share of the batch's trajectories vetoed; null when no token had serving log-probs. */
+  isVetoedShare: z.number().min(0).max(1).nullable().optional(),
 });
 
 /** Output of `updatePolicy`. */

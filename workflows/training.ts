@@ -28,6 +28,7 @@ import { storeNames, workflowIds } from "../core/names.ts";
 import { sampleTasks } from "../core/sampling.ts";
 import { hyperparamsOf } from "../core/trainer_params.ts";
 import type { Activities } from "../activities/mod.ts";
+import type { DatasetSummary } from "../activities/dataset.ts";
 import type { Ref } from "../core/ref.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
 import { PUBLISH, STORE, TRAIN } from "./presets.ts";
@@ -243,7 +244,7 @@ async function updateAndPublish(
     base: config.trainer.base,
     parent: input.parent,
     storeUrl: input.storeUrl ?? config.store.url,
-    trainer: { ...hyperparamsOf(config.trainer), seed: config.cm2.seed + iteration },
+    trainer: { ...hyperparamsOf(config), seed: config.cm2.seed + iteration },
   });
   progress.phase = "publish";
   const published = await publish.publishPolicy({
@@ -273,6 +274,8 @@ export interface TrainingRunState {
   datasetRef: Ref | null;
   trainCount: number;
   valCount: number;
+  /** What dataset preparation kept and left out (absent in runs started before it was counted). */
+  dataset?: DatasetSummary;
   iteration: number;
   policyVersion: number;
   checkpoint: Ref | null;
@@ -294,6 +297,8 @@ export interface RunStatus {
   iterations: number;
   policyVersion: number;
   checkpoint: Ref | null;
+  /** What dataset preparation kept and left out, once it ran. */
+  dataset?: DatasetSummary;
   recent: IterationSummary[];
 }
 
@@ -400,6 +405,7 @@ function handleControl(
     iterations: state.config.cm2.iterations,
     policyVersion: state.policyVersion,
     checkpoint: state.checkpoint,
+    ...(state.dataset ? { dataset: state.dataset } : {}),
     recent: state.recent,
   }));
   setHandler(setHyperparametersUpdate, (h) => {
@@ -434,6 +440,7 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
     state.datasetRef = ds.datasetRef;
     state.trainCount = ds.trainCount;
     state.valCount = ds.valCount;
+    if (ds.summary) state.dataset = ds.summary;
     view.phase = "running";
   }
   upsertSearchAttributes({ Cm2RunName: [name], Cm2Status: ["running"] });

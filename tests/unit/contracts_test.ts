@@ -43,5 +43,12 @@ Deno.test("trainer hyperparameters: one key list for config, wire and workflow; 
   const parsed = parseRunConfig({});
   assert.ok(parsed.ok);
   // the bridge to Python: trainer/tests/test_contract.py pins TrainerConfig's defaults to the same file
-  assert.deepEqual(hyperparamsOf(parsed.config.trainer), await load("trainer_defaults.json"));
+  assert.deepEqual(hyperparamsOf(parsed.config), await load("trainer_defaults.json"));
+  // the reference preset trains with the released run's per-trajectory mean unless the config says otherwise
+  const reference = parseRunConfig({ cm2: { preset: "reference" } });
+  assert.ok(reference.ok);
+  assert.equal(hyperparamsOf(reference.config).lossAgg, "seq-mean-token-mean");
+  const pinned = parseRunConfig({ cm2: { preset: "reference" }, trainer: { lossAgg: "token-mean" } });
+  assert.ok(pinned.ok);
+  assert.equal(hyperparamsOf(pinned.config).lossAgg, "token-mean");
 });

@@ -9,6 +9,7 @@ import {
   episodeToolIndex,
   estimateTokens,
   policyRequest,
+  responseTokens,
   startEpisode,
   toolCallsToRun,
   toolResultFromResolution,
@@ -208,7 +209,10 @@ Deno.test("policyRequest() sends messages and tools and caps max_tokens by the c
   assert.equal(req.messages.length, 2);
   assert.equal(req.tools?.length, 2);
   assert.deepEqual(req.sampling, { temperature: 1, max_tokens: 500 - s.contextTokens - 1 });
-  assert.equal(policyRequest(startEpisode(record())).sampling?.max_tokens, 8000);
+  const roomy = startEpisode(record(), { maxEpisodeResponseTokens: 20_000 });
+  assert.equal(policyRequest(roomy).sampling?.max_tokens, 8000);
+  // by default the episode's response budget (8 000) is the tighter one
+  assert.equal(policyRequest(startEpisode(record())).sampling?.max_tokens, 7999);
 });
 
 Deno.test("runEpisode() replays recorded calls, passes the gate and replays the next user message", async () => {
@@ -436,6 +440,37 @@ Deno.test("limits end the episode: length finish, steps and context", async () =
   assert.equal(ctx.state.assistantSteps, 1);
 });
 
+Deno.test("the episode response cap counts every token after the first prompt and ends with limit-response", async () => {
+  const start = startEpisode(record(), { maxEpisodeResponseTokens: 300, maxResponseTokens: 8000 });
+  assert.equal(start.promptTokens, start.contextTokens, "the first prompt is not response");
+  assert.equal(responseTokens(start), 0);
+  // the step's max_tokens is what is left of the response budget
+  assert.equal(policyRequest(start).sampling?.max_tokens, 299);
+  // each step: the context grows by 150 tokens (usage is authoritative), so the second step crosses 300
+  let prompt = start.contextTokens;
+  const policy = fake("policy", () => {
+    const r = result("", [apiCall("get_weather", { city: "Paris" })], {
+      usage: { promptTokens: prompt, completionTokens: 150, latencyMs: 1 },
+    });
+    prompt += 150 + 10;
+    return r;
+  });
+  const { state } = await runEpisode(record(), models(policy), {
+    hash: sha256,
+    maxEpisodeResponseTokens: 300,
+    unfinishedTurn: "no-credit",
+  });
+  assert.equal(state.end?.reason, "limit-response");
+  assert.match(state.end?.detail ?? "", /The episode's response reached \d+ tokens/);
+  assert.equal(state.assistantSteps, 2);
+  assert.equal(state.turns.length, 1, "turn 1 never happens, so it earns nothing");
+  const rewards = computeAdvantages(
+    { checklist: record().checklists[0]!, episodes: [episodeVerdicts(state)] },
+    { preset: "reference" },
+  );
+  assert.deepEqual(rewards.episodes[0]!.turnScores, [0, 0]);
+});
+
 Deno.test("the user-turn limit ends the episode after the judged turns", async () => {
   const { state } = await runEpisode(record(), models(happyPolicy()), { hash: sha256, maxUserTurns: 1 });
   assert.equal(state.end?.reason, "limit-turns");
@@ -660,6 +695,7 @@ Deno.test("END_REASONS is the closed list of end reasons", () => {
     "gate-failed",
     "judge-failure",
     "limit-context",
+    "limit-response",
     "limit-steps",
     "limit-turns",
     "model-failure",

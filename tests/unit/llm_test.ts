@@ -263,6 +263,52 @@ Deno.test("createChatModel() asks for logprobs and vLLM token ids when wantToken
   });
 });
 
+Deno.test("a run config with rollout correction asks its vLLM policy endpoint for token ids and log-probs", async () => {
+  const { parseRunConfig } = await import("../../core/config.ts");
+  const { episodeOptionsOf } = await import("../../core/episode_options.ts");
+  const { policyRequest, startEpisode } = await import("../../core/episode.ts");
+  const { roleModel } = await import("../../config.ts");
+  const replies = [{ content: "ok", tokenIds: [7, 8] }, { content: "ok", tokenIds: [7, 8] }, {
+    content: "ok",
+  }];
+  await withServer(replying(...replies), async (server) => {
+    for (const adapterApi of ["vllm", "cm2", "none"] as const) {
+      const parsed = parseRunConfig({ models: { policy: { baseURL: server.url, model: "p", adapterApi } } });
+      assert.ok(parsed.ok);
+      const options = episodeOptionsOf(parsed.config);
+      assert.equal(options.wantTokens, true, "rollout correction is on by default");
+      const record = {
+        uuid: "r",
+        tools: [],
+        messages: [
+          { role: "user" as const, content: "Hi", tool_calls: [] },
+          { role: "assistant" as const, content: "Hello", tool_calls: [] },
+        ],
+        checklists: [[[{
+          id: "C0",
+          evidence: [],
+          focus_on: "assistant.content.user_visible_reply" as const,
+          question: "q",
+          pass_condition: "p",
+          failure_examples: [],
+          required_for_next_turn: false,
+          dependence: [],
+          weight: 1,
+        }]]],
+      };
+      const req = policyRequest(startEpisode(record, options));
+      const result = await roleModel("policy", parsed.config.models.policy).complete(req);
+      const body = server.calls.at(-1)?.body ?? {};
+      assert.equal(body.logprobs, true);
+      assert.equal(body.return_token_ids, adapterApi === "none" ? undefined : true, adapterApi);
+      if (adapterApi !== "none") assert.deepEqual(result.completion?.tokenIds, [7, 8]);
+    }
+    const off = parseRunConfig({ trainer: { rolloutIsCap: null } });
+    assert.ok(off.ok);
+    assert.equal(episodeOptionsOf(off.config).wantTokens, false);
+  });
+});
+
 Deno.test("completeJson() sends a strict json_schema response format and returns the validated value", async () => {
   await withServer({ handler: judgeAlways(true) }, async (server) => {
     const { value, result } = await completeJson(modelFor(server), ask, Verdict, {

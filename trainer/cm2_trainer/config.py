@@ -21,15 +21,17 @@ def _fl(default: list[Any], help: str) -> Any:
     return field(default_factory=lambda: list(default), metadata={"help": help})
 
 
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
 class TrainerConfig:
     lr: float = _f(
-        1e-6,
-        "AdamW learning rate, constant, no warmup. CM2 script 1e-6, paper 3e-6 (both full fine-tuning); "
-        "LoRA usually needs roughly 10x more.",
+        1e-5,
+        "AdamW learning rate of the LoRA adapter, constant, no warmup. CM2 ran full fine-tuning (script 1e-6, "
+        "paper 3e-6); a LoRA adapter needs about 10x a full fine-tune's rate, so the default is 10x the "
+        "script's (docs/decisions.md).",
     )
     kl_coef: float = _f(
         1e-4,
@@ -74,14 +76,22 @@ class TrainerConfig:
     target_modules: list[str] = _fl(DEFAULT_TARGET_MODULES, "Module names that get LoRA adapters (Llama/Qwen names).")
     loss_agg: str = _f(
         "token-mean",
-        "Loss aggregation. Only 'token-mean' (every loss token of the mini-batch weighs the same, as in "
-        "CM2/verl `loss_agg_mode=token-mean`).",
+        "Loss aggregation over a mini-batch. 'token-mean': every loss token weighs the same (sum / tokens). "
+        "'seq-mean-token-mean': the mean over each trajectory's loss tokens, then the mean over trajectories, "
+        "so a short trajectory's tokens weigh more; what the released CM2 run optimises (verl token-mean per "
+        "micro-batch of one trajectory, each scaled by 1 / micro-batches).",
     )
     rollout_is_cap: float | None = _f(
-        None,
-        "Truncated importance sampling against the serving stack's log-probs (batch completions[].logprobs): "
-        "per-token weight min(exp(old_logp - rollout_logp), cap), detached. CM2 ran with 2.0 "
-        "(rollout_is=token); None = off. Not on the wire yet.",
+        2.0,
+        "Rollout correction: truncated importance weight per loss token against the serving stack's log-probs "
+        "(batch completions[].logprobs), min(exp(old_logp - rollout_logp), cap), detached. Tokens without "
+        "serving log-probs get 1. CM2 ran with 2.0 (rollout_is=token); None = off (no weights, no veto).",
+    )
+    rollout_is_veto: float = _f(
+        1e-4,
+        "Rollout correction veto: a trajectory with any loss token whose uncapped weight "
+        "exp(old_logp - rollout_logp) is below this contributes nothing (its weights become 0; the "
+        "aggregation's denominators are unchanged). CM2 ran with 1e-4. 0 = no veto.",
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (saves GPU memory).")
     dtype: str = _f(
@@ -115,8 +125,9 @@ class TrainerConfig:
         need(self.lora_alpha > 0, "lora_alpha", "> 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "in [0, 1)")
         need(len(self.target_modules) > 0, "target_modules", "a non-empty list")
-        need(self.loss_agg == "token-mean", "loss_agg", "'token-mean'")
+        need(self.loss_agg in LOSS_AGG_MODES, "loss_agg", " or ".join(repr(m) for m in LOSS_AGG_MODES))
         need(self.rollout_is_cap is None or self.rollout_is_cap > 0, "rollout_is_cap", "None or > 0")
+        need(0 <= self.rollout_is_veto < 1, "rollout_is_veto", "in [0, 1)")
         need(
             self.dtype in ("auto", "float32", "bfloat16", "float64"),
             "dtype",
@@ -149,6 +160,9 @@ WIRE_FIELDS: dict[str, str] = {
     "loraRank": "lora_rank",
     "loraAlpha": "lora_alpha",
     "maxGradNorm": "max_grad_norm",
+    "lossAgg": "loss_agg",
+    "rolloutIsCap": "rollout_is_cap",
+    "rolloutIsVeto": "rollout_is_veto",
     "seed": "seed",
 }
 

@@ -146,6 +146,10 @@ def decode_update_request(obj: Any) -> UpdateRequest:
         where = f"{w}.trainer.{wire}"
         if name == "seed":
             trainer[name] = _int(t[wire], where)
+        elif name == "loss_agg":
+            trainer[name] = _str(t[wire], where)
+        elif name == "rollout_is_cap" and t[wire] is None:
+            trainer[name] = None
         elif name in ("mini_batches", "lora_rank"):
             trainer[name] = _int(t[wire], where, lo=0)
         else:
@@ -295,6 +299,12 @@ METRIC_WIRE = {
     "tokens": "tokens",
     "seconds": "seconds",
 }
+# Rollout-correction metrics: null when no loss token had serving log-probs (or correction is off). Optional
+# on decode, so that manifests written before they existed still read.
+METRIC_WIRE_OPTIONAL = {
+    "is_mean_weight": "isMeanWeight",
+    "is_vetoed_share": "isVetoedShare",
+}
 
 
 def encode_result(
@@ -306,7 +316,10 @@ def encode_result(
         "version": version,
         "checkpoint": checkpoint.to_json(),
         "reused": reused,
-        "metrics": {wire: metrics[name] for name, wire in METRIC_WIRE.items()},
+        "metrics": {
+            **{wire: metrics[name] for name, wire in METRIC_WIRE.items()},
+            **{wire: metrics.get(name) for name, wire in METRIC_WIRE_OPTIONAL.items()},
+        },
     }
 
 
@@ -321,13 +334,17 @@ def decode_result(obj: Any) -> dict[str, Any]:
     _ref(o["checkpoint"], f"{w}.checkpoint")
     if not isinstance(o["reused"], bool):
         raise ContractError(f"{w}.reused is {_short(o['reused'])}, expected a boolean")
-    m = _obj(o["metrics"], f"{w}.metrics", set(METRIC_WIRE.values()))
-    for k in METRIC_WIRE.values():
-        if k == "tokens":
-            _int(m[k], f"{w}.metrics.tokens", lo=0)
-        else:
-            _num(m[k], f"{w}.metrics.{k}")
+    _metrics(o["metrics"], f"{w}.metrics")
     return o
+
+
+def _metrics(v: Any, where: str) -> None:
+    m = _obj(v, where, set(METRIC_WIRE.values()), set(METRIC_WIRE_OPTIONAL.values()))
+    for k in METRIC_WIRE.values():
+        (_int(m[k], f"{where}.tokens", lo=0) if k == "tokens" else _num(m[k], f"{where}.{k}"))
+    for k in METRIC_WIRE_OPTIONAL.values():
+        if m.get(k) is not None:
+            _num(m[k], f"{where}.{k}")
 
 
 # -- checkpoint manifest (a blob; read by the orchestrator to publish the adapter) ----------------------------
@@ -370,9 +387,7 @@ def decode_manifest(obj: Any) -> dict[str, Any]:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ContractError(f"{w}.files has the file name {name!r}, expected a plain file name")
         _ref(ref, f"{w}.files[{name!r}]")
-    m = _obj(o["metrics"], f"{w}.metrics", set(METRIC_WIRE.values()))
-    for k in METRIC_WIRE.values():
-        (_int(m[k], f"{w}.metrics.tokens", lo=0) if k == "tokens" else _num(m[k], f"{w}.metrics.{k}"))
+    _metrics(o["metrics"], f"{w}.metrics")
     for k in ("trainer", "stats"):
         if not isinstance(o[k], dict):
             raise ContractError(f"{w}.{k} is {_short(o[k])}, expected an object")

@@ -463,8 +463,9 @@ class LlamaCppEngine:
             # and the trainer scores it (it is what teaches the policy to stop), so it goes back on.
             eog = probs[len(ids)]["id"] if want_logprobs and len(probs) > len(ids) else self.eot_ids[0]
             ids.append(int(eog))
-            if logprobs is not None and len(logprobs) < len(ids):
-                logprobs.append(0.0)
+        if logprobs is not None and len(logprobs) != len(ids):
+            # never made up: a log-prob that is not the sampler's would mislead rollout correction
+            logprobs = logprobs[: len(ids)] if len(logprobs) > len(ids) else None
         return Generation(ids, logprobs, seconds)
 
     def close(self) -> None:

@@ -10,14 +10,25 @@ For every loss token t (loss mask 1) with advantage A:
     pg     = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))     PPO clipped surrogate
     pg     = min(pg, -A * clip_ratio_c)   if A < 0                               dual clip
     kl     = exp(ref - logp) - (ref - logp) - 1    "low_var_kl" (k3), ref - logp clamped to ±20, kl to ±10
-    loss   = token-mean(pg) + kl_coef * token-mean(kl)      means over all loss tokens of the mini-batch
+    w      = min(exp(old_logp - rollout_logp), cap)        rollout correction, detached; 1 without serving
+                                                           log-probs; 0 on every token of a vetoed trajectory
+    loss   = Σ_t a_t (w_t pg_t + kl_coef v_t kl_t)          v_t = 0 on a vetoed trajectory's tokens, else 1
+
+The aggregation weights a_t (`loss_agg`) sum to 1 over a mini-batch:
+    token-mean            a_t = 1 / (loss tokens of the mini-batch)
+    seq-mean-token-mean   a_t = 1 / (trajectories of the mini-batch × loss tokens of t's trajectory)
+The second is what the released CM2 run optimises: verl's token-mean per micro-batch, with one trajectory per
+micro-batch and each micro-batch scaled by 1 / micro-batches. Both are computed per token from the whole
+mini-batch, so micro-batching and packing change nothing (tested).
 
 The reference model is the base model with the adapter switched off (peft `disable_adapter()`), so it
 costs no extra memory. With one mini-batch (the CM2 default) old_logp is the current log-prob detached:
 the ratio is 1 and the update is exactly on-policy; with several mini-batches old_logp comes from one
 no-grad pass before the first optimizer step and the clipping bounds how far later steps move.
-Optional truncated importance sampling (`rollout_is_cap`) reweights tokens whose serving-stack log-probs
-are known: w = min(exp(old_logp - rollout_logp), cap), detached.
+Rollout correction (`rollout_is_cap`, `rollout_is_veto`) reweights the tokens whose serving-stack log-probs
+are known, and drops a trajectory in which any such token's weight is below the veto threshold: the serving
+engine sampled a token the trainer's policy all but rules out, so the sample is off-policy beyond repair.
+A vetoed trajectory still counts in the denominators, so the veto rate does not rescale the others.
 
 A GRPO group's samples start with the same prompt (system, tool schemas, user turn: ~2.8k tokens in the
 demo), so samples whose tokens up to their first loss token are identical are packed into one row: the
@@ -90,12 +101,23 @@ def k3_kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.clamp(kl, -10.0, 10.0)
 
 
-# 3b. Truncated importance weights against the serving stack's log-probs (optional) ----------------------
-def rollout_is_weights(
-    old_logp: torch.Tensor, rollout_logp: torch.Tensor, known: torch.Tensor, cap: float
-) -> torch.Tensor:
-    w = torch.exp(torch.clamp(old_logp - rollout_logp, -20.0, 20.0)).clamp(max=cap)
-    return torch.where(known, w, torch.ones_like(w)).detach()
+# 3b. Rollout correction: truncated importance weights against the serving stack's log-probs, and the veto --
+def rollout_correction(
+    old_logp: torch.Tensor,
+    rollout_logp: torch.Tensor,
+    known: torch.Tensor,
+    seq: torch.Tensor,
+    n_seqs: int,
+    cap: float,
+    veto: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token weight, detached; per-trajectory bool: vetoed). Unknown tokens weigh 1 and never veto."""
+    raw = torch.exp(torch.clamp(old_logp - rollout_logp, -20.0, 20.0))
+    w = torch.where(known, raw.clamp(max=cap), torch.ones_like(raw))
+    vetoed = torch.zeros(n_seqs, dtype=torch.bool, device=w.device)
+    if veto > 0:
+        vetoed[seq[known & (raw < veto)]] = True
+    return w.detach(), vetoed
 
 
 # 4. Batching -------------------------------------------------------------------------------------------------
@@ -119,12 +141,18 @@ class MicroBatch:
     adv: torch.Tensor
     rollout: torch.Tensor
     rollout_known: torch.Tensor
+    seq: torch.Tensor  # per loss token: index of its sample in this micro-batch
+    seq_tokens: torch.Tensor  # per sample of this micro-batch: its loss tokens
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
         return int(self.target.numel())
+
+    @property
+    def seqs(self) -> int:
+        return int(self.seq_tokens.numel())
 
 
 def _loss_tokens(s: RenderedSample) -> list[int]:
@@ -142,8 +170,11 @@ def _finish(
     """preds: (row, predicting position, (sample index, token index)) per loss token, in sample order."""
     keep = sorted({p for _, p, _ in preds})
     col_of = {p: c for c, p in enumerate(keep)}
-    adv, rlp, known, target = [], [], [], []
+    adv, rlp, known, target, seq = [], [], [], [], []
+    counts = [0] * len(samples)
     for _, _, (i, t) in preds:
+        seq.append(i)
+        counts[i] += 1
         s = samples[i]
         target.append(s.input_ids[t])
         adv.append(s.advantages[t])
@@ -165,6 +196,8 @@ def _finish(
         tensor(adv, torch.float32),
         tensor(rlp, torch.float32),
         tensor(known, torch.bool),
+        tensor(seq, torch.long),
+        tensor(counts, torch.long),
     )
 
 
@@ -278,6 +311,16 @@ def plan_batches(
     return plan
 
 
+def aggregation_weights(mb: MicroBatch, mode: str, n_tok: int, n_seq: int) -> torch.Tensor:
+    """a_t of the module doc for the loss tokens of one micro-batch, given its mini-batch's token and
+    trajectory counts."""
+    if mode == "token-mean":
+        return torch.full((mb.tokens,), 1.0 / max(n_tok, 1), device=mb.target.device)
+    if mode == "seq-mean-token-mean":
+        return 1.0 / (max(n_seq, 1) * mb.seq_tokens[mb.seq].double()).to(mb.target.device)
+    raise ValueError(f"loss_agg is {mode!r}, expected 'token-mean' or 'seq-mean-token-mean'")
+
+
 # 5. The update ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def _no_grad_logprobs(model: Any, mb: MicroBatch) -> torch.Tensor:
@@ -321,23 +364,34 @@ def apply_update(
     clipped = tokens = 0
     grad_norms: list[float] = []
     steps = skipped = 0
+    is_weight_sum, is_known, vetoed_seqs, seqs = 0.0, 0, 0, 0
     for step, mini in enumerate(plan):
         n_tok = sum(mb.tokens for mb in mini)
+        n_seq = sum(int((mb.seq_tokens > 0).sum()) for mb in mini)
         optimizer.zero_grad(set_to_none=True)
         for k, mb in enumerate(mini):
             logp = token_logprobs(model, mb)
             old = mb.old_logp if mb.old_logp is not None else logp.detach()
             pg, was_clipped = pg_loss_per_token(logp, old, mb.adv, cfg)
+            keep = torch.ones_like(pg)
             if cfg.rollout_is_cap is not None:
-                pg = pg * rollout_is_weights(old, mb.rollout, mb.rollout_known, cfg.rollout_is_cap)
+                w, vetoed = rollout_correction(
+                    old, mb.rollout, mb.rollout_known, mb.seq, mb.seqs, cfg.rollout_is_cap, cfg.rollout_is_veto
+                )
+                pg = pg * w
+                keep = (~vetoed[mb.seq]).to(pg.dtype)
+                is_weight_sum += float(w[mb.rollout_known].sum())
+                is_known += int(mb.rollout_known.sum())
+                vetoed_seqs += int(vetoed.sum())
+            seqs += mb.seqs
             kl = k3_kl_per_token(logp, mb.ref_logp) if mb.ref_logp is not None else torch.zeros_like(logp)
-            # token-mean over the mini-batch: each micro-batch adds its masked sum / the mini-batch's count
-            loss = (pg + cfg.kl_coef * kl).sum() / max(n_tok, 1)
+            agg = aggregation_weights(mb, cfg.loss_agg, n_tok, n_seq).to(pg.dtype) * keep
+            loss = ((pg + cfg.kl_coef * kl) * agg).sum()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"Loss is {loss.item()} at mini-batch {step}, micro-batch {k}")
             loss.backward()
-            pg_sum += float(pg.detach().sum())
-            kl_sum += float(kl.detach().sum())
+            pg_sum += float((pg.detach() * agg).sum())
+            kl_sum += float((kl.detach() * agg).sum())
             clipped += int(was_clipped.sum())
             tokens += mb.tokens
             beat({"phase": "train", "mini_batch": step + 1, "of": len(plan), "micro_batch": k + 1})
@@ -353,13 +407,15 @@ def apply_update(
     optimizer.zero_grad(set_to_none=True)
     model.eval()
 
-    denom = max(tokens, 1)
-    pg_mean, kl_mean = pg_sum / denom, kl_sum / denom
+    # per mini-batch the aggregation weights sum to 1: the means over mini-batches are the objective's values
+    pg_mean, kl_mean = pg_sum / max(len(plan), 1), kl_sum / max(len(plan), 1)
     return {
         "loss": pg_mean + cfg.kl_coef * kl_mean,
         "pg_loss": pg_mean,
         "kl": kl_mean,
-        "clip_frac": clipped / denom,
+        "clip_frac": clipped / max(tokens, 1),
+        "is_mean_weight": is_weight_sum / is_known if is_known else None,
+        "is_vetoed_share": vetoed_seqs / seqs if is_known and seqs else None,
         "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
         "tokens": tokens,
         "seconds": time.perf_counter() - t0,

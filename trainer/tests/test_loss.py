@@ -105,14 +105,15 @@ def test_packed_group_gives_the_same_logprobs_as_separate_rows(tok, impl):
     torch.testing.assert_close(packed, separate, rtol=1e-10 if impl == "sdpa" else 1e-6, atol=0)
 
 
-def test_packed_update_equals_the_unpacked_update(tok):
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_packed_update_equals_the_unpacked_update(tok, loss_agg):
     from peft import LoraConfig, get_peft_model
 
     results = []
     for pack in (8192, 0):
         torch.manual_seed(0)
         base = tiny_llama(len(tok)).double()  # float64: see assert_same_update
-        cfg = TrainerConfig(lr=1e-1, kl_coef=0.05, lora_rank=4, lora_alpha=8, pack_max_tokens=pack)
+        cfg = TrainerConfig(lr=1e-1, kl_coef=0.05, lora_rank=4, lora_alpha=8, pack_max_tokens=pack, loss_agg=loss_agg)
         model = get_peft_model(
             base, LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules, task_type="CAUSAL_LM")
         )
@@ -202,13 +203,14 @@ def test_kl_to_reference_is_zero_at_start_and_positive_after_a_step(tok):
     assert m2["kl"] > 0 and m2["loss"] == pytest.approx(m2["pg_loss"] + 0.1 * m2["kl"])
 
 
-def test_micro_batching_and_padding_do_not_change_the_update(tok):
-    """Token-mean over the mini-batch: one padded micro-batch of 2 == two micro-batches of 1."""
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batching_and_padding_do_not_change_the_update(tok, loss_agg):
+    """Either aggregation over the mini-batch: one padded micro-batch of 2 == two micro-batches of 1."""
     grads = []
     for mbs in (1, 2):
         # float64 and SGD: see assert_same_update and test_packed_update_equals_the_unpacked_update
         model, opt, cfg, rendered = _setup(tok, adv=(1.0, -0.5), lr=1e-1, dtype=torch.float64, sgd=True)
-        cfg = cfg.replace(micro_batch_size=mbs, kl_coef=0.01)
+        cfg = cfg.replace(micro_batch_size=mbs, kl_coef=0.01, loss_agg=loss_agg)
         before = trainable(model)
         m = apply_update(model, opt, rendered, cfg, seed=0, pad_id=tok.pad_token_id, device=torch.device("cpu"))
         grads.append((m, before, trainable(model)))
@@ -246,3 +248,97 @@ def test_rollout_importance_weights_are_truncated_at_the_cap(tok):
         device=torch.device("cpu"),
     )
     assert m["pg_loss"] == pytest.approx(-1.0, rel=1e-5)
+
+
+def _two_lengths(tok):
+    """Two trajectories with 2 and 6 loss tokens (different prompts: no packing), advantages +1 and +0.5."""
+    g = torch.Generator().manual_seed(3)
+    short = torch.randint(3, len(tok), (12,), generator=g).tolist()
+    long = torch.randint(3, len(tok), (20,), generator=g).tolist()
+    return [
+        RenderedSample("short", short, [0] * 10 + [1] * 2, [1.0] * 12, [None] * 12),
+        RenderedSample("long", long, [0] * 14 + [1] * 6, [0.5] * 20, [None] * 20),
+    ]
+
+
+@pytest.mark.parametrize(
+    "mode, weights",
+    [
+        ("token-mean", [1 / 8] * 2 + [1 / 8] * 6),  # every loss token of the mini-batch alike
+        ("seq-mean-token-mean", [1 / (2 * 2)] * 2 + [1 / (2 * 6)] * 6),  # mean per trajectory, then over the 2
+    ],
+)
+def test_loss_aggregation_gives_the_hand_computed_gradient_weights(tok, mode, weights):
+    """On-policy (ratio 1, no KL) the loss is Σ_t a_t (-A_t) logp_t: the update must be SGD on exactly that."""
+    from peft import LoraConfig, get_peft_model
+
+    samples = _two_lengths(tok)
+    cfg = TrainerConfig(
+        lr=1e-1, kl_coef=0.0, lora_rank=4, lora_alpha=8, weight_decay=0.0, max_grad_norm=1e9, loss_agg=mode
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(
+        tiny_llama(len(tok)).double(),
+        LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules, task_type="CAUSAL_LM"),
+    )
+    with torch.no_grad():  # LoRA B starts at 0, so A gets no gradient: give B a value to see both
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    cpu = torch.device("cpu")
+    # the expected gradient, from the hand-written weights
+    model.zero_grad()
+    logp = torch.cat([token_logprobs(model, make_micro_batch([s], 0, cpu)) for s in samples])
+    adv = torch.tensor([1.0] * 2 + [0.5] * 6, dtype=torch.float64)
+    (torch.tensor(weights, dtype=torch.float64) * -adv * logp).sum().backward()
+    expected = {n: p.grad.clone() for n, p in params.items()}
+    model.zero_grad()
+    before = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.SGD(list(params.values()), lr=cfg.lr)
+    m = apply_update(model, opt, samples, cfg, seed=0, pad_id=0, device=cpu)
+    for n, p in params.items():
+        torch.testing.assert_close((before[n] - p.detach()) / cfg.lr, expected[n], rtol=1e-9, atol=1e-14)
+    assert m["pg_loss"] == pytest.approx(float((torch.tensor(weights, dtype=torch.float64) * -adv).sum()))
+
+
+def test_rollout_correction_vetoes_a_trajectory_and_caps_a_token(tok):
+    """Trajectory `short`: one token's serving log-prob is 5 nats below the trainer's (weight e^5, capped at 2),
+    the other agrees (weight 1). Trajectory `long`: one token's serving log-prob is 20 nats above (weight e^-20 <
+    1e-4): the whole trajectory is vetoed, so the update is the one without its policy gradient."""
+    from peft import LoraConfig, get_peft_model
+
+    cpu = torch.device("cpu")
+    updates = []
+    for drop_long in (False, True):
+        samples = _two_lengths(tok)
+        cfg = TrainerConfig(lr=1e-1, kl_coef=0.0, lora_rank=4, lora_alpha=8, weight_decay=0.0, max_grad_norm=1e9)
+        torch.manual_seed(0)
+        model = get_peft_model(
+            tiny_llama(len(tok)).double(),
+            LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules, task_type="CAUSAL_LM"),
+        )
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+            old = [token_logprobs(model, make_micro_batch([s], 0, cpu)).tolist() for s in samples]
+        for s, lp, shift in zip(samples, old, ([-5.0, 0.0], [20.0] + [0.0] * 5), strict=True):
+            at = [t for t in range(1, len(s.input_ids)) if s.loss_mask[t]]
+            for t, v, d in zip(at, lp, shift, strict=True):
+                s.rollout_logprobs[t] = v + d
+        if drop_long:  # the reference: the long trajectory contributes no policy gradient
+            samples[1].rollout_logprobs = [None] * len(samples[1].input_ids)
+            samples[1].advantages = [0.0] * len(samples[1].input_ids)
+        params = [p for p in model.parameters() if p.requires_grad]
+        before = [p.detach().clone() for p in params]
+        m = apply_update(model, torch.optim.SGD(params, lr=cfg.lr), samples, cfg, seed=0, pad_id=0, device=cpu)
+        updates.append((m, [b - p.detach() for b, p in zip(before, params, strict=True)]))
+    (m, delta), (_, delta_ref) = updates
+    for a, b in zip(delta, delta_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
+    # token-mean over all 8 tokens (the vetoed trajectory's still count): -(2 + 1) / 8
+    assert m["pg_loss"] == pytest.approx(-3 / 8, rel=1e-6)  # serving log-probs travel as float32
+    assert m["is_vetoed_share"] == 0.5
+    assert m["is_mean_weight"] == pytest.approx((2 + 1 + math.exp(-20) + 5) / 8, rel=1e-6)
+    assert any(float(d.abs().max()) > 0 for d in delta)
