@@ -220,8 +220,9 @@ export const RunConfigSchema = z.object({
   }).strict().prefault({}),
   models: z.object({
     policy: role({ temperature: 1, top_p: 1, max_tokens: 512 }, "http://127.0.0.1:8765/v1", "cm2"),
-    judge: role({ temperature: 0.6, top_p: 0.8, max_tokens: 512 }),
-    simulator: role({ temperature: 0.6, top_p: 0.8, max_tokens: 512 }),
+    // room for a strong model's full verdict and simulated result (the released run: 6 000 and 8 000)
+    judge: role({ temperature: 0.6, top_p: 0.8, max_tokens: 6000 }),
+    simulator: role({ temperature: 0.6, top_p: 0.8, max_tokens: 8000 }),
     labeler: role({ temperature: 1, max_tokens: 4096 }),
   }).strict().prefault({}),
   cm2: Cm2Schema,

@@ -7,12 +7,12 @@
  *    `serve/llama_server.ts`, JSON-schema grammars) and the policy server (base model + latest LoRA
  *    adapter, `trainer/cm2_trainer/serve.py`);
  * 4. starts the trainer worker (Python) and the orchestrator worker (`worker.ts`);
- * 5. runs a small training run (default 3 iterations × 2 tasks × group 4 on the sample dataset),
+ * 5. runs a small training run (`recipes/demo.json`: 3 iterations × 1 task × group 4 on the sample dataset),
  *    printing one line per iteration;
  * 6. prints where checkpoints and metrics are, the peak memory of the whole stack, and stops every
  *    process it started (`--keep` leaves the stack up).
  *
- * Flags: `--config FILE` (default: the embedded demo), `--keep`, `--iterations N`.
+ * Flags: `--config FILE` (default: `recipes/demo.json`, the embedded demo), `--keep`, `--iterations N`.
  *
  * @module
  */
@@ -175,47 +175,16 @@ function line(s: IterationSummary): string {
 const LLAMA_THREADS = Math.max(1, Math.floor((navigator.hardwareConcurrency || 2) / 2));
 
 /**
- * The embedded demo on 2 CPU cores. The policy (llama-server, one thread, one slot per rollout of a group)
- * reads ~75-100 prompt tokens/s and writes ~3 tokens/s per stream at the sample's ~3k-token tool prompts, and
- * the judge/simulator share another one-thread llama-server, so the demo keeps episodes short (1 user turn,
- * 4 assistant steps, 160-token policy steps), runs a group's 4 rollouts at once, and judges up to 4 items per
- * call; one task per iteration (see below). A config file passed with `--config` is used as it is.
+ * The embedded demo's run config (`recipes/demo.json`), scaled for 2 CPU cores. The policy (llama-server, one
+ * thread, one slot per rollout of a group) reads ~75-100 prompt tokens/s and writes ~3 tokens/s per stream at
+ * the sample's ~3k-token tool prompts, and the judge/simulator share another one-thread llama-server, so the
+ * demo keeps episodes short (1 user turn, 4 assistant steps, 160-token policy steps), runs a group's 4
+ * rollouts at once, and judges up to 4 items per call. One update on 2 cores reads every sample's ~3k tokens
+ * about four times (reference pass, forward, recomputation, backward): ~1 min per sample, so one task (G = 4
+ * samples) per iteration keeps the demo near 20 minutes. Policy requests can queue behind other rollouts' steps,
+ * so their timeout is long. A config file passed with `--config` is used instead.
  */
-function demoScale(config: RunConfig): RunConfig {
-  const m = config.models;
-  return {
-    ...config,
-    models: {
-      ...m,
-      // Policy requests can queue behind other rollouts' steps on 2 cores: they must not time out.
-      policy: { ...m.policy, sampling: { ...m.policy.sampling, max_tokens: 160 }, timeoutMs: 1_800_000 },
-      judge: {
-        ...m.judge,
-        sampling: { ...m.judge.sampling, max_tokens: 400 },
-        timeoutMs: 600_000,
-        concurrency: 2,
-        jsonMaxString: 120,
-      },
-      simulator: {
-        ...m.simulator,
-        sampling: { ...m.simulator.sampling, max_tokens: 300 },
-        timeoutMs: 600_000,
-        concurrency: 2,
-        jsonMaxString: 120,
-      },
-    },
-    cm2: {
-      ...config.cm2,
-      limits: { ...config.cm2.limits, maxAssistantSteps: 4, maxUserTurns: 1, maxContextTokens: 6000 },
-      judge: { ...config.cm2.judge, itemsPerCall: 4 },
-      episodeConcurrency: config.cm2.groupSize,
-      // One update on 2 cores reads every sample's ~3k tokens about four times (reference pass, forward,
-      // recomputation, backward): ~1 min per sample. One task (G=4 samples) per iteration keeps the demo
-      // near 20 minutes; a GPU trainer takes the default 2 tasks (or more) in stride.
-      tasksPerIteration: 1,
-    },
-  };
-}
+const DEMO_RECIPE = path.join(ROOT, "recipes", "demo.json");
 
 const gib = (b: number) => (b / 2 ** 30).toFixed(2);
 
@@ -376,9 +345,8 @@ async function startServices(
 async function main(): Promise<number> {
   const t0 = performance.now();
   await setup();
-  let config: RunConfig = await loadRunConfig(values.config);
+  let config: RunConfig = await loadRunConfig(values.config ?? DEMO_RECIPE);
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15).toLowerCase();
-  if (!values.config) config = demoScale(config);
   config = {
     ...config,
     name: values.config ? config.name : `demo-${stamp}`,
@@ -466,7 +434,7 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
 /** After a failed start: `cm2 doctor`'s findings that need attention, each with its fix. */
 async function diagnose(): Promise<void> {
   try {
-    const config = await loadRunConfig(values.config);
+    const config = await loadRunConfig(values.config ?? DEMO_RECIPE);
     const findings = await runDoctor({ config, temporalAddress: devServer?.address ?? "127.0.0.1:7233" });
     const problems = formatFindings(findings, true);
     console.error(

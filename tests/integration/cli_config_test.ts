@@ -62,3 +62,39 @@ Deno.test("config check reports what would stop a valid config from running here
     await fs.rm(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("the shipped recipes pass config check and carry the paper's and the released run's settings", async () => {
+  const { loadRunConfig } = await import("../../config.ts");
+  const { hyperparamsOf } = await import("../../core/trainer_params.ts");
+  for (const name of ["demo", "paper", "reference"]) {
+    const r = await check(path.join(ROOT, "recipes", `${name}.json`));
+    assert.equal(r.code, 0, `${name}: ${r.err}`);
+    assert.match(r.err, new RegExp(`ok: ${name}: `));
+  }
+  const paper = await loadRunConfig(path.join(ROOT, "recipes", "paper.json"));
+  // paper §4.4: G = 48, mini-batch of 128 prompts (one optimizer step), lr 3e-6 (×10 for LoRA), KL 1e-3
+  assert.deepEqual(
+    [paper.cm2.preset, paper.cm2.advantageLevel, paper.cm2.groupSize, paper.cm2.tasksPerIteration],
+    ["paper", "trajectory", 48, 128],
+  );
+  assert.deepEqual([paper.trainer.miniBatches, paper.trainer.lr, paper.trainer.klCoef], [1, 3e-5, 1e-3]);
+  const reference = await loadRunConfig(path.join(ROOT, "recipes", "reference.json"));
+  // the released script: n = 4, lr 1e-6 (×10 for LoRA), KL 1e-4, TIS cap 2 and veto 1e-4, per-trajectory mean
+  const wire = hyperparamsOf(reference);
+  assert.deepEqual(
+    [
+      reference.cm2.preset,
+      reference.cm2.groupSize,
+      reference.cm2.tasksPerIteration,
+      reference.cm2.judge.mode,
+    ],
+    ["reference", 4, 4, "exhaustive"],
+  );
+  assert.deepEqual(
+    [wire.lr, wire.klCoef, wire.rolloutIsCap, wire.rolloutIsVeto, wire.lossAgg],
+    [1e-5, 1e-4, 2, 1e-4, "seq-mean-token-mean"],
+  );
+  assert.equal(reference.models.judge.sampling.max_tokens, 6000, "the reference judge's max_tokens");
+  const demo = await loadRunConfig(path.join(ROOT, "recipes", "demo.json"));
+  assert.deepEqual([demo.cm2.tasksPerIteration, demo.cm2.groupSize, demo.cm2.limits.maxUserTurns], [1, 4, 1]);
+});

@@ -320,3 +320,11 @@ Deno.test("incremental judging gives the same gates, rewards and advantages as e
     `the paid basis asked ${asked.paid}, completed ${asked.completed}`,
   );
 });
+
+Deno.test("the judge and simulator roles default to the released run's token budgets (6 000 and 8 000)", async () => {
+  const { parseRunConfig } = await import("../../core/config.ts");
+  const parsed = parseRunConfig({});
+  assert.ok(parsed.ok);
+  assert.equal(parsed.config.models.judge.sampling.max_tokens, 6000);
+  assert.equal(parsed.config.models.simulator.sampling.max_tokens, 8000);
+});
