@@ -14,6 +14,7 @@ import { ConfigError, loadRunConfig } from "../config.ts";
 import { ORCHESTRATOR_QUEUE } from "../core/names.ts";
 import {
   iterationProgressQuery,
+  type IterationSummary,
   pauseSignal,
   resumeSignal,
   type RunStatus,
@@ -94,12 +95,18 @@ async function status(name: string): Promise<RunStatus | { closed: string }> {
   return await withClient(async ({ client }) => await runState(client, name));
 }
 
-function formatSummary(s: RunStatus["recent"][number]): string {
+/** One line per iteration, as `cm2 run status` and `task start` print it. */
+export function formatSummary(s: IterationSummary): string {
+  const tis = s.rolloutCorrection
+    ? `, TIS w ${s.rolloutCorrection.meanWeight.toFixed(3)} vetoed ${
+      (100 * s.rolloutCorrection.vetoedShare).toFixed(1)
+    }%`
+    : "";
   return `it ${s.iteration}${s.validation ? " (val)" : ""}: reward ${s.meanReward.toFixed(3)}, pass ${
     (100 * s.itemPassRate).toFixed(1)
-  }%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, sim ${s.simulatorCalls}, loss ${
+  }%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
     s.updateLoss === null ? "-" : s.updateLoss.toFixed(4)
-  }, ${s.seconds.toFixed(1)} s`;
+  }${tis}, policy v${s.policyVersion}, ${s.seconds.toFixed(1)} s`;
 }
 
 /**

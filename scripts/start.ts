@@ -27,7 +27,8 @@ import { loadRunConfig } from "../config.ts";
 import { canonicalStoreUrl, openStore } from "../store/open.ts";
 import { type ArtifactStore, getJson } from "../store/mod.ts";
 import { startRun } from "../cli/run.ts";
-import { type IterationSummary, statusQuery, type TrainingRunResult } from "../workflows/training.ts";
+import { statusQuery, type TrainingRunResult } from "../workflows/training.ts";
+import { formatSummary } from "../cli/run.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { formatFindings, runDoctor } from "./doctor.ts";
@@ -152,18 +153,6 @@ async function stopAll(): Promise<void> {
     await c.proc.status;
     clearTimeout(t);
   }));
-}
-
-function line(s: IterationSummary): string {
-  return `iteration ${s.iteration}${s.validation ? " (validation)" : ""}: reward ${
-    s.meanReward.toFixed(3)
-  }, ` +
-    `item pass ${
-      (100 * s.itemPassRate).toFixed(1)
-    }%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, ` +
-    `sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
-      s.updateLoss === null ? "-" : s.updateLoss.toFixed(4)
-    }, policy v${s.policyVersion}, ${s.seconds.toFixed(0)} s`;
 }
 
 /**
@@ -392,11 +381,11 @@ async function main(): Promise<number> {
   done.finally(() => (finished = true)).catch(() => {});
   while (!finished) {
     const s = await handle.query(statusQuery).catch(() => undefined);
-    while (s && printed < s.recent.length) log(line(s.recent[printed++]!));
+    while (s && printed < s.recent.length) log(formatSummary(s.recent[printed++]!));
     await Promise.race([done.catch(() => {}), new Promise((r) => setTimeout(r, 2_000))]);
   }
   const result = await done;
-  while (printed < result.recent.length) log(line(result.recent[printed++]!));
+  while (printed < result.recent.length) log(formatSummary(result.recent[printed++]!));
   clearInterval(sampler);
   await sample();
 

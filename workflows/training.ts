@@ -76,6 +76,11 @@ export interface IterationSummary {
   simulatorCalls: number;
   replayHits: number;
   updateLoss: number | null;
+  /**
+   * Rollout correction of the update: mean importance weight over the tokens with serving log-probs and the
+   * share of trajectories vetoed; absent when no token had serving log-probs (or in older runs).
+   */
+  rolloutCorrection?: { meanWeight: number; vetoedShare: number };
   checkpoint: Ref | null;
   policyVersion: number;
   metricsRef: Ref;
@@ -144,6 +149,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     simulatorCalls: scored.simulatorCalls,
     replayHits: scored.replayHits,
     updateLoss: update ? update.result.metrics.loss : null,
+    ...rolloutCorrectionOf(update?.result.metrics),
     checkpoint: update ? update.result.checkpoint : input.parent,
     policyVersion: update ? update.version : input.policyVersion,
     seconds: (Date.now() - started) / 1000,
@@ -155,6 +161,13 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     updateMetrics: update ? update.result.metrics : null,
   });
   return { ...summary, metricsRef };
+}
+
+function rolloutCorrectionOf(
+  m: UpdateResult["metrics"] | undefined,
+): Pick<IterationSummary, "rolloutCorrection"> {
+  if (m?.isMeanWeight == null || m.isVetoedShare == null) return {};
+  return { rolloutCorrection: { meanWeight: m.isMeanWeight, vetoedShare: m.isVetoedShare } };
 }
 
 /** The iteration's rollouts: one task-group child per task (or, in histories from before task groups, one child per episode). */

@@ -316,10 +316,23 @@ def encode_result(
         "version": version,
         "checkpoint": checkpoint.to_json(),
         "reused": reused,
-        "metrics": {
-            **{wire: metrics[name] for name, wire in METRIC_WIRE.items()},
-            **{wire: metrics.get(name) for name, wire in METRIC_WIRE_OPTIONAL.items()},
-        },
+        "metrics": metrics_to_wire(metrics),
+    }
+
+
+def metrics_to_wire(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Update metrics (loss.apply_update's names) in wire names; the optional ones null when absent."""
+    return {
+        **{wire: metrics[name] for name, wire in METRIC_WIRE.items()},
+        **{wire: metrics.get(name) for name, wire in METRIC_WIRE_OPTIONAL.items()},
+    }
+
+
+def metrics_from_wire(wire: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`metrics_to_wire` (a manifest written before the optional ones gives null)."""
+    return {
+        **{name: wire[w] for name, w in METRIC_WIRE.items()},
+        **{name: wire.get(w) for name, w in METRIC_WIRE_OPTIONAL.items()},
     }
 
 

@@ -34,13 +34,14 @@ import torch
 from .config import TrainerConfig
 from .contract import (
     CHECKPOINT_SCHEMA,
-    METRIC_WIRE,
     BaseModel,
     ContractError,
     UpdateRequest,
     decode_batch,
     decode_manifest,
     encode_result,
+    metrics_from_wire,
+    metrics_to_wire,
     wire_name,
 )
 from .loss import Heartbeat, apply_update
@@ -67,7 +68,7 @@ class UpdateResult:
     metrics: dict[str, Any]  # wire names: loss, pgLoss, kl, clipFrac, gradNorm, tokens, seconds
 
     def to_json(self) -> dict[str, Any]:
-        snake = {name: self.metrics[wire] for name, wire in METRIC_WIRE.items()}
+        snake = metrics_from_wire(self.metrics)
         return encode_result(self.run_id, self.iteration, self.version, self.checkpoint, self.reused, snake)
 
 
@@ -214,7 +215,7 @@ def update_policy(
                 if model is not None and cache._value is not None:
                     model.unload()  # remove the LoRA layers; the cached base is the plain model again
 
-    wire_metrics = {wire: metrics[name_] for name_, wire in METRIC_WIRE.items()}
+    wire_metrics = metrics_to_wire(metrics)
     manifest = {
         "schema": CHECKPOINT_SCHEMA,
         "runId": req.run_id,

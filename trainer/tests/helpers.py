@@ -130,6 +130,7 @@ def batch_obj(
     advantages: tuple[float, float] = (0.5, -0.5),
     completions: bool = False,
     tokenizer: Any = None,
+    logprob: float | None = None,
 ) -> dict[str, Any]:
     samples = []
     for k, (city, a) in enumerate(zip(["Paris", "Oslo"], advantages, strict=True)):
@@ -142,7 +143,10 @@ def batch_obj(
         }
         if completions:
             text = '<tool_call>{"name": "get_weather", "arguments": {"city": "%s"}}</tool_call><|im_end|>' % city
-            s["completions"] = [{"messageIndex": 2, "tokenIds": tokenizer.encode(text, add_special_tokens=False)}]
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            s["completions"] = [{"messageIndex": 2, "tokenIds": ids}]
+            if logprob is not None:  # the serving engine's log-prob of every sampled token
+                s["completions"][0]["logprobs"] = [logprob] * len(ids)
         samples.append(s)
     return {"schema": "cm2.batch/v1", "runId": run_id, "iteration": iteration, "samples": samples}
 

@@ -61,6 +61,31 @@ def test_update_writes_a_checkpoint_and_a_valid_result(tmp_path, base_dir, cache
     assert not any("lora" in n for n, _ in base.named_parameters())
 
 
+@pytest.mark.parametrize(
+    "logprob, veto, weight, vetoed",
+    [
+        (None, 1e-4, None, None),  # no serving log-probs: no rollout-correction metrics (null on the wire)
+        (-1e3, 1e-4, 2.0, 0.0),  # far below the trainer's: every known token's weight hits the cap 2
+        (0.0, 0.5, None, 1.0),  # "certain" at serving, near-uniform here: weights < 0.5, both trajectories vetoed
+    ],
+)
+def test_rollout_correction_metrics_reach_the_result(tmp_path, base_dir, cache, tok, logprob, veto, weight, vetoed):
+    store = FsStore(tmp_path)
+    batch = batch_obj(completions=True, tokenizer=tok, logprob=logprob)
+    req = decode_update_request(request_obj(store.url, store.put_json(batch), base_dir, rolloutIsVeto=veto))
+    res = update_policy(req, cache=cache)
+    wire = res.to_json()
+    decode_result(wire)
+    m = wire["metrics"]
+    assert m["isVetoedShare"] == vetoed
+    if weight is None and vetoed is None:
+        assert m["isMeanWeight"] is None
+    elif weight is not None:
+        assert m["isMeanWeight"] == pytest.approx(weight)
+    else:
+        assert 0 < m["isMeanWeight"] < veto
+
+
 def test_idempotent_retry_does_not_update_twice(tmp_path, base_dir, cache, monkeypatch):
     store = FsStore(tmp_path)
     req = _req(store, base_dir)
