@@ -17,24 +17,34 @@ import {
 import { inspectDataset } from "../core/inspect.ts";
 import type { TrajectoryRecord } from "../core/records.ts";
 import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
-import type { ArtifactStore } from "../store/mod.ts";
+import { type ArtifactStore, putJson, type Ref } from "../store/mod.ts";
+import { resolveSplitRules, splitRecords } from "../core/split.ts";
+import { createHash } from "node:crypto";
 import { fail, readText, storeFrom } from "./common.ts";
 
-/** Loads records from a store dataset name or a dataset file. */
+/**
+ * Loads records from a store dataset name or a dataset file, with what names that version: the manifest ref
+ * of a stored dataset, or the sha256 of a file's content.
+ */
 async function loadRecords(
   store: ArtifactStore,
   nameOrFile: string,
-): Promise<{ name: string; records: TrajectoryRecord[] }> {
+): Promise<{ name: string; records: TrajectoryRecord[]; parent: Ref | null; versionKey: string }> {
   const ref = await datasetRef(store, nameOrFile).catch(() => undefined);
-  if (ref) return { name: nameOrFile, records: await loadAllRecords(store, await loadManifest(store, ref)) };
+  if (ref) {
+    const records = await loadAllRecords(store, await loadManifest(store, ref));
+    return { name: nameOrFile, records, parent: ref, versionKey: ref.sha256 };
+  }
+  let text: string;
   try {
-    await fs.stat(nameOrFile);
+    text = await readText(nameOrFile);
   } catch {
     fail(`No dataset named ${JSON.stringify(nameOrFile)} in ${store.url} and no such file`);
   }
-  const report = await importFiles([nameOrFile], readText);
+  const report = await importFiles([nameOrFile], () => Promise.resolve(text));
   for (const e of report.errors) printImportError(e);
-  return { name: path.basename(nameOrFile), records: report.records };
+  const versionKey = createHash("sha256").update(text).digest("hex");
+  return { name: path.basename(nameOrFile), records: report.records, parent: null, versionKey };
 }
 
 /** Prints one import error (see `formatImportError`), indented. */
@@ -59,7 +69,7 @@ function round(n: number): string {
 
 /** Registers `cm2 data`. */
 export function registerDataCommands(program: Command): void {
-  const data = program.command("data").description("datasets: import, inspect, filter");
+  const data = program.command("data").description("datasets: import, inspect, filter, split");
   data.command("import")
     .argument("<paths...>", "files to import (CM2 JSON/JSONL, OpenAI chat JSONL, ToolTalk, τ-bench)")
     .requiredOption("--name <name>", "dataset name in the store")
@@ -110,6 +120,105 @@ export function registerDataCommands(program: Command): void {
         "reasons (think_tags applies by default only to data that has <think> tags)",
     )
     .action(filterCommand);
+
+  data.command("split")
+    .argument("<dataset>", "dataset name in the store, or a file")
+    .requiredOption(
+      "--out <prefix>",
+      "store the parts as datasets <prefix>-sft, <prefix>-rl, <prefix>-heldout",
+    )
+    .option("--seed <n>", "seed of the RL and SFT draws", "42")
+    .option("--sft <n>", "most records for cold-start SFT", "8000")
+    .option("--rl <n>", "most complex records for RL training", "8000")
+    .option("--held-out <n>", "complex records held out for validation (fixed per dataset version)", "500")
+    .option("--min-turns <m>", "a complex record has at least this many user turns", "2")
+    .option("--min-tools <k>", "… and at least this many distinct tools called", "2")
+    .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
+    .description(
+      "seeded SFT / RL / held-out split by the paper's rules (RL and held-out: complex records only); prints " +
+        "and stores the counts; the RL dataset ends with the held-out records, so `dataset.heldOut` validates " +
+        "on exactly them",
+    )
+    .action(splitCommand);
+}
+
+/** `cm2 data split`: see its description. */
+async function splitCommand(name: string, opts: {
+  out: string;
+  seed: string;
+  sft: string;
+  rl: string;
+  heldOut: string;
+  minTurns: string;
+  minTools: string;
+  store: string;
+}): Promise<void> {
+  const int = (flag: string, v: string) => {
+    if (!/^-?\d+$/.test(v)) fail(`--${flag} is ${JSON.stringify(v)}, expected an integer`);
+    return Number(v);
+  };
+  let rules;
+  try {
+    rules = resolveSplitRules({
+      seed: int("seed", opts.seed),
+      sft: int("sft", opts.sft),
+      rl: int("rl", opts.rl),
+      heldOut: int("held-out", opts.heldOut),
+      minTurns: int("min-turns", opts.minTurns),
+      minTools: int("min-tools", opts.minTools),
+    });
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  const store = storeFrom(opts);
+  const { name: label, records, parent, versionKey } = await loadRecords(store, name);
+  const split = splitRecords(records, rules, versionKey);
+  const pick = (idx: number[]) => idx.map((i) => records[i]!);
+  const save = async (part: string, idx: number[]) => {
+    if (idx.length === 0) return null;
+    const { ref, manifest } = await saveDataset(store, `${opts.out}-${part}`, pick(idx), {
+      sources: [{ file: label, format: "dataset", imported: idx.length, errors: 0 }],
+      derivedFrom: { step: `split:${part}`, parent },
+    });
+    return { name: `datasets/${opts.out}-${part}`, version: manifest.version ?? 1, ref };
+  };
+  const datasets = {
+    sft: await save("sft", split.sft),
+    rl: await save("rl", [...split.rl, ...split.heldOut]),
+    heldOut: await save("heldout", split.heldOut),
+  };
+  const report = {
+    schema: "cm2.split/v1",
+    source: { name: label, parent, versionKey },
+    rules,
+    counts: split.counts,
+    uuids: {
+      sft: pick(split.sft).map((r) => r.uuid),
+      rl: pick(split.rl).map((r) => r.uuid),
+      heldOut: pick(split.heldOut).map((r) => r.uuid),
+    },
+    datasets,
+    createdAt: new Date().toISOString(),
+  };
+  const reportRef = await putJson(store, report);
+  await store.setName(`splits/${opts.out}`, reportRef);
+  const c = split.counts;
+  const at = (d: { name: string; version: number } | null) =>
+    d ? ` → ${d.name} v${d.version}` : " (not saved: empty)";
+  console.log(
+    `split of ${label}: ${c.records} records, ${c.complex} complex (≥ ${rules.minTurns} user turns and ` +
+      `≥ ${rules.minTools} distinct tools), seed ${rules.seed}`,
+  );
+  console.log(`  sft       ${c.sft}${at(datasets.sft)}`);
+  console.log(
+    `  rl        ${c.rl} + ${c.heldOut} held out at its end${at(datasets.rl)}` +
+      (c.heldOut > 0
+        ? ` (run config: "dataset": {"path": "${datasets.rl!.name}", "heldOut": ${c.heldOut}})`
+        : ""),
+  );
+  console.log(`  held-out  ${c.heldOut}${at(datasets.heldOut)}`);
+  console.log(`  unused    ${c.unused}`);
+  console.log(`split report → splits/${opts.out} (${reportRef.uri})`);
 }
 
 /** `cm2 data import`: see its description. */

@@ -163,3 +163,52 @@ Deno.test("saveDataset never replaces a dataset with records by an empty one", a
     await fs.rm(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("data split: three disjoint datasets, the RL one ending with the held-out records, counts stored", async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-cli-split-"));
+  try {
+    const store = new FsStore(path.join(dir, "store"));
+    assert.equal((await cm2(store.root, "data", "import", SAMPLE, "--name", "pool")).code, 0);
+    const r = await cm2(store.root, "data", "split", "pool", "--out", "s", "--held-out", "2", "--rl", "3");
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /10 records, 7 complex \(≥ 2 user turns and ≥ 2 distinct tools\), seed 42/);
+    assert.match(r.out, /"dataset": \{"path": "datasets\/s-rl", "heldOut": 2\}/);
+    const load = async (name: string) => {
+      const { loadAllRecords } = await import("../../store/datasets.ts");
+      return (await loadAllRecords(store, await loadManifest(store, (await datasetRef(store, name))!))).map((
+        x,
+      ) => x.uuid);
+    };
+    const [sft, rl, held] = [await load("s-sft"), await load("s-rl"), await load("s-heldout")];
+    assert.deepEqual([sft.length, rl.length, held.length], [5, 5, 2]);
+    assert.deepEqual(rl.slice(-2), held, "the RL dataset ends with the held-out records");
+    assert.equal(new Set([...sft, ...rl]).size, 10, "SFT and RL (with held-out) are disjoint");
+    const report = JSON.parse(
+      new TextDecoder().decode(await store.get((await store.getName("splits/s"))!)),
+    );
+    assert.deepEqual(report.counts, { records: 10, complex: 7, sft: 5, rl: 3, heldOut: 2, unused: 0 });
+    assert.deepEqual(report.uuids.heldOut, held);
+    // another seed keeps the held-out records of this dataset version
+    const again = await cm2(
+      store.root,
+      "data",
+      "split",
+      "pool",
+      "--out",
+      "t",
+      "--held-out",
+      "2",
+      "--seed",
+      "7",
+    );
+    assert.equal(again.code, 0, again.err);
+    assert.deepEqual(await load("t-heldout"), held);
+    // a bad flag is one line and exit 1, nothing written
+    const bad = await cm2(store.root, "data", "split", "pool", "--out", "u", "--rl", "-2");
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /Split rule rl is -2/);
+    assert.equal(await datasetRef(store, "u-rl"), undefined);
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
