@@ -90,10 +90,34 @@ export async function connectClient(): Promise<
   return { client: new Client({ connection, namespace }), connection, address: connectionOptions.address };
 }
 
-/** A worker connection from the standard environment configuration. */
-export async function connectWorker(): Promise<{ connection: NativeConnection; namespace: string }> {
+/**
+ * A worker connection from the standard environment configuration. A worker started while Temporal is down
+ * (a restart, a machine booting both) waits for it: it retries with backoff for `waitS` seconds (default
+ * `CM2_TEMPORAL_WAIT_S` or 120), saying once what it waits for, then fails with the last error.
+ */
+export async function connectWorker(
+  opts: { waitS?: number; log?: (line: string) => void } = {},
+): Promise<{ connection: NativeConnection; namespace: string }> {
   const { connectionOptions, namespace } = temporalConnectConfig();
-  return { connection: await NativeConnection.connect(connectionOptions), namespace };
+  const waitS = opts.waitS ?? Number(Deno.env.get("CM2_TEMPORAL_WAIT_S") ?? 120);
+  const log = opts.log ?? ((line: string) => console.error(line));
+  const deadline = Date.now() + waitS * 1000;
+  for (let attempt = 0, delay = 250;; attempt++, delay = Math.min(delay * 2, 5_000)) {
+    try {
+      return { connection: await NativeConnection.connect(connectionOptions), namespace };
+    } catch (err) {
+      if (Date.now() + delay > deadline) throw err;
+      if (attempt === 0) {
+        log(
+          `Temporal at ${connectionOptions.address} is not reachable (${
+            (err as Error).message.slice(0, 120)
+          }); ` +
+            `waiting up to ${waitS} s`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
 }
 
 /** The Web UI base URL: `CM2_TEMPORAL_UI` or the embedded server's. */
