@@ -26,6 +26,7 @@ import { registerDataCommands } from "./cli/data.ts";
 import { registerDoctorCommand } from "./cli/doctor.ts";
 import { registerLabelCommands } from "./cli/label.ts";
 import { registerRunCommands } from "./cli/run.ts";
+import { registerSftCommands } from "./cli/sft.ts";
 import { registerStoreCommands } from "./cli/store.ts";
 
 /** The whole command line: each group lives in its own file under `cli/`. */
@@ -37,6 +38,7 @@ export function buildProgram(): Command {
   registerDataCommands(program);
   registerRunCommands(program);
   registerLabelCommands(program);
+  registerSftCommands(program);
   registerStoreCommands(program);
   registerDoctorCommand(program);
   return program;

@@ -155,5 +155,31 @@ export function createDatasetActivities(deps: DatasetDeps) {
       const valCount = Math.min(spec.heldOut, Math.max(0, manifest.count - 1));
       return { datasetRef: ref, trainCount: manifest.count - valCount, valCount, summary };
     },
+
+    /**
+     * Resolves the SFT datasets of a config (`sft.dataset`, `sft.heldOut`) to their manifests in the store.
+     * A missing one is a non-retryable error naming it and the import command.
+     */
+    async sftPrepare(input: { config: RunConfig }): Promise<{
+      dataset: Ref;
+      heldOut: Ref | null;
+      count: number;
+      heldOutCount: number;
+    }> {
+      const resolve = async (field: string, name: string) => {
+        const ref = await namedDataset(store, name.slice("datasets/".length));
+        if (!ref) {
+          throw ApplicationFailure.nonRetryable(
+            `sft.${field} names ${name}, which is not in the store ${store.url}: import it with ` +
+              "`cm2 data import` or make it with `cm2 data split`",
+            "InvalidInput",
+          );
+        }
+        return { ref, count: (await loadManifest(store, ref)).count };
+      };
+      const ds = await resolve("dataset", input.config.sft.dataset);
+      const held = input.config.sft.heldOut ? await resolve("heldOut", input.config.sft.heldOut) : null;
+      return { dataset: ds.ref, heldOut: held?.ref ?? null, count: ds.count, heldOutCount: held?.count ?? 0 };
+    },
   };
 }

@@ -17,7 +17,8 @@ import { type ArtifactStore, getJson, type Ref } from "../store/mod.ts";
 /** The model name rollouts ask for at a policy version (vLLM/SGLang serve adapters by name). */
 export function policyModelName(config: RunConfig, version: number): string {
   const api = config.models.policy.adapterApi;
-  return version > 0 && (api === "vllm" || api === "sglang")
+  // with `trainer.init` even version 0 is an adapter (the SFT one)
+  return (version > 0 || config.trainer.init !== undefined) && (api === "vllm" || api === "sglang")
     ? `${config.name}-v${version}`
     : config.models.policy.model;
 }
@@ -64,6 +65,39 @@ export function createPolicyActivities(deps: { store: ArtifactStore; cached: Cac
   const adapterDir = adapterDirOf(store, deps.root);
   const cfg = (ref: Ref) => cached.memo<RunConfig>(ref);
   return {
+    /**
+     * Resolves `trainer.init` (a store name such as `sft/<run>/final`) to its SFT checkpoint manifest and checks
+     * that an RL run can start from it: a LoRA SFT of the same base with the same LoRA shape. Every mismatch is
+     * a non-retryable error naming both values.
+     */
+    async resolveInit(input: { configRef: Ref }): Promise<{ init: Ref }> {
+      const config = await cfg(input.configRef);
+      const name = config.trainer.init!;
+      const bad = (message: string) =>
+        ApplicationFailure.nonRetryable(`trainer.init ${name}: ${message}`, "InvalidInput");
+      const ref = await store.getName(name);
+      if (!ref) throw bad(`no such name in the store ${store.url} (run \`cm2 sft\` first)`);
+      const m = await getJson<Record<string, unknown>>(store, ref);
+      if (m.schema !== "cm2.sft-checkpoint/v1") {
+        throw bad(`is a ${String(m.schema)}, expected cm2.sft-checkpoint/v1`);
+      }
+      if (m.finetune !== "lora") {
+        throw bad("is a full fine-tune; use its weights as trainer.base (kind hf, a directory) instead");
+      }
+      const base = JSON.stringify(m.base);
+      if (base !== JSON.stringify(config.trainer.base)) {
+        throw bad(`was trained on base ${base}, trainer.base is ${JSON.stringify(config.trainer.base)}`);
+      }
+      const sft = (m.sft ?? {}) as { loraRank?: number; loraAlpha?: number };
+      if (sft.loraRank !== config.trainer.loraRank || sft.loraAlpha !== config.trainer.loraAlpha) {
+        throw bad(
+          `has LoRA rank ${sft.loraRank} alpha ${sft.loraAlpha}; trainer.loraRank/loraAlpha are ` +
+            `${config.trainer.loraRank}/${config.trainer.loraAlpha}`,
+        );
+      }
+      return { init: ref };
+    },
+
     /**
      * Makes a checkpoint live on the policy server and verifies it before the next rollouts (see
      * `adapterApi` in core/config.ts). Returns the version and the model name rollouts must ask for.

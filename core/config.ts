@@ -169,6 +169,40 @@ export const TrainerSchema = z.object({
   rolloutIsCap: z.number().positive().nullable().default(2),
   /** Rollout correction veto: drop a trajectory with any token weight below this (released run: 1e-4; 0: off). */
   rolloutIsVeto: z.number().min(0).lt(1).default(1e-4),
+  /**
+   * Start RL from a cold-start SFT checkpoint (LoRA): its store name (`sft/<run>/final`) or ref URI. The policy
+   * starts as the SFT model, which is also the KL reference (as in the paper).
+   */
+  init: z.string().min(1).optional(),
+}).strict().prefault({});
+
+/**
+ * Cold-start SFT (`cm2 sft`): trained by the Python trainer on the assistant tokens of the reference
+ * trajectories. Defaults are pinned to `tests/contracts/sft_defaults.json` (the trainer's `SftConfig` too).
+ */
+export const SftSchema = z.object({
+  /** The training records: `datasets/<name>` in the store (e.g. `datasets/<prefix>-sft` of `cm2 data split`). */
+  dataset: z.string().regex(/^datasets\/./, "must be datasets/<name>").default("datasets/sample-sft"),
+  /** Held-out records for the held-out loss at each checkpoint; unset: none. */
+  heldOut: z.string().regex(/^datasets\/./, "must be datasets/<name>").optional(),
+  /** LoRA learning rate: 10× the released SFT's full fine-tuning 1e-5 (docs/decisions.md). */
+  lr: z.number().positive().default(1e-4),
+  epochs: z.number().int().positive().default(2),
+  /** Samples per optimizer step. */
+  batchSize: z.number().int().positive().default(8),
+  /** Stop after this many optimizer steps (0: run every epoch). */
+  maxSteps: z.number().int().min(0).default(0),
+  /** A checkpoint (and a held-out loss) every this many steps, and at the end; a killed run resumes there. */
+  checkpointEvery: z.number().int().positive().default(50),
+  finetune: z.enum(["lora", "full"]).default("lora"),
+  loraRank: z.number().int().positive().default(8),
+  loraAlpha: z.number().positive().default(16),
+  /** Samples longer than this many tokens are skipped (and counted). */
+  maxTokens: z.number().int().positive().default(12_000),
+  seed: z.number().int().default(0),
+  warmupRatio: z.number().min(0).lt(1).default(0.1),
+  schedule: z.enum(["cosine", "constant"]).default("cosine"),
+  maxGradNorm: z.number().positive().default(1),
 }).strict().prefault({});
 
 /** Checklist labeling (`cm2 label`); command-line flags override these. */
@@ -227,6 +261,7 @@ export const RunConfigSchema = z.object({
   }).strict().prefault({}),
   cm2: Cm2Schema,
   trainer: TrainerSchema,
+  sft: SftSchema,
   store: StoreSchema,
   temporal: z.object({ taskQueue: z.string().default(ORCHESTRATOR_QUEUE) }).strict().prefault({}),
   labeling: LabelingSchema,

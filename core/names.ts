@@ -24,8 +24,9 @@ export const WIRE_NAMES = WIRE;
 export const ORCHESTRATOR_QUEUE: string = WIRE.taskQueues.orchestrator;
 /** Default task queue of the Python trainer worker. */
 export const TRAINER_QUEUE: string = WIRE.taskQueues.trainer;
-/** The trainer worker's activity. */
+/** The trainer worker's activities. */
 export const UPDATE_POLICY_ACTIVITY: string = WIRE.activities.updatePolicy;
+export const SFT_TRAIN_ACTIVITY: string = WIRE.activities.sftTrain;
 
 /** Readable, deterministic workflow ids: `run/<name>`, `run/<name>/it-<n>`, `…/task-<k>/ep-<g>`. */
 export const workflowIds = {
@@ -37,6 +38,7 @@ export const workflowIds = {
   group: (name: string, iteration: number, task: number, kind = "it") =>
     fillName(WIRE.workflowIds.group, { name, kind, iteration, task }),
   label: (out: string) => fillName(WIRE.workflowIds.label, { out }),
+  sft: (name: string) => fillName(WIRE.workflowIds.sft, { name }),
 };
 
 /** Store-name formats of a run's artifacts. */
@@ -47,6 +49,8 @@ export const storeNames = {
     fillName(WIRE.storeNames.metrics, { run, kind, iteration }),
   group: (run: string, kind: string, iteration: number, task: number) =>
     fillName(WIRE.storeNames.group, { run, kind, iteration, task }),
+  sftCheckpoint: (run: string, step: number) => fillName(WIRE.storeNames.sftCheckpoint, { run, step }),
+  sftFinal: (run: string) => fillName(WIRE.storeNames.sftFinal, { run }),
 };
 
 /** Custom search attributes of cm2 runs (registered on the embedded dev server). */

@@ -37,6 +37,8 @@ export const UpdateRequestSchema = z.object({
   /** The store's URL (`file:///…` or `s3://…`); the trainer opens it with `open_store`. */
   storeUrl: z.string().min(1),
   trainer: TrainerParamsSchema,
+  /** An SFT checkpoint (`cm2.sft-checkpoint/v1`, LoRA) the policy starts from and the KL reference is. */
+  init: RefSchema.nullable().optional(),
 });
 
 /** Metrics of one update. */
@@ -104,9 +106,55 @@ export type UpdateMetrics = z.infer<typeof UpdateMetricsSchema>;
 export type BatchSample = z.infer<typeof BatchSampleSchema>;
 export type Batch = z.infer<typeof BatchSchema>;
 
+/** The SFT settings on the wire (`sft` of the run config, less the dataset names). */
+export const SftParamsSchema = z.object({
+  lr: z.number().positive(),
+  epochs: z.number().int().positive(),
+  batchSize: z.number().int().positive(),
+  maxSteps: z.number().int().min(0),
+  checkpointEvery: z.number().int().positive(),
+  finetune: z.enum(["lora", "full"]),
+  loraRank: z.number().int().positive(),
+  loraAlpha: z.number().positive(),
+  maxTokens: z.number().int().positive(),
+  seed: z.number().int(),
+  warmupRatio: z.number().min(0).lt(1),
+  schedule: z.enum(["cosine", "constant"]),
+  maxGradNorm: z.number().positive(),
+});
+
+/** Input of `sftTrain`. */
+export const SftRequestSchema = z.object({
+  runId: z.string().min(1),
+  dataset: RefSchema,
+  heldOut: RefSchema.nullable(),
+  base: z.object({ kind: z.enum(["hf", "gguf"]), path: z.string().min(1) }),
+  storeUrl: z.string().min(1),
+  sft: SftParamsSchema,
+});
+
+/** Output of `sftTrain`: the final checkpoint and one loss line per checkpoint. */
+export const SftResultSchema = z.object({
+  runId: z.string(),
+  steps: z.number().int().min(0),
+  checkpoint: RefSchema,
+  reused: z.boolean(),
+  history: z.array(z.object({
+    step: z.number().int().min(0),
+    loss: z.number().nullable(),
+    heldOutLoss: z.number().nullable(),
+  })),
+  skipped: z.object({ tooLong: z.number().int().min(0), noLossToken: z.number().int().min(0) }),
+});
+
+export type SftParams = z.infer<typeof SftParamsSchema>;
+export type SftRequest = z.infer<typeof SftRequestSchema>;
+export type SftResult = z.infer<typeof SftResultSchema>;
+
 /** The trainer worker's activities, as workflows see them. */
 export interface TrainerActivities {
   updatePolicy(req: UpdateRequest): Promise<UpdateResult>;
+  sftTrain(req: SftRequest): Promise<SftResult>;
 }
 
 /** The checkpoint manifest a checkpoint ref points at (`runs/<run>/checkpoints/it-<n>` names it). */

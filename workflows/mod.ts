@@ -8,3 +8,4 @@ export { smokeWorkflow } from "./smoke.ts";
 export { episodeWorkflow, taskGroupWorkflow } from "./episode.ts";
 export { iterationWorkflow, trainingRun } from "./training.ts";
 export { labelDataset } from "./labeling.ts";
+export { sftRun } from "./sft.ts";

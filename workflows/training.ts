@@ -58,6 +58,8 @@ export interface IterationInput {
   policyVersion: number;
   /** Validation pass: roll out and score held-out records, no update. */
   validation?: boolean;
+  /** The SFT checkpoint the policy started from (`trainer.init`): the KL reference of the update. */
+  init?: Ref;
 }
 
 /** One line of metrics per iteration; small, kept in the run state and search attributes. */
@@ -258,6 +260,7 @@ async function updateAndPublish(
     parent: input.parent,
     storeUrl: input.storeUrl ?? config.store.url,
     trainer: { ...hyperparamsOf(config), seed: config.cm2.seed + iteration },
+    ...(input.init ? { init: input.init } : {}),
   });
   progress.phase = "publish";
   const published = await publish.publishPolicy({
@@ -289,6 +292,8 @@ export interface TrainingRunState {
   valCount: number;
   /** What dataset preparation kept and left out (absent in runs started before it was counted). */
   dataset?: DatasetSummary;
+  /** The SFT checkpoint of `trainer.init`, once resolved and served as version 0. */
+  init?: Ref;
   iteration: number;
   policyVersion: number;
   checkpoint: Ref | null;
@@ -457,6 +462,14 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
     view.phase = "running";
   }
   upsertSearchAttributes({ Cm2RunName: [name], Cm2Status: ["running"] });
+  if (state.config.trainer.init !== undefined && !state.init) {
+    // RL from a cold-start SFT: its adapter is the policy before the first update (served as version 0) and
+    // the KL reference of every update.
+    const { configRef } = await store.putConfig({ config: state.config });
+    const { init } = await store.resolveInit({ configRef });
+    if (state.checkpoint === null) await publish.publishPolicy({ configRef, checkpoint: init, version: 0 });
+    state.init = init;
+  }
 
   let sinceStart = 0;
   while (state.iteration < state.config.cm2.iterations && !state.stopRequested) {
@@ -478,6 +491,7 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       datasetRef: state.datasetRef!,
       trainCount: state.trainCount,
       valCount: state.valCount,
+      ...(state.init ? { init: state.init } : {}),
     };
     const ve = state.config.cm2.validationEvery;
     if (ve > 0 && it % ve === 0 && state.valCount > 0) {
