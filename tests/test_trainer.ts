@@ -22,7 +22,7 @@ import {
 /** What the test trainer saw. */
 export interface TestTrainerLog {
   /** Every call, including retries. */
-  calls: { runId: string; iteration: number; reused: boolean }[];
+  calls: { runId: string; iteration: number; reused: boolean; init?: string }[];
   /** Updates actually applied, per `run/iteration`. */
   applied: Map<string, number>;
 }
@@ -64,7 +64,12 @@ export function createTestTrainer(
         const meanAdv = batch.samples.flatMap((s) => s.advantages.map((a) => a.advantage));
         const key = `${req.runId}/${req.iteration}`;
         log.applied.set(key, (log.applied.get(key) ?? 0) + 1);
-        log.calls.push({ runId: req.runId, iteration: req.iteration, reused: false });
+        log.calls.push({
+          runId: req.runId,
+          iteration: req.iteration,
+          reused: false,
+          ...(req.init ? { init: req.init.uri } : {}),
+        });
         const adapter = await putJson(store, {
           fake: "adapter",
           parent: req.parent,

@@ -124,3 +124,89 @@ for (const api of ["vllm", "sglang"] as const) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "trainer.init starts RL from an SFT checkpoint: served as v0, sent with every update; a mismatch is named",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const { putJson } = await import("../../store/mod.ts");
+    const temporal = await useTemporal();
+    const stack = await trainingStack(temporal.address);
+    const stop = await stack.startWorkers();
+    try {
+      const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
+        iterations: 2,
+        tasksPerIteration: 1,
+        groupSize: 2,
+      }, `init-${crypto.randomUUID().slice(0, 6)}`);
+      config.models.policy.adapterApi = "vllm";
+      // an SFT checkpoint as the trainer writes it (`cm2.sft-checkpoint/v1`, LoRA, same base and shape)
+      const adapter = await putJson(stack.store, { fake: "sft adapter" });
+      const manifest = await putJson(stack.store, {
+        schema: "cm2.sft-checkpoint/v1",
+        runId: "warm",
+        step: 10,
+        steps: 10,
+        base: config.trainer.base,
+        finetune: "lora",
+        files: { "adapter.json": adapter },
+        metrics: { loss: 0.5, heldOutLoss: null },
+        sft: { loraRank: config.trainer.loraRank, loraAlpha: config.trainer.loraAlpha },
+        createdAt: new Date().toISOString(),
+      });
+      await stack.store.setName("sft/warm/final", manifest);
+      config.trainer.init = "sft/warm/final";
+      const result = await stack.client.workflow.execute(trainingRun, {
+        taskQueue: stack.taskQueue,
+        workflowId: workflowIds.run(config.name),
+        args: [{ config }],
+      });
+      assert.equal(result.policyVersion, 2);
+      // the SFT adapter goes live first, as version 0, and iteration 0's rollouts use it
+      assert.deepEqual(stack.server.loraLoads.map((l) => l.name), [
+        `${config.name}-v0`,
+        `${config.name}-v1`,
+        `${config.name}-v2`,
+      ]);
+      assert.ok(
+        (stack.server.countBy()[`${config.name}-v0`] ?? 0) > 0,
+        JSON.stringify(stack.server.countBy()),
+      );
+      // every update carries the SFT checkpoint: the trainer's KL reference
+      const updates = stack.trainerLog.calls.filter((c) => c.runId === config.name && !c.reused);
+      assert.deepEqual(updates.map((c) => c.init), [manifest.uri, manifest.uri]);
+
+      // a checkpoint of another LoRA shape is refused before any rollout, naming both values
+      const other = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
+        iterations: 1,
+        tasksPerIteration: 1,
+        groupSize: 2,
+      }, `init-bad-${crypto.randomUUID().slice(0, 6)}`);
+      other.trainer.init = "sft/warm/final";
+      other.trainer.loraRank = config.trainer.loraRank * 2;
+      await assert.rejects(
+        stack.client.workflow.execute(trainingRun, {
+          taskQueue: stack.taskQueue,
+          workflowId: workflowIds.run(other.name),
+          args: [{ config: other }],
+        }),
+        (err: Error) => {
+          const text = `${err.message} ${(err.cause as Error | undefined)?.message ?? ""} ${
+            ((err.cause as Error | undefined)?.cause as Error | undefined)?.message ?? ""
+          }`;
+          assert.match(
+            text,
+            /trainer\.init sft\/warm\/final: has LoRA rank 8 alpha 16; trainer\.loraRank\/loraAlpha are 16\/16/,
+          );
+          return true;
+        },
+      );
+    } finally {
+      await stop();
+      await stack.close();
+      await temporal.release();
+    }
+  },
+});
