@@ -27,6 +27,7 @@ import { registerDoctorCommand } from "./cli/doctor.ts";
 import { registerLabelCommands } from "./cli/label.ts";
 import { registerRunCommands } from "./cli/run.ts";
 import { registerSftCommands } from "./cli/sft.ts";
+import { registerPipelineCommands } from "./cli/pipeline.ts";
 import { registerStoreCommands } from "./cli/store.ts";
 
 /** The whole command line: each group lives in its own file under `cli/`. */
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerRunCommands(program);
   registerLabelCommands(program);
   registerSftCommands(program);
+  registerPipelineCommands(program);
   registerStoreCommands(program);
   registerDoctorCommand(program);
   return program;

@@ -39,6 +39,7 @@ export const workflowIds = {
     fillName(WIRE.workflowIds.group, { name, kind, iteration, task }),
   label: (out: string) => fillName(WIRE.workflowIds.label, { out }),
   sft: (name: string) => fillName(WIRE.workflowIds.sft, { name }),
+  pipeline: (name: string) => fillName(WIRE.workflowIds.pipeline, { name }),
 };
 
 /** Store-name formats of a run's artifacts. */

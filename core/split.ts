@@ -34,7 +34,9 @@ export interface SplitRules {
 }
 
 /** The rules with defaults applied; throws on a negative or non-integer size. */
-export function resolveSplitRules(rules: Partial<SplitRules> = {}): SplitRules {
+export function resolveSplitRules(
+  rules: { [K in keyof SplitRules]?: SplitRules[K] | undefined } = {},
+): SplitRules {
   const out: SplitRules = {
     minTurns: 2,
     minTools: 2,

@@ -13,6 +13,10 @@ import {
   BatchSchema,
   type CheckpointManifest,
   CheckpointManifestSchema,
+  type SftRequest,
+  SftRequestSchema,
+  type SftResult,
+  SftResultSchema,
   type UpdateRequest,
   UpdateRequestSchema,
   type UpdateResult,
@@ -23,6 +27,8 @@ import {
 export interface TestTrainerLog {
   /** Every call, including retries. */
   calls: { runId: string; iteration: number; reused: boolean; init?: string }[];
+  /** Every `sftTrain` call: the run and the dataset manifests it got. */
+  sftCalls?: { runId: string; dataset: string; heldOut: string | null; reused: boolean }[];
   /** Updates actually applied, per `run/iteration`. */
   applied: Map<string, number>;
 }
@@ -43,6 +49,46 @@ export function createTestTrainer(
   return {
     log,
     activities: {
+      /** SFT without a model: one fake LoRA checkpoint named `sft/<run>/final`, first writer wins. */
+      async sftTrain(raw: SftRequest): Promise<SftResult> {
+        const req = SftRequestSchema.parse(raw);
+        const final = `sft/${req.runId}/final`;
+        const existing = await store.getName(final);
+        (log.sftCalls ??= []).push({
+          runId: req.runId,
+          dataset: req.dataset.uri,
+          heldOut: req.heldOut?.uri ?? null,
+          reused: existing !== undefined,
+        });
+        const steps = Math.max(1, req.sft.maxSteps);
+        const history = [{ step: steps, loss: 1, heldOutLoss: req.heldOut ? 1.5 : null }];
+        if (!existing) {
+          const manifest = await putJson(store, {
+            schema: "cm2.sft-checkpoint/v1",
+            runId: req.runId,
+            step: steps,
+            steps,
+            base: req.base,
+            dataset: req.dataset,
+            heldOut: req.heldOut,
+            finetune: req.sft.finetune,
+            files: { "adapter.json": await putJson(store, { fake: "sft adapter", run: req.runId }) },
+            metrics: history[0],
+            sft: req.sft,
+            createdAt: new Date().toISOString(),
+          });
+          await store.setNameIfAbsent(final, manifest);
+        }
+        const checkpoint = (await store.getName(final))!;
+        return SftResultSchema.parse({
+          runId: req.runId,
+          steps,
+          checkpoint,
+          reused: existing !== undefined,
+          history,
+          skipped: { tooLong: 0, noLossToken: 0 },
+        });
+      },
       async updatePolicy(raw: UpdateRequest): Promise<UpdateResult> {
         const req = UpdateRequestSchema.parse(raw);
         const name = `runs/${req.runId}/checkpoints/it-${req.iteration}`;

@@ -9,3 +9,4 @@ export { episodeWorkflow, taskGroupWorkflow } from "./episode.ts";
 export { iterationWorkflow, trainingRun } from "./training.ts";
 export { labelDataset } from "./labeling.ts";
 export { sftRun } from "./sft.ts";
+export { pipelineRun } from "./pipeline.ts";

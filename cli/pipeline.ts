@@ -1,0 +1,95 @@
+/**
+ * `cm2 pipeline <recipe.json>`: starts (or attaches to) the durable pipeline `pipeline/<name>` and prints each
+ * stage as it finishes; `--detach` returns at once. A re-run of a finished or failed pipeline skips the stages
+ * it already finished.
+ *
+ * @module
+ */
+import { WorkflowNotFoundError } from "@temporalio/client";
+import type { Command } from "commander";
+import { ConfigError, loadRunConfig } from "../config.ts";
+import { workflowIds } from "../core/names.ts";
+import { parsePipelineRecipe } from "../core/pipeline.ts";
+import { pipelineRun, type PipelineStatus, pipelineStatusQuery } from "../workflows/pipeline.ts";
+import { fail, readText, withClient, workflowLink } from "./common.ts";
+
+/** One line per finished stage. */
+function stageLine(status: PipelineStatus, k: number): string {
+  const s = status.stages[k]!;
+  return `[${k + 1}/${status.stages.length}] ${s.stage}: ${s.result?.summary ?? s.status}${
+    s.result?.dataset ? ` → ${s.result.dataset}` : ""
+  }`;
+}
+
+/** Registers `cm2 pipeline`. */
+export function registerPipelineCommands(program: Command): void {
+  program.command("pipeline")
+    .argument("<recipe>", "pipeline recipe (JSON): name, input, config, stages")
+    .option("--detach", "start it and return without watching")
+    .description(
+      "run CM2's stages (filter, split, label, sft, rl) in order as one durable workflow pipeline/<name>, " +
+        "each stage's output feeding the next; finished stages are skipped on a re-run",
+    )
+    .action(async (file: string, opts: { detach?: boolean }) => {
+      let raw: unknown;
+      try {
+        raw = JSON.parse(await readText(file));
+      } catch (err) {
+        fail(`${file}: ${(err as Error).message}`);
+      }
+      const parsed = parsePipelineRecipe(raw);
+      if (!parsed.ok) fail(`${file} is not a valid recipe:\n  ${parsed.issues.join("\n  ")}`);
+      const recipe = parsed.recipe;
+      let config;
+      try {
+        config = await loadRunConfig(recipe.config);
+      } catch (err) {
+        if (err instanceof ConfigError) fail(err.message);
+        throw err;
+      }
+      const id = workflowIds.pipeline(recipe.name);
+      await withClient(async ({ client }) => {
+        const handle = client.workflow.getHandle(id);
+        const running = await handle.describe().then((d) => d.status.name === "RUNNING", (err) => {
+          if (err instanceof WorkflowNotFoundError) return false;
+          throw err;
+        });
+        if (running) console.error(`attached to running ${id}`);
+        else {
+          await client.workflow.start(pipelineRun, {
+            taskQueue: config.temporal.taskQueue,
+            workflowId: id,
+            args: [{ recipe, config }],
+          });
+          console.error(`started ${id}; Web UI: ${workflowLink(id)}`);
+        }
+        if (opts.detach) return;
+        let printed = 0;
+        let error: Error | undefined;
+        let ended = false;
+        const finished = handle.result().then(() => (ended = true), (err) => {
+          error = err as Error;
+          ended = true;
+        });
+        for (;;) {
+          const s = await client.connection.withDeadline(
+            Date.now() + 2_000,
+            () => handle.query(pipelineStatusQuery),
+          )
+            .catch(() => undefined);
+          while (s && printed < s.stages.length && s.stages[printed]!.status === "done") {
+            console.log(stageLine(s, printed++));
+          }
+          if (ended) break;
+          let tick: ReturnType<typeof setTimeout> | undefined;
+          await Promise.race([finished, new Promise((r) => (tick = setTimeout(r, 1000)))]);
+          clearTimeout(tick);
+        }
+        if (error) {
+          const cause = (error as { cause?: Error }).cause;
+          fail(`pipeline ${id} failed: ${cause?.message ?? error.message}`);
+        }
+        console.log(`pipeline ${recipe.name} done`);
+      });
+    });
+}

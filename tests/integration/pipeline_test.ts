@@ -1,0 +1,120 @@
+/**
+ * `pipelineRun` on the real Temporal dev server with the scripted models and the test trainer: the sample data
+ * goes through import, rule filter, split, SFT and RL, each stage's output feeding the next; the pipeline
+ * survives its workers being stopped and started again mid-run, and a re-run skips every finished stage.
+ */
+import assert from "node:assert/strict";
+import { workflowIds } from "../../core/names.ts";
+import { parsePipelineRecipe } from "../../core/pipeline.ts";
+import { datasetRef, loadManifest } from "../../store/datasets.ts";
+import { pipelineRun, pipelineStatusQuery } from "../../workflows/pipeline.ts";
+import { useTemporal } from "../harness/temporal.ts";
+import { scriptedConfig, trainingStack } from "../harness/training.ts";
+
+Deno.test({
+  name:
+    "a pipeline runs filter → split → sft → rl on the sample data, survives a worker restart, re-runs for free",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const temporal = await useTemporal();
+    const stack = await trainingStack(temporal.address);
+    let stop = await stack.startWorkers();
+    try {
+      const name = `pipe-${crypto.randomUUID().slice(0, 6)}`;
+      const parsed = parsePipelineRecipe({
+        name,
+        input: "data/sample/tooltalk_sample.jsonl",
+        stages: [
+          { stage: "filter" },
+          { stage: "split", heldOut: 2, rl: 4 },
+          { stage: "sft" },
+          { stage: "rl" },
+        ],
+      });
+      assert.ok(parsed.ok, JSON.stringify(parsed));
+      const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
+        iterations: 1,
+        tasksPerIteration: 1,
+        groupSize: 2,
+      }, name);
+      const handle = await stack.client.workflow.start(pipelineRun, {
+        taskQueue: stack.taskQueue,
+        workflowId: workflowIds.pipeline(name),
+        args: [{ recipe: parsed.recipe, config }],
+      });
+      // stop the workers once the RL run has started, then start them again: the pipeline carries on
+      for (let i = 0; i < 600; i++) {
+        const s = await handle.query(pipelineStatusQuery);
+        if (s.stages.at(-1)!.status === "running") break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await stop();
+      stop = await stack.startWorkers();
+      const results = await handle.result();
+      assert.deepEqual(results.map((r) => r.stage), ["import", "filter", "split", "sft", "rl"]);
+      assert.equal(results[0]!.dataset, `datasets/${name}-raw`);
+      assert.equal(results[1]!.dataset, `datasets/${name}-filtered`);
+      assert.deepEqual(results[2]!.split, {
+        sft: `datasets/${name}-sft`,
+        rl: `datasets/${name}-rl`,
+        heldOut: `datasets/${name}-heldout`,
+        heldOutCount: 2,
+      });
+      // SFT trained on the split's SFT part with its held-out part; RL started from the SFT checkpoint
+      const sftRef = await datasetRef(stack.store, `${name}-sft`);
+      const heldRef = await datasetRef(stack.store, `${name}-heldout`);
+      const sftCalls = (stack.trainerLog.sftCalls ?? []).filter((c) => c.runId === name);
+      assert.deepEqual(sftCalls.map((c) => [c.dataset, c.heldOut]), [[sftRef!.uri, heldRef!.uri]]);
+      const final = await stack.store.getName(`sft/${name}/final`);
+      const updates = stack.trainerLog.calls.filter((c) => c.runId === name && !c.reused);
+      assert.deepEqual(updates.map((c) => c.init), [final!.uri]);
+      // the RL run trained on the RL part (its held-out records at the end)
+      const rl = await loadManifest(stack.store, (await datasetRef(stack.store, `${name}-rl`))!);
+      assert.equal(rl.count, 6);
+      assert.match(results[4]!.summary, /1 iterations, policy v1/);
+
+      // a re-run skips every finished stage: no SFT or update call, the same results
+      const calls = stack.trainerLog.calls.length + (stack.trainerLog.sftCalls?.length ?? 0);
+      const again = await stack.client.workflow.execute(pipelineRun, {
+        taskQueue: stack.taskQueue,
+        workflowId: workflowIds.pipeline(name),
+        args: [{ recipe: parsed.recipe, config }],
+      });
+      assert.deepEqual(again, results);
+      assert.equal(stack.trainerLog.calls.length + (stack.trainerLog.sftCalls?.length ?? 0), calls);
+    } finally {
+      await stop();
+      await stack.close();
+      await temporal.release();
+    }
+  },
+});
+
+Deno.test("pipeline recipes are checked: unknown stages, order and repeats are named", () => {
+  const bad = parsePipelineRecipe({
+    name: "x",
+    input: "data.jsonl",
+    stages: [{ stage: "sft" }, { stage: "split" }, { stage: "split" }, { stage: "dance" }],
+  });
+  assert.ok(!bad.ok);
+  const text = bad.issues.join("\n");
+  assert.match(text, /stages\.3\.stage: /);
+  const order = parsePipelineRecipe({
+    name: "x",
+    input: "d",
+    stages: [{ stage: "sft" }, { stage: "split" }],
+  });
+  assert.ok(!order.ok);
+  assert.match(order.issues.join("\n"), /stages\.0: stage sft must come after split/);
+  const twice = parsePipelineRecipe({
+    name: "x",
+    input: "d",
+    stages: [{ stage: "filter" }, { stage: "filter" }],
+  });
+  assert.ok(!twice.ok);
+  assert.match(twice.issues.join("\n"), /stages\.1: stage filter appears twice/);
+  const lone = parsePipelineRecipe({ name: "x", input: "d", stages: [{ stage: "sft" }] });
+  assert.ok(!lone.ok);
+  assert.match(lone.issues.join("\n"), /stage sft needs a split stage before it/);
+});
