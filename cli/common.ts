@@ -5,7 +5,9 @@
  */
 import { InvalidArgumentError } from "commander";
 import * as fs from "node:fs/promises";
-import { connectClient, ROOT, temporalAddress, webUiUrl } from "../config.ts";
+import { type Client, type WorkflowHandle, WorkflowNotFoundError } from "@temporalio/client";
+import { ConfigError, connectClient, loadRunConfig, ROOT, temporalAddress, webUiUrl } from "../config.ts";
+import type { RunConfig } from "../core/config.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 import { openStore } from "../store/open.ts";
 
@@ -64,4 +66,36 @@ export async function withClient<T>(
 /** The Web UI link of a workflow. */
 export function workflowLink(id: string): string {
   return `${webUiUrl()}/namespaces/default/workflows/${encodeURIComponent(id)}`;
+}
+
+/** Loads a run config for a command, or fails with its issues in one message. */
+export async function configOrFail(file?: string): Promise<RunConfig> {
+  try {
+    return await loadRunConfig(file);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
+/**
+ * Attaches to workflow `id` when it is running, else starts it with `start`; says which on stderr (with the
+ * Web UI link of a new one). Returns its handle.
+ */
+export async function startOrAttach(
+  client: Client,
+  id: string,
+  start: () => Promise<unknown>,
+): Promise<WorkflowHandle> {
+  const handle = client.workflow.getHandle(id);
+  const running = await handle.describe().then((d) => d.status.name === "RUNNING", (err) => {
+    if (err instanceof WorkflowNotFoundError) return false;
+    throw err;
+  });
+  if (running) console.error(`attached to running ${id}`);
+  else {
+    await start();
+    console.error(`started ${id}; Web UI: ${workflowLink(id)}`);
+  }
+  return handle;
 }

@@ -6,9 +6,9 @@
  */
 import type { Command } from "commander";
 import { configSummary, redactedConfig } from "../core/config.ts";
-import { ConfigError, loadRunConfig, ROOT } from "../config.ts";
+import { ROOT } from "../config.ts";
 import { runnableFindings } from "./config_runnable.ts";
-import { fail } from "./common.ts";
+import { configOrFail, fail } from "./common.ts";
 
 /** Registers `cm2 config`. */
 export function registerConfigCommands(program: Command): void {
@@ -16,13 +16,7 @@ export function registerConfigCommands(program: Command): void {
   config.command("check").argument("<file>", "run config (JSON)").description(
     "validate a config; print it resolved with secrets redacted, or every error with its path and value",
   ).action(async (file: string) => {
-    let cfg;
-    try {
-      cfg = await loadRunConfig(file);
-    } catch (err) {
-      if (err instanceof ConfigError) fail(err.message);
-      throw err;
-    }
+    const cfg = await configOrFail(file);
     console.log(JSON.stringify(redactedConfig(cfg, (n) => Deno.env.get(n)), null, 2));
     const findings = await runnableFindings(cfg, ROOT, (n) => Deno.env.get(n));
     for (const f of findings) console.error(`${f.level}: ${f.path}: ${f.message}`);

@@ -5,13 +5,11 @@
  *
  * @module
  */
-import { WorkflowNotFoundError } from "@temporalio/client";
 import type { Command } from "commander";
-import { ConfigError, loadRunConfig } from "../config.ts";
 import { workflowIds } from "../core/names.ts";
 import { parsePipelineRecipe } from "../core/pipeline.ts";
 import { pipelineRun, type PipelineStatus, pipelineStatusQuery } from "../workflows/pipeline.ts";
-import { fail, readText, withClient, workflowLink } from "./common.ts";
+import { configOrFail, fail, readText, startOrAttach, withClient } from "./common.ts";
 
 /** One line per finished stage. */
 function stageLine(status: PipelineStatus, k: number): string {
@@ -40,29 +38,15 @@ export function registerPipelineCommands(program: Command): void {
       const parsed = parsePipelineRecipe(raw);
       if (!parsed.ok) fail(`${file} is not a valid recipe:\n  ${parsed.issues.join("\n  ")}`);
       const recipe = parsed.recipe;
-      let config;
-      try {
-        config = await loadRunConfig(recipe.config);
-      } catch (err) {
-        if (err instanceof ConfigError) fail(err.message);
-        throw err;
-      }
+      const config = await configOrFail(recipe.config);
       const id = workflowIds.pipeline(recipe.name);
       await withClient(async ({ client }) => {
-        const handle = client.workflow.getHandle(id);
-        const running = await handle.describe().then((d) => d.status.name === "RUNNING", (err) => {
-          if (err instanceof WorkflowNotFoundError) return false;
-          throw err;
-        });
-        if (running) console.error(`attached to running ${id}`);
-        else {
-          await client.workflow.start(pipelineRun, {
+        const handle = await startOrAttach(client, id, () =>
+          client.workflow.start(pipelineRun, {
             taskQueue: config.temporal.taskQueue,
             workflowId: id,
             args: [{ recipe, config }],
-          });
-          console.error(`started ${id}; Web UI: ${workflowLink(id)}`);
-        }
+          }));
         if (opts.detach) return;
         let printed = 0;
         let error: Error | undefined;

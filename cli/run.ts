@@ -10,7 +10,6 @@ import type { Command } from "commander";
 import { configSummary, type RunConfig } from "../core/config.ts";
 import { workflowIds } from "../core/names.ts";
 import { describeDataset } from "../activities/dataset.ts";
-import { ConfigError, loadRunConfig } from "../config.ts";
 import { ORCHESTRATOR_QUEUE } from "../core/names.ts";
 import {
   iterationProgressQuery,
@@ -24,7 +23,7 @@ import {
   trainingRun,
   type TrainingRunResult,
 } from "../workflows/training.ts";
-import { fail, nonNegative, withClient, workflowLink } from "./common.ts";
+import { configOrFail, fail, nonNegative, withClient, workflowLink } from "./common.ts";
 
 /**
  * Starts the training run of `config` (workflow `run/<name>`) with its memo and search attributes; throws
@@ -122,13 +121,7 @@ export function registerRunCommands(program: Command): void {
     .option("--wait", "wait for the run to finish and print its result")
     .description("start a training run; prints the run id and the Web UI link")
     .action(async (file: string | undefined, opts: { taskQueue: string; wait?: boolean }) => {
-      let cfg;
-      try {
-        cfg = await loadRunConfig(file);
-      } catch (err) {
-        if (err instanceof ConfigError) fail(err.message);
-        throw err;
-      }
+      const cfg = await configOrFail(file);
       await withClient(async ({ client }) => {
         const id = workflowIds.run(cfg.name);
         try {

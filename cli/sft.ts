@@ -5,14 +5,13 @@
  *
  * @module
  */
-import { type Client, WorkflowNotFoundError } from "@temporalio/client";
+import type { Client } from "@temporalio/client";
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
-import { ConfigError, loadRunConfig } from "../config.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import type { SftResult } from "../core/trainer_contract.ts";
 import { sftRun } from "../workflows/sft.ts";
-import { fail, withClient, workflowLink } from "./common.ts";
+import { configOrFail, fail, startOrAttach, withClient } from "./common.ts";
 
 /** The step, total and loss the trainer last heartbeated, if the SFT activity is running. */
 async function heartbeatOf(
@@ -60,29 +59,15 @@ export function registerSftCommands(program: Command): void {
         "(checkpoints every sft.checkpointEvery steps; a killed trainer resumes from the last one)",
     )
     .action(async (file: string, opts: { detach?: boolean; taskQueue?: string }) => {
-      let config;
-      try {
-        config = await loadRunConfig(file);
-      } catch (err) {
-        if (err instanceof ConfigError) fail(err.message);
-        throw err;
-      }
+      const config = await configOrFail(file);
       const id = workflowIds.sft(config.name);
       await withClient(async ({ client }) => {
-        const handle = client.workflow.getHandle(id);
-        const running = await handle.describe().then((d) => d.status.name === "RUNNING", (err) => {
-          if (err instanceof WorkflowNotFoundError) return false;
-          throw err;
-        });
-        if (running) console.error(`attached to running ${id}`);
-        else {
-          await client.workflow.start(sftRun, {
+        const handle = await startOrAttach(client, id, () =>
+          client.workflow.start(sftRun, {
             taskQueue: opts.taskQueue ?? config.temporal.taskQueue,
             workflowId: id,
             args: [{ config }],
-          });
-          console.error(`started ${id}; Web UI: ${workflowLink(id)}`);
-        }
+          }));
         if (opts.detach) return;
         const bar = new cliProgress.SingleBar({
           format: "sft [{bar}] step {value}/{total} | loss {loss}",
