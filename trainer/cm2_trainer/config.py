@@ -175,3 +175,78 @@ def help_text() -> str:
         default = f.default if f.default is not dataclasses.MISSING else factory()
         lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+# -- cold-start SFT (`sftTrain`) --------------------------------------------------------------------------------
+FINETUNE_MODES = ("lora", "full")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class SftConfig:
+    """Hyperparameters of cold-start SFT, the one place their defaults live (tests/contracts/sft_defaults.json
+    pins them, and the TypeScript run config is pinned to the same file). Every field is on the wire
+    (`request.sft`, camelCase); the rest of the machinery (device, dtype, LoRA target modules, AdamW betas,
+    eps and weight decay, micro-batch size, gradient checkpointing) is the worker's `TrainerConfig`."""
+
+    lr: float = _f(
+        1e-4,
+        "Peak AdamW learning rate. The released CM2 SFT ran full fine-tuning at 1e-5; a LoRA adapter needs "
+        "about 10x a full fine-tune's rate (as the RL default, docs/decisions.md), so the default is 1e-4. "
+        "Use about 1e-5 with finetune 'full'.",
+    )
+    epochs: int = _f(2, "Passes over the training dataset; each epoch visits the samples in its own seeded order.")
+    batch_size: int = _f(8, "Samples per optimizer step (token-mean NLL over the step's samples).")
+    max_steps: int = _f(0, "Cap on optimizer steps (0 = no cap: ceil(samples * epochs / batchSize) steps).")
+    checkpoint_every: int = _f(50, "Write a resumable checkpoint every this many steps (and after the last).")
+    finetune: str = _f(
+        "lora",
+        "'lora': a peft LoRA adapter on the base (the RL trainer and the policy server load it as they load an RL "
+        "checkpoint); 'full': every weight is trained (use the result as the RL run's base).",
+    )
+    lora_rank: int = _f(8, "LoRA rank r (must equal the RL trainer's loraRank to start RL from this adapter).")
+    lora_alpha: float = _f(16, "LoRA alpha (scaling = alpha / rank; must equal the RL trainer's loraAlpha).")
+    max_tokens: int = _f(
+        12000,
+        "Samples whose rendering (cut after the last assistant token) is longer than this are skipped and counted.",
+    )
+    seed: int = _f(0, "Seed of the LoRA init and of each epoch's sample order.")
+    warmup_ratio: float = _f(0.1, "Share of the steps with a linear learning-rate warmup, in [0, 1).")
+    schedule: str = _f("cosine", "Learning rate after the warmup: 'cosine' decay towards 0, or 'constant'.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping by global L2 norm.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks; the message names the wire field (`sft.<camelCase>`) and the value."""
+
+        def need(cond: bool, name: str, why: str) -> None:
+            if not cond:
+                raise ValueError(f"{_camel(name)} is {getattr(self, name)!r}, expected {why}")
+
+        need(self.lr > 0, "lr", "a number > 0")
+        need(self.epochs >= 1, "epochs", "an integer >= 1")
+        need(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(self.max_steps >= 0, "max_steps", "an integer >= 0")
+        need(self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
+        need(self.finetune in FINETUNE_MODES, "finetune", " or ".join(repr(m) for m in FINETUNE_MODES))
+        need(self.lora_rank >= 1, "lora_rank", "an integer >= 1")
+        need(self.lora_alpha > 0, "lora_alpha", "a number > 0")
+        need(self.max_tokens >= 1, "max_tokens", "an integer >= 1")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "a number in [0, 1)")
+        need(self.schedule in LR_SCHEDULES, "schedule", " or ".join(repr(m) for m in LR_SCHEDULES))
+        need(self.max_grad_norm > 0, "max_grad_norm", "a number > 0")
+
+    def replace(self, **changes: Any) -> "SftConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field in its wire name (camelCase): what a checkpoint records as its `sft`."""
+        return {_camel(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+# Wire name (request.sft) -> SftConfig field: every field.
+SFT_WIRE_FIELDS: dict[str, str] = {_camel(f.name): f.name for f in dataclasses.fields(SftConfig)}
+SFT_INT_FIELDS = frozenset({"epochs", "batch_size", "max_steps", "checkpoint_every", "lora_rank", "max_tokens", "seed"})
+SFT_STR_FIELDS = frozenset({"finetune", "schedule"})

@@ -3,8 +3,10 @@ and the encoder of the result. Field meanings: tests/contracts/README.md; fixtur
 
 Hand-written validation on dataclasses (no pydantic): the shapes are small, and an error message that names
 the field path and the bad value is what the orchestrator shows when it gets `InvalidBatch`. Unknown fields
-are rejected in the objects we own (request, trainer, batch, sample, advantage, completion); OpenAI
-messages and tools are checked for what rendering needs and otherwise passed through untouched.
+are rejected in the objects we own (request, trainer, batch, sample, advantage, completion, the SFT request
+and its manifests); OpenAI messages and tools are checked for what rendering needs and otherwise passed through
+untouched. The dataset manifest and its records are the TypeScript side's format (store/datasets.ts,
+core/records.ts): their decoders read what SFT needs and reject only what would train wrongly.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import WIRE_FIELDS, TrainerConfig
+from .config import SFT_INT_FIELDS, SFT_STR_FIELDS, SFT_WIRE_FIELDS, WIRE_FIELDS, SftConfig, TrainerConfig
 from .store import InvalidRef, Ref
 
 BATCH_SCHEMA = "cm2.batch/v1"
 CHECKPOINT_SCHEMA = "cm2.checkpoint/v1"
+SFT_CHECKPOINT_SCHEMA = "cm2.sft-checkpoint/v1"
+DATASET_SCHEMA = "cm2.dataset/v1"
 # Names that cross the wire: the one list both languages read. `core/wire_names.json` is the source; this package
 # carries a byte-identical copy (package data, so an installed trainer has it), which a test keeps equal.
 WIRE_NAMES: dict[str, Any] = json.loads((Path(__file__).resolve().parent / "wire_names.json").read_text())
 ACTIVITY_NAME: str = WIRE_NAMES["activities"]["updatePolicy"]
+SFT_ACTIVITY_NAME: str = WIRE_NAMES["activities"]["sftTrain"]
 TASK_QUEUE: str = WIRE_NAMES["taskQueues"]["trainer"]
 
 
@@ -115,6 +120,7 @@ class UpdateRequest:
     parent: Ref | None
     store_url: str  # the artifact store (store.open_store): file:///abs/path or s3://bucket/prefix
     trainer: dict[str, Any]  # TrainerConfig field name -> value, only the fields the wire carried
+    init: Ref | None = None  # a LoRA SFT checkpoint manifest: the policy's start and the KL reference
 
     def config(self, defaults: TrainerConfig | None = None) -> TrainerConfig:
         try:
@@ -125,18 +131,13 @@ class UpdateRequest:
 
 def decode_update_request(obj: Any) -> UpdateRequest:
     w = "request"
-    o = _obj(obj, w, {"runId", "iteration", "batch", "base", "parent", "storeUrl", "trainer"})
-    run_id = _str(o["runId"], f"{w}.runId")
-    if "/" in run_id or run_id in (".", "..") or not _name_segment_ok(run_id):
-        raise ContractError(f"{w}.runId is {run_id!r}, expected one name segment [A-Za-z0-9][A-Za-z0-9._-]*")
+    o = _obj(obj, w, {"runId", "iteration", "batch", "base", "parent", "storeUrl", "trainer"}, {"init"})
+    run_id = _run_id(o["runId"], f"{w}.runId")
     iteration = _int(o["iteration"], f"{w}.iteration", lo=0)
     batch = _ref(o["batch"], f"{w}.batch")
-    b = _obj(o["base"], f"{w}.base", {"kind", "path"})
-    kind = b["kind"]
-    if kind not in ("hf", "gguf"):
-        raise ContractError(f"{w}.base.kind is {_short(kind)}, expected 'hf' or 'gguf'")
-    base = BaseModel(kind, _str(b["path"], f"{w}.base.path"))
-    parent = None if o["parent"] is None else _ref(o["parent"], f"{w}.parent")
+    base = _base(o["base"], f"{w}.base")
+    parent = _opt_ref(o["parent"], f"{w}.parent")
+    init = _opt_ref(o.get("init"), f"{w}.init")
     store_url = _str(o["storeUrl"], f"{w}.storeUrl")
     t = _obj(o["trainer"], f"{w}.trainer", set(), set(WIRE_FIELDS))
     trainer: dict[str, Any] = {}
@@ -154,13 +155,32 @@ def decode_update_request(obj: Any) -> UpdateRequest:
             trainer[name] = _int(t[wire], where, lo=0)
         else:
             trainer[name] = _num(t[wire], where)
-    req = UpdateRequest(run_id, iteration, batch, base, parent, store_url, trainer)
+    req = UpdateRequest(run_id, iteration, batch, base, parent, store_url, trainer, init)
     req.config()  # range checks, with the field named
     return req
 
 
 def _name_segment_ok(s: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", s) is not None
+
+
+def _run_id(v: Any, where: str) -> str:
+    """A run id: one store-name segment (it becomes part of checkpoint pointer names)."""
+    run_id = _str(v, where)
+    if "/" in run_id or run_id in (".", "..") or not _name_segment_ok(run_id):
+        raise ContractError(f"{where} is {run_id!r}, expected one name segment [A-Za-z0-9][A-Za-z0-9._-]*")
+    return run_id
+
+
+def _base(v: Any, where: str) -> BaseModel:
+    b = _obj(v, where, {"kind", "path"})
+    if b["kind"] not in ("hf", "gguf"):
+        raise ContractError(f"{where}.kind is {_short(b['kind'])}, expected 'hf' or 'gguf'")
+    return BaseModel(b["kind"], _str(b["path"], f"{where}.path"))
+
+
+def _opt_ref(v: Any, where: str) -> Ref | None:
+    return None if v is None else _ref(v, where)
 
 
 # -- batch -----------------------------------------------------------------------------------------------
@@ -380,6 +400,7 @@ def decode_manifest(obj: Any) -> dict[str, Any]:
             "stats",
             "createdAt",
         },
+        {"init"},  # written since RL can start from an SFT checkpoint; absent in older manifests
     )
     if o["schema"] != CHECKPOINT_SCHEMA:
         raise ContractError(f"{w}.schema is {_short(o['schema'])}, expected {CHECKPOINT_SCHEMA!r}")
@@ -393,16 +414,221 @@ def decode_manifest(obj: Any) -> dict[str, Any]:
     if o["parent"] is not None:
         _ref(o["parent"], f"{w}.parent")
     _ref(o["batch"], f"{w}.batch")
-    files = o["files"]
-    if not isinstance(files, dict) or not files:
-        raise ContractError(f"{w}.files is {_short(files)}, expected an object of file name -> ref")
-    for name, ref in files.items():
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ContractError(f"{w}.files has the file name {name!r}, expected a plain file name")
-        _ref(ref, f"{w}.files[{name!r}]")
+    if o.get("init") is not None:
+        _ref(o["init"], f"{w}.init")
+    _files(o["files"], f"{w}.files")
     _metrics(o["metrics"], f"{w}.metrics")
     for k in ("trainer", "stats"):
         if not isinstance(o[k], dict):
             raise ContractError(f"{w}.{k} is {_short(o[k])}, expected an object")
     _str(o["createdAt"], f"{w}.createdAt")
+    return o
+
+
+def _files(files: Any, w: str) -> None:
+    if not isinstance(files, dict) or not files:
+        raise ContractError(f"{w} is {_short(files)}, expected an object of file name -> ref")
+    for name, ref in files.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ContractError(f"{w} has the file name {name!r}, expected a plain file name")
+        _ref(ref, f"{w}[{name!r}]")
+
+
+# -- cold-start SFT (`sftTrain`) --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SftRequest:
+    run_id: str
+    dataset: Ref  # a cm2.dataset/v1 manifest: the training records
+    held_out: Ref | None  # a cm2.dataset/v1 manifest scored at each checkpoint, or None
+    base: BaseModel
+    store_url: str
+    sft: dict[str, Any]  # SftConfig field name -> value, only the fields the wire carried
+
+    def config(self) -> SftConfig:
+        try:
+            return SftConfig(**self.sft)
+        except ValueError as e:
+            raise ContractError(f"request.sft.{e}") from None
+
+
+def decode_sft_request(obj: Any) -> SftRequest:
+    w = "request"
+    o = _obj(obj, w, {"runId", "dataset", "heldOut", "base", "storeUrl", "sft"})
+    s = _obj(o["sft"], f"{w}.sft", set(), set(SFT_WIRE_FIELDS))
+    sft: dict[str, Any] = {}
+    for wire, name in SFT_WIRE_FIELDS.items():
+        if wire not in s:
+            continue
+        where = f"{w}.sft.{wire}"
+        if name in SFT_INT_FIELDS:
+            sft[name] = _int(s[wire], where)
+        elif name in SFT_STR_FIELDS:
+            sft[name] = _str(s[wire], where)
+        else:
+            sft[name] = _num(s[wire], where)
+    req = SftRequest(
+        _run_id(o["runId"], f"{w}.runId"),
+        _ref(o["dataset"], f"{w}.dataset"),
+        _opt_ref(o["heldOut"], f"{w}.heldOut"),
+        _base(o["base"], f"{w}.base"),
+        _str(o["storeUrl"], f"{w}.storeUrl"),
+        sft,
+    )
+    req.config()  # range checks, with the field named
+    return req
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    name: str
+    records: list[Ref]
+
+
+def decode_dataset_manifest(obj: Any, where: str) -> DatasetManifest:
+    """The parts of a stored dataset's manifest (store/datasets.ts) that SFT reads: its name and record refs.
+    Other keys (sources, provenance, versions) are the TypeScript side's and are not checked here."""
+    if not isinstance(obj, dict):
+        raise ContractError(f"{where} points at {_short(obj)}, expected a {DATASET_SCHEMA} manifest")
+    if obj.get("schema") != DATASET_SCHEMA:
+        raise ContractError(f"{where} points at a {_short(obj.get('schema'))} manifest, expected {DATASET_SCHEMA!r}")
+    name = _str(obj.get("name"), f"{where}.name")
+    records = [_ref(r, f"{where}.records[{i}]") for i, r in enumerate(_list(obj.get("records"), f"{where}.records"))]
+    count = _int(obj.get("count"), f"{where}.count", lo=0)
+    if count != len(records):
+        raise ContractError(f"{where}.count is {count}, but it lists {len(records)} records")
+    return DatasetManifest(name, records)
+
+
+def decode_record(obj: Any, where: str) -> Sample:
+    """A stored trajectory record (core/records.ts) as a training sample in which every assistant message is
+    trained with advantage 1.0: SFT renders it with the one renderer RL uses (render.py).
+
+    Records are normalised to the batch contract's message shape first (`_record_messages`). `checklists` and
+    `meta` are not needed to train and are not checked."""
+    o = _obj(obj, where, {"uuid", "tools", "messages"}, {"checklists", "meta"})
+    uuid = _str(o["uuid"], f"{where}.uuid")
+    tools = [_check_tool(t, f"{where}.tools[{i}]") for i, t in enumerate(_list(o["tools"], f"{where}.tools"))]
+    raw = _list(o["messages"], f"{where}.messages")
+    messages = [_check_message(m, f"{where}.messages[{i}]") for i, m in enumerate(_record_messages(raw))]
+    if not messages:
+        raise ContractError(f"{where}.messages is empty")
+    advantages = {i: 1.0 for i, m in enumerate(messages) if m["role"] == "assistant"}
+    return Sample(uuid, uuid, tools, messages, advantages)
+
+
+def _record_messages(raw: list[Any]) -> list[Any]:
+    """Copies of a record's messages in the batch contract's shape, rendering the same. Records carry
+    `tool_calls: []` on every message (the TypeScript schema's default): dropped where the batch contract does
+    not allow the key. A record's call id may be "" and its tool responses may omit `tool_call_id` (the k-th
+    tool message after an assistant message answers its k-th call, core/records.ts): an empty id becomes
+    `call_<k>`, the id every template is given for it anyway (`render.template_tool_call`), and a missing
+    `tool_call_id` the id of the call it answers."""
+    out: list[Any] = []
+    pending: list[str] = []  # ids of the calls of the last assistant message not answered yet
+    for m in raw:
+        if not isinstance(m, dict):
+            out.append(m)  # _check_message names it
+            continue
+        m = dict(m)
+        calls = m.get("tool_calls")
+        if m.get("role") != "assistant" and calls == []:
+            del m["tool_calls"]
+        if m.get("role") == "assistant" and isinstance(calls, list):
+            m["tool_calls"] = [_with_call_id(c, k) for k, c in enumerate(calls)]
+            pending = [c["id"] for c in m["tool_calls"] if isinstance(c, dict) and isinstance(c.get("id"), str)]
+        elif m.get("role") == "tool" and pending:
+            answered = pending.pop(0)
+            if m.get("tool_call_id") is None:
+                m["tool_call_id"] = answered
+        else:
+            pending = []
+        out.append(m)
+    return out
+
+
+def _with_call_id(call: Any, k: int) -> Any:
+    if isinstance(call, dict) and call.get("id") == "":
+        return {**call, "id": f"call_{k}"}
+    return call
+
+
+def decode_sft_manifest(obj: Any, where: str = "sft checkpoint") -> dict[str, Any]:
+    """Strict check of an SFT checkpoint manifest (written by sft.py; the format is in its module doc)."""
+    w = where
+    o = _obj(
+        obj,
+        w,
+        {
+            "schema",
+            "runId",
+            "step",
+            "steps",
+            "base",
+            "dataset",
+            "heldOut",
+            "finetune",
+            "files",
+            "metrics",
+            "sft",
+            "createdAt",
+        },
+        {"skipped"},
+    )
+    if o["schema"] != SFT_CHECKPOINT_SCHEMA:
+        raise ContractError(f"{w}.schema is {_short(o['schema'])}, expected {SFT_CHECKPOINT_SCHEMA!r}")
+    _run_id(o["runId"], f"{w}.runId")
+    steps = _int(o["steps"], f"{w}.steps", lo=1)
+    step = _int(o["step"], f"{w}.step", lo=1)
+    if step > steps:
+        raise ContractError(f"{w}.step is {step}, more than its steps {steps}")
+    _base(o["base"], f"{w}.base")
+    _ref(o["dataset"], f"{w}.dataset")
+    _opt_ref(o["heldOut"], f"{w}.heldOut")
+    if o["finetune"] not in ("lora", "full"):
+        raise ContractError(f"{w}.finetune is {_short(o['finetune'])}, expected 'lora' or 'full'")
+    _files(o["files"], f"{w}.files")
+    m = _obj(o["metrics"], f"{w}.metrics", {"loss", "heldOutLoss"})
+    _opt_num(m["loss"], f"{w}.metrics.loss")
+    _opt_num(m["heldOutLoss"], f"{w}.metrics.heldOutLoss")
+    try:
+        SftConfig(**{SFT_WIRE_FIELDS[k]: v for k, v in _obj(o["sft"], f"{w}.sft", set(SFT_WIRE_FIELDS)).items()})
+    except ValueError as e:
+        raise ContractError(f"{w}.sft.{e}") from None
+    if "skipped" in o:
+        _skipped(o["skipped"], f"{w}.skipped")
+    _str(o["createdAt"], f"{w}.createdAt")
+    return o
+
+
+def _opt_num(v: Any, where: str) -> float | None:
+    return None if v is None else _num(v, where)
+
+
+def _skipped(v: Any, where: str) -> dict[str, int]:
+    s = _obj(v, where, {"tooLong", "noLossToken"})
+    return {k: _int(s[k], f"{where}.{k}", lo=0) for k in ("tooLong", "noLossToken")}
+
+
+def decode_sft_result(obj: Any) -> dict[str, Any]:
+    """Strict check of an `sftTrain` result (used by tests and by the worker before returning)."""
+    w = "result"
+    o = _obj(obj, w, {"runId", "steps", "checkpoint", "reused", "history", "skipped"})
+    _run_id(o["runId"], f"{w}.runId")
+    steps = _int(o["steps"], f"{w}.steps", lo=1)
+    _ref(o["checkpoint"], f"{w}.checkpoint")
+    if not isinstance(o["reused"], bool):
+        raise ContractError(f"{w}.reused is {_short(o['reused'])}, expected a boolean")
+    last = 0
+    for i, h in enumerate(_list(o["history"], f"{w}.history")):
+        hw = f"{w}.history[{i}]"
+        h = _obj(h, hw, {"step", "loss", "heldOutLoss"})
+        step = _int(h["step"], f"{hw}.step", lo=1)
+        if step <= last or step > steps:
+            raise ContractError(f"{hw}.step is {step}, expected increasing steps in [1, {steps}]")
+        last = step
+        _opt_num(h["loss"], f"{hw}.loss")
+        _opt_num(h["heldOutLoss"], f"{hw}.heldOutLoss")
+    if last != steps:
+        raise ContractError(f"{w}.history ends at step {last}, expected the final step {steps}")
+    _skipped(o["skipped"], f"{w}.skipped")
     return o

@@ -22,7 +22,8 @@ micro-batch and each micro-batch scaled by 1 / micro-batches. Both are computed 
 mini-batch, so micro-batching and packing change nothing (tested).
 
 The reference model is the base model with the adapter switched off (peft `disable_adapter()`), so it
-costs no extra memory. With one mini-batch (the CM2 default) old_logp is the current log-prob detached:
+costs no extra memory; a run started from an SFT checkpoint passes its own `reference` (the frozen SFT adapter,
+update.py). With one mini-batch (the CM2 default) old_logp is the current log-prob detached:
 the ratio is 1 and the update is exactly on-policy; with several mini-batches old_logp comes from one
 no-grad pass before the first optimizer step and the clipping bounds how far later steps move.
 Rollout correction (`rollout_is_cap`, `rollout_is_veto`) reweights the tokens whose serving-stack log-probs
@@ -42,6 +43,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -337,10 +339,12 @@ def apply_update(
     pad_id: int,
     device: torch.device,
     heartbeat: Heartbeat | None = None,
+    reference: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> dict[str, Any]:
     """One policy update over the batch: `mini_batches` optimizer steps. Returns the metrics.
 
     `model` is a peft model whose trainable parameters are the adapter; `optimizer` holds exactly those.
+    `reference()` is the context in which the model computes the KL reference (default: the adapter off).
     """
     t0 = time.perf_counter()
     beat = heartbeat or (lambda _p: None)
@@ -350,7 +354,7 @@ def apply_update(
 
     model.eval()  # no-grad passes: reference (adapter off) and, with several mini-batches, old log-probs
     if cfg.kl_coef > 0:
-        with model.disable_adapter():
+        with (reference or model.disable_adapter)():
             for k, mb in enumerate(micro):
                 mb.ref_logp = _no_grad_logprobs(model, mb)
                 beat({"phase": "reference", "micro_batch": k + 1, "of": len(micro)})

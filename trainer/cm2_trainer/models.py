@@ -23,12 +23,14 @@ log = logging.getLogger("cm2_trainer.models")
 
 
 CHECKPOINT_SCHEMA = "cm2.checkpoint/v1"
+# Manifests whose adapter files serve: an RL checkpoint, or a LoRA SFT checkpoint (the same adapter file names).
+ADAPTER_SCHEMAS = (CHECKPOINT_SCHEMA, "cm2.sft-checkpoint/v1")
 _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def materialize_checkpoint(store: ArtifactStore | str, ref_json: Any, dest: Path) -> None:
-    """Copy the adapter files named by a checkpoint manifest into ``dest``, verifying each blob. ``store`` is a
-    store or its URL (``store.open_store``)."""
+    """Copy the adapter files named by a checkpoint manifest (RL or LoRA SFT, ``ADAPTER_SCHEMAS``) into ``dest``,
+    verifying each blob. ``store`` is a store or its URL (``store.open_store``)."""
     from .store import ArtifactStore, InvalidRef, InvalidStoreUrl, Ref, StoreError, open_store
 
     try:
@@ -49,8 +51,9 @@ def materialize_checkpoint(store: ArtifactStore | str, ref_json: Any, dest: Path
     if not isinstance(manifest, dict):
         raise BadRequest(f"Checkpoint {ref.uri} is not a JSON object", "checkpoint")
     schema = manifest.get("schema")
-    if schema is not None and schema != CHECKPOINT_SCHEMA:
-        raise BadRequest(f"Checkpoint {ref.uri} has schema {schema!r}, expected {CHECKPOINT_SCHEMA!r}", "checkpoint")
+    if schema is not None and schema not in ADAPTER_SCHEMAS:
+        expected = " or ".join(repr(s) for s in ADAPTER_SCHEMAS)
+        raise BadRequest(f"Checkpoint {ref.uri} has schema {schema!r}, expected {expected}", "checkpoint")
     files = manifest.get("files")
     if files is None and isinstance(manifest.get("adapter"), dict):
         files = manifest["adapter"].get("files")

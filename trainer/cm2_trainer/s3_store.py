@@ -246,6 +246,20 @@ class S3Store(ArtifactStore):
             _backoff(attempt)
         raise StoreError(f"Name {name!r} in {self.url}: creating it kept conflicting ({_CONFLICT_ATTEMPTS} attempts)")
 
+    def list_names(self, prefix: str) -> list[str]:
+        base = self._key("names/")
+        out = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
+        try:
+            for page in pages:
+                for o in page.get("Contents", []):
+                    key = o["Key"]
+                    if key.endswith(".json"):
+                        out.append(key[len(base) : -len(".json")])
+        except ClientError as e:
+            raise self._fail(e, "ListObjectsV2", base + prefix) from None
+        return sorted(out)
+
     def _pointer_put(self, key: str, ref: Ref) -> dict[str, Any]:
         return {"Bucket": self.bucket, "Key": key, "Body": pointer_json(ref), "ContentType": "application/json"}
 

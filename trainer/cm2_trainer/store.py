@@ -190,6 +190,10 @@ class ArtifactStore(abc.ABC):
         """Point name at ref only if it is unset (first writer wins); returns the ref the name holds afterwards:
         `ref` if this call created it, else the existing one."""
 
+    @abc.abstractmethod
+    def list_names(self, prefix: str) -> list[str]:
+        """The names that start with `prefix` (a plain string prefix, e.g. `sft/r1/step-`), sorted."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
@@ -316,6 +320,18 @@ class FsStore(ArtifactStore):
             return ref
         finally:
             tmp.unlink(missing_ok=True)
+
+    def list_names(self, prefix: str) -> list[str]:
+        names_root = self.root / "names"
+        # Walk only below the prefix's directory part: a run's names, not the whole store's.
+        head = prefix.rpartition("/")[0]
+        top = names_root / validate_name(head) if head else names_root
+        out = []
+        for p in top.rglob("*.json") if top.is_dir() else []:
+            name = p.relative_to(names_root).as_posix()[: -len(".json")]
+            if p.is_file() and name.startswith(prefix) and NAME_RE.match(name):
+                out.append(name)
+        return sorted(out)
 
     def _write_tmp(self, data: bytes) -> Path:
         tmp = self._tmp()

@@ -7,6 +7,8 @@ Order of effects (the named pointer is the commit point):
    and do not train.
 2. Load the batch blob, the base model (HF directory, or a GGUF file dequantised by transformers;
    float32 on CPU, bfloat16 on GPU), and the parent adapter + optimizer state when `parent` is given.
+   With `init` (a LoRA SFT checkpoint, sft.py) and no parent, the adapter starts from the SFT adapter's
+   weights with a fresh optimizer.
 3. Render the samples (render.py), apply the update (loss.py).
 4. Save the adapter files and the optimizer state as blobs, then the checkpoint manifest as a blob,
    then create the named pointer, first writer wins. A crash before the pointer leaves only orphan blobs;
@@ -14,10 +16,21 @@ Order of effects (the named pointer is the commit point):
    winner's checkpoint with `reused: true`.
 
 version = iteration + 1 (the base policy is version 0).
+
+The KL reference. Without `init` it is the base model: the adapter switched off (loss.py). With `init` it is
+the SFT model, base + SFT adapter, frozen, at every iteration (parent or not): the SFT adapter is loaded a
+second time as a non-trainable peft adapter named `reference`, and the reference pass runs with it active
+(`use_adapter`), then the trainable `default` adapter is switched back on. Loading it as an adapter rather than
+computing the reference log-probs on a separately wrapped model before the update keeps one wrapped model,
+one rendering and one plan of micro-batches (the reference pass sees exactly the micro-batches the update
+trains on), at the cost of a second small LoRA in memory; nothing is merged, so the saved adapter is still a
+plain LoRA on the bare base, as the policy server loads it. A checkpoint records its `init`, and a child must
+name the same one: the reference cannot change in the middle of a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -27,18 +40,20 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .config import TrainerConfig
 from .contract import (
     CHECKPOINT_SCHEMA,
+    SFT_CHECKPOINT_SCHEMA,
     BaseModel,
     ContractError,
     UpdateRequest,
     decode_batch,
     decode_manifest,
+    decode_sft_manifest,
     encode_result,
     metrics_from_wire,
     metrics_to_wire,
@@ -52,6 +67,8 @@ log = logging.getLogger("cm2_trainer.update")
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 OPTIMIZER_FILE = "optimizer.pt"
+TRAINED_ADAPTER = "default"  # peft's name of the adapter a PeftModel is created with
+REFERENCE_ADAPTER = "reference"  # the frozen SFT adapter of a run started from `init`
 
 
 def checkpoint_name(run_id: str, iteration: int) -> str:
@@ -174,6 +191,13 @@ def update_policy(
         raise ContractError(
             f"request.parent was trained on base {parent['base']}, request.base is {req.base.to_json()}"
         )
+    init = load_init(store, req.init, req.base) if req.init is not None else None
+    req_init = req.init.to_json() if req.init is not None else None
+    if parent is not None and parent.get("init") != req_init:
+        raise ContractError(
+            f"request.init is {req_init}, but the parent checkpoint was trained from init {parent.get('init')} "
+            "(the KL reference of a run cannot change)"
+        )
 
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
@@ -200,10 +224,19 @@ def update_policy(
             tmp_path = Path(tmp)
             model = None
             try:
-                model, optimizer = _wrap(base_model, cfg, store, parent, tmp_path / "parent", device)
+                model, optimizer = _wrap(base_model, cfg, store, parent, init, tmp_path, device)
                 pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                reference = (lambda: use_adapter(model, REFERENCE_ADAPTER)) if init is not None else None
                 metrics = apply_update(
-                    model, optimizer, rendered, cfg, seed=seed, pad_id=int(pad_id or 0), device=device, heartbeat=beat
+                    model,
+                    optimizer,
+                    rendered,
+                    cfg,
+                    seed=seed,
+                    pad_id=int(pad_id or 0),
+                    device=device,
+                    heartbeat=beat,
+                    reference=reference,
                 )
                 beat({"phase": "save"})
                 t_trained = time.perf_counter()
@@ -223,6 +256,7 @@ def update_policy(
         "version": req.iteration + 1,
         "base": req.base.to_json(),
         "parent": req.parent.to_json() if req.parent is not None else None,
+        "init": req_init,
         "batch": req.batch.to_json(),
         "files": {k: v.to_json() for k, v in files.items()},
         "metrics": wire_metrics,
@@ -252,39 +286,68 @@ def derive_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration) % (2**31 - 1)
 
 
+def lora_config(rank: int, alpha: float, cfg: TrainerConfig) -> Any:
+    """The LoRA shape every cm2 adapter has (RL and SFT): `cfg`'s target modules and dropout, no bias."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # typed int by peft; any positive scale works
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def copy_adapter(store: ArtifactStore, manifest: dict[str, Any], dest: Path) -> Path:
+    """The adapter files of a checkpoint manifest (RL or SFT: the same file names) as a peft adapter directory."""
+    dest.mkdir(parents=True)
+    for fname in ADAPTER_FILES:
+        store.copy_to(_file_ref(manifest, fname), dest / fname)
+    return dest
+
+
+@contextlib.contextmanager
+def use_adapter(model: Any, name: str) -> Iterator[None]:
+    """Forward passes inside run with adapter `name` active and frozen; afterwards the trainable adapter is
+    active and trainable again (peft's `set_adapter` sets requires_grad on the adapter it activates)."""
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter(TRAINED_ADAPTER)
+
+
 def _wrap(
     base_model: Any,
     cfg: TrainerConfig,
     store: ArtifactStore,
     parent: dict[str, Any] | None,
-    parent_dir: Path,
+    init: dict[str, Any] | None,
+    tmp: Path,
     device: torch.device,
 ) -> tuple[Any, torch.optim.Optimizer]:
-    from peft import LoraConfig, PeftModel, get_peft_model
+    """The policy model: a fresh adapter, or the parent's, or (no parent) the init SFT adapter's weights; with
+    `init`, also the frozen reference adapter. Returns it with its AdamW (the parent's state when given)."""
+    from peft import PeftModel, get_peft_model
 
-    if parent is None:
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model: Any = get_peft_model(base_model, lora)
+    start = parent if parent is not None else init
+    if start is None:
+        model: Any = get_peft_model(base_model, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg))
     else:
-        parent_dir.mkdir(parents=True)
-        for fname in ADAPTER_FILES:
-            store.copy_to(_file_ref(parent, fname), parent_dir / fname)
-        model = PeftModel.from_pretrained(base_model, str(parent_dir), is_trainable=True)
-        pc: Any = model.peft_config["default"]  # a LoraConfig (the parent was written by this trainer)
+        model = PeftModel.from_pretrained(base_model, str(copy_adapter(store, start, tmp / "start")), is_trainable=True)
+        pc: Any = model.peft_config[TRAINED_ADAPTER]  # a LoraConfig (written by this trainer)
         if (pc.r, pc.lora_alpha) != (cfg.lora_rank, cfg.lora_alpha):
-            # keep the parent's adapter shape; a silent reshape would throw the learned adapter away
+            # keep the adapter's shape; a silent reshape would throw the learned adapter away
             model.unload()
             raise ContractError(
-                f"request.trainer has loraRank {cfg.lora_rank}, loraAlpha {cfg.lora_alpha}; the parent "
-                f"adapter has {pc.r}, {pc.lora_alpha}"
+                f"request.trainer has loraRank {cfg.lora_rank}, loraAlpha {cfg.lora_alpha}; the "
+                f"{'parent' if parent is not None else 'init (SFT)'} adapter has {pc.r}, {pc.lora_alpha}"
             )
+    if init is not None:
+        model.load_adapter(str(copy_adapter(store, init, tmp / "init")), REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter(TRAINED_ADAPTER)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -302,7 +365,7 @@ def _wrap(
 
 
 def _save(model: Any, optimizer: torch.optim.Optimizer, store: ArtifactStore, out: Path) -> dict[str, Ref]:
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out), selected_adapters=[TRAINED_ADAPTER])  # not the frozen reference
     files = {fname: store.put_file(out / fname) for fname in ADAPTER_FILES}
     buf = io.BytesIO()
     torch.save(optimizer.state_dict(), buf)
@@ -318,14 +381,35 @@ def _file_ref(manifest: dict[str, Any], fname: str) -> Ref:
 
 
 def _load_manifest(store: ArtifactStore, ref: Ref, where: str) -> dict[str, Any]:
+    return load_checkpoint_manifest(store, ref, where, CHECKPOINT_SCHEMA, decode_manifest)
+
+
+def load_checkpoint_manifest(
+    store: ArtifactStore, ref: Ref, where: str, schema: str, decode: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any]:
+    """A manifest of the given schema. Another schema is the caller's mistake (`ContractError`); a manifest of
+    the right schema that does not decode was written wrongly or damaged (`StoreCorruption`)."""
     m = store.get_json(ref)
-    if not isinstance(m, dict) or m.get("schema") != CHECKPOINT_SCHEMA:
+    if not isinstance(m, dict) or m.get("schema") != schema:
         got = m.get("schema") if isinstance(m, dict) else type(m).__name__
-        raise ContractError(f"{where} points at {got!r}, expected a {CHECKPOINT_SCHEMA} manifest")
+        raise ContractError(f"{where} points at {got!r}, expected a {schema} manifest")
     try:
-        return decode_manifest(m)
+        return decode(m)
     except ContractError as e:
         raise StoreCorruption(f"Checkpoint manifest {ref.uri} is malformed: {e}") from None
+
+
+def load_init(store: ArtifactStore, ref: Ref, base: BaseModel) -> dict[str, Any]:
+    """The SFT checkpoint an RL run starts from: a LoRA adapter trained on the same base."""
+    m = load_checkpoint_manifest(store, ref, "request.init", SFT_CHECKPOINT_SCHEMA, decode_sft_manifest)
+    if m["finetune"] != "lora":
+        raise ContractError(
+            f"request.init {ref.uri} is a {m['finetune']} fine-tune SFT checkpoint, which has no adapter to start "
+            "from; use its model as the run's base instead (trainer.base, kind 'hf', a directory)"
+        )
+    if m["base"] != base.to_json():
+        raise ContractError(f"request.init was trained on base {m['base']}, request.base is {base.to_json()}")
+    return m
 
 
 def _result_from_manifest(store: ArtifactStore, ref: Ref, *, reused: bool) -> UpdateResult:

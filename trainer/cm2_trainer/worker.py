@@ -1,18 +1,19 @@
-"""Temporal worker for the trainer: hosts the `updatePolicy` activity on task queue `cm2-trainer`.
+"""Temporal worker for the trainer: hosts the `updatePolicy` and `sftTrain` activities on task queue `cm2-trainer`.
 
     python -m cm2_trainer.worker [--address HOST:PORT] [--namespace NS] [--store URL] ...
 
-One activity at a time (`max_concurrent_activities=1`; the GPU is the unit of work). The activity takes one
-JSON object and returns one (camelCase, tests/contracts/README.md), heartbeats while it trains, and
-raises `ApplicationError` with a type from `contract.ERROR_TYPES`; bad input is `InvalidBatch`,
-non-retryable. SIGTERM/SIGINT stop polling, let the running activity finish within the graceful timeout,
-and exit.
+One activity at a time (`max_concurrent_activities=1`; the GPU is the unit of work), both sharing one cached
+base model. An activity takes one JSON object and returns one (camelCase, tests/contracts/README.md),
+heartbeats while it trains, and raises `ApplicationError` with a type from `contract.ERROR_TYPES`; bad input
+is `InvalidBatch`, non-retryable. SIGTERM/SIGINT stop polling, let the running activity finish within the
+graceful timeout, and exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -22,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from temporalio import activity
 from temporalio.client import Client
@@ -45,7 +46,6 @@ def make_update_activity(
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Build the `updatePolicy` activity (a plain sync function run in the worker's thread pool). `store_url`,
     when given, replaces each request's `storeUrl` (the trainer host reaches the store another way)."""
-    from .loss import TrainingDiverged
     from .update import ModelCache, update_policy
 
     model_cache = cache or ModelCache()
@@ -53,7 +53,7 @@ def make_update_activity(
     @activity.defn(name=contract.ACTIVITY_NAME)
     def update_policy_activity(request: dict[str, Any]) -> dict[str, Any]:
         info = activity.info()
-        try:
+        with _typed_errors():
             req = contract.decode_update_request(request)
             if store_url is not None:
                 req = replace(req, store_url=store_url)
@@ -63,14 +63,6 @@ def make_update_activity(
                     result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
                 finally:
                     _release_memory()
-        except (contract.ContractError, InvalidRef, InvalidStoreUrl) as e:
-            raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e
-        except MissingArtifact as e:
-            raise ApplicationError(str(e), type=contract.ERR_MISSING_ARTIFACT, non_retryable=True) from e
-        except StoreCorruption as e:
-            raise ApplicationError(str(e), type=contract.ERR_STORE_CORRUPTION, non_retryable=True) from e
-        except TrainingDiverged as e:
-            raise ApplicationError(str(e), type=contract.ERR_TRAINING_DIVERGED, non_retryable=True) from e
         out = result.to_json()
         contract.decode_result(out)
         log.info(
@@ -83,6 +75,61 @@ def make_update_activity(
         return out
 
     return update_policy_activity
+
+
+def make_sft_activity(
+    *,
+    defaults: TrainerConfig | None = None,
+    store_url: str | None = None,
+    cache: Any = None,
+    keepalive_s: float = 20.0,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Build the `sftTrain` activity (cold-start SFT, sft.py). `defaults` gives the machinery (device, dtype,
+    micro-batch size, LoRA target modules, AdamW betas/eps/weight decay); the request's `sft` the rest. Share
+    `cache` with `updatePolicy`'s: a LoRA SFT and the RL updates train on the same cached base."""
+    from .sft import sft_train
+    from .update import ModelCache
+
+    model_cache = cache or ModelCache()
+
+    @activity.defn(name=contract.SFT_ACTIVITY_NAME)
+    def sft_train_activity(request: dict[str, Any]) -> dict[str, Any]:
+        info = activity.info()
+        with _typed_errors():
+            req = contract.decode_sft_request(request)
+            if store_url is not None:
+                req = replace(req, store_url=store_url)
+            log.info("sftTrain run=%s attempt=%d", req.run_id, info.attempt)
+            with _Keepalive(keepalive_s) as beat:
+                try:
+                    result = sft_train(req, heartbeat=beat, cache=model_cache, defaults=defaults)
+                finally:
+                    _release_memory()
+        out = result.to_json()
+        contract.decode_sft_result(out)
+        log.info(
+            "sftTrain run=%s steps=%d reused=%s history=%s", req.run_id, result.steps, result.reused, out["history"]
+        )
+        return out
+
+    return sft_train_activity
+
+
+@contextlib.contextmanager
+def _typed_errors() -> Iterator[None]:
+    """Map the trainer's exceptions to the contract's non-retryable `ApplicationError` types."""
+    from .loss import TrainingDiverged
+
+    try:
+        yield
+    except (contract.ContractError, InvalidRef, InvalidStoreUrl) as e:
+        raise ApplicationError(str(e), type=contract.ERR_INVALID_BATCH, non_retryable=True) from e
+    except MissingArtifact as e:
+        raise ApplicationError(str(e), type=contract.ERR_MISSING_ARTIFACT, non_retryable=True) from e
+    except StoreCorruption as e:
+        raise ApplicationError(str(e), type=contract.ERR_STORE_CORRUPTION, non_retryable=True) from e
+    except TrainingDiverged as e:
+        raise ApplicationError(str(e), type=contract.ERR_TRAINING_DIVERGED, non_retryable=True) from e
 
 
 def _glibc() -> Any:
@@ -169,10 +216,16 @@ def build_worker(
     store_url: str | None = None,
     graceful_shutdown: timedelta = timedelta(seconds=30),
 ) -> Worker:
+    from .update import ModelCache
+
+    cache = ModelCache()  # one base in memory for both activities (they never run at the same time)
     return Worker(
         client,
         task_queue=task_queue,
-        activities=[make_update_activity(defaults=defaults, store_url=store_url)],
+        activities=[
+            make_update_activity(defaults=defaults, store_url=store_url, cache=cache),
+            make_sft_activity(defaults=defaults, store_url=store_url, cache=cache),
+        ],
         activity_executor=executor,
         max_concurrent_activities=1,
         graceful_shutdown_timeout=graceful_shutdown,
@@ -182,8 +235,9 @@ def build_worker(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m cm2_trainer.worker",
-        description="cm2 trainer worker: hosts the Temporal activity `updatePolicy` (one policy update per "
-        "run iteration, LoRA on the base model) on its own task queue.",
+        description="cm2 trainer worker: hosts the Temporal activities `updatePolicy` (one policy update per "
+        "run iteration, LoRA on the base model) and `sftTrain` (cold-start SFT on a stored dataset, resumable) "
+        "on its own task queue.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Trainer defaults (a request's `trainer` object overrides lr, klCoef, clipLow, clipHigh, "
         "clipRatioC, miniBatches, loraRank, loraAlpha, maxGradNorm, seed):\n" + help_text(),

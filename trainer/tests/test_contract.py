@@ -32,6 +32,13 @@ def test_fixtures_decode():
     assert man["metrics"] == res["metrics"]
     assert len(batch.samples) == 2 and any(m.get("tool_calls") for s in batch.samples for m in s.messages)
     assert req.config().kl_coef == 1e-4 and req.config().lr == 1e-6
+    assert req.init is None  # optional: requests written before RL could start from SFT have no `init`
+
+
+def test_init_on_the_update_request_is_an_optional_ref():
+    ref = {"uri": "cm2://sha256/" + "b" * 64, "sha256": "b" * 64, "bytes": 3}
+    assert decode_update_request({**_load("update_request.json"), "init": ref}).init.to_json() == ref
+    assert decode_update_request({**_load("update_request.json"), "init": None}).init is None
 
 
 def test_batch_fixture_renders_with_the_smollm2_tokenizer(gguf_tok):
@@ -72,6 +79,7 @@ def _mutate(obj, path, value):
         (("trainer", "entropyCoef"), 0.0, "unknown fields ['entropyCoef']"),
         (("storeUrl",), KeyError, "missing ['storeUrl']"),
         (("extra",), 1, "unknown fields ['extra']"),
+        (("init",), {"uri": "x"}, "request.init.sha256 is None"),
     ],
 )
 def test_bad_requests_name_the_field_and_value(path, value, message):
@@ -135,3 +143,13 @@ def test_trainer_defaults_match_the_typescript_config_through_the_shared_fixture
     cfg = TrainerConfig()
     assert set(defaults) == set(WIRE_FIELDS) - {"seed"}
     assert {k: getattr(cfg, WIRE_FIELDS[k]) for k in defaults} == defaults
+
+
+def test_sft_defaults_match_the_typescript_config_through_the_shared_fixture() -> None:
+    """tests/contracts/sft_defaults.json holds SftConfig's defaults, every wire field (the TypeScript run config's
+    `sft` defaults are pinned to the same file)."""
+    from cm2_trainer.config import SFT_WIRE_FIELDS, SftConfig
+
+    defaults = json.loads((CONTRACTS / "sft_defaults.json").read_text())
+    assert set(defaults) == set(SFT_WIRE_FIELDS)
+    assert SftConfig().to_json() == defaults

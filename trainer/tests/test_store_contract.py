@@ -234,6 +234,18 @@ def test_create_name_first_writer_wins(store: ArtifactStore) -> None:
     assert store.get_name("runs/r1/checkpoints/it-0") == a
 
 
+def test_list_names_lists_the_names_under_a_prefix_sorted(make_backend: Callable[[str], Backend]) -> None:
+    store = make_backend("pre/fix").store  # below a prefix, as a deployed store may be
+    ref = store.put_bytes(b"x")
+    for name in ("sft/r1/step-10", "sft/r1/step-2", "sft/r1/final", "sft/r10/step-1", "runs/r1/checkpoints/it-0"):
+        store.set_name(name, ref)
+    assert store.list_names("sft/r1/step-") == ["sft/r1/step-10", "sft/r1/step-2"]
+    assert store.list_names("sft/r1/") == ["sft/r1/final", "sft/r1/step-10", "sft/r1/step-2"]
+    assert store.list_names("sft/r1") == ["sft/r1/final", "sft/r1/step-10", "sft/r1/step-2", "sft/r10/step-1"]
+    assert store.list_names("sft/none/") == []
+    assert len(store.list_names("")) == 5
+
+
 def test_create_name_race_has_one_winner_that_everyone_sees(backend: Backend) -> None:
     store = backend.store
     refs = [store.put_bytes(f"candidate {i}".encode()) for i in range(8)]

@@ -1,5 +1,6 @@
 import io
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -225,3 +226,93 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, base_dir):
     assert_same_update({k: torch.zeros_like(plain[k]) for k in b}, {k: plain[k] for k in b}, {k: ckpt[k] for k in b})
     for k in plain.keys() - set(b):
         assert float((plain[k] - ckpt[k]).abs().max()) <= 1e-12 * float(plain[k].abs().max()), k
+
+
+# -- RL from an SFT checkpoint (`init`) ----------------------------------------------------------------------------
+def _sft_checkpoint(store, base_dir, cache, run_id="sft1", **sft):
+    """A short LoRA SFT on the tiny base (rank 4, alpha 8: the RL requests' shape); its final checkpoint."""
+    from test_sft import put_dataset, record
+    from test_sft import request_obj as sft_request_obj
+
+    from cm2_trainer.contract import decode_sft_request
+    from cm2_trainer.sft import sft_train
+
+    ds = put_dataset(store, "sft", [record("Paris"), record("Oslo")])
+    req = decode_sft_request(sft_request_obj(store, base_dir, ds, run_id=run_id, batchSize=1, **sft))
+    return sft_train(req, cache=cache).checkpoint
+
+
+def _init_req(store, base_dir, init, **kw):
+    req = _req(store, base_dir, **kw)
+    return replace(req, init=init)
+
+
+def test_rl_from_an_sft_checkpoint_starts_from_its_adapter_and_keeps_it_as_the_kl_reference(
+    tmp_path, base_dir, cache, monkeypatch
+):
+    import cm2_trainer.update as upd
+
+    store = FsStore(tmp_path)
+    init = _sft_checkpoint(store, base_dir, cache)
+    sft_w = _adapter(store, init)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in sft_w.items())  # the SFT moved off the init
+
+    real = upd.apply_update
+    seen = []
+
+    def spy(model, *a, **k):
+        out = real(model, *a, **k)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        seen.append(trainable)
+        assert trainable and all(".default." in n for n in trainable)  # the reference adapter stays frozen
+        return out
+
+    monkeypatch.setattr(upd, "apply_update", spy)
+    # zero advantages, a KL term: with policy == reference == the SFT model nothing moves and the KL is 0
+    it0 = update_policy(_init_req(store, base_dir, init, advantages=(0.0, 0.0), klCoef=1e-3, lr=1e-9), cache=cache)
+    assert it0.metrics["kl"] == pytest.approx(0.0, abs=1e-12) and it0.metrics["gradNorm"] == 0.0
+    w0 = _adapter(store, it0.checkpoint)
+    assert w0.keys() == sft_w.keys() and all(torch.equal(w0[k], sft_w[k]) for k in w0)
+    assert _manifest(store, it0.checkpoint)["init"] == init.to_json()
+
+    # a later iteration (parent given) still measures the KL against the SFT model, not the bare base
+    it1 = update_policy(
+        _init_req(store, base_dir, init, iteration=1, parent=it0.checkpoint, advantages=(0.0, 0.0), klCoef=1e-3),
+        cache=cache,
+    )
+    assert it1.metrics["kl"] == pytest.approx(0.0, abs=1e-12)
+
+    # the same adapter measured against the bare base (an RL checkpoint holding it, no init): KL > 0
+    bare = dict(_manifest(store, it0.checkpoint))
+    bare.update(init=None, files={k: v for k, v in bare["files"].items() if k != "optimizer.pt"})
+    against_base = update_policy(
+        _req(store, base_dir, run_id="bare", parent=store.put_json(bare), advantages=(0.0, 0.0), klCoef=1e-3),
+        cache=cache,
+    )
+    assert against_base.reused is False and against_base.metrics["kl"] > 1e-4
+    assert not any("lora" in n for n, _ in cache._value[0].named_parameters())  # both adapters unloaded
+
+
+def test_a_parent_must_come_from_the_same_init(tmp_path, base_dir, cache):
+    store = FsStore(tmp_path)
+    init = _sft_checkpoint(store, base_dir, cache)
+    it0 = update_policy(_init_req(store, base_dir, init), cache=cache)
+    with pytest.raises(ContractError, match="request.init is None, but the parent checkpoint was trained from init"):
+        update_policy(_req(store, base_dir, iteration=1, parent=it0.checkpoint), cache=cache)
+
+
+def test_init_must_be_a_lora_sft_checkpoint_of_the_same_shape(tmp_path, base_dir, cache):
+    store = FsStore(tmp_path)
+    init = _sft_checkpoint(store, base_dir, cache)
+    with pytest.raises(ContractError, match=r"loraRank 8, loraAlpha 8\.0; the init \(SFT\) adapter has 4, 8"):
+        update_policy(_init_req(store, base_dir, init, loraRank=8), cache=cache)
+    full = _sft_checkpoint(store, base_dir, cache, run_id="sft-full", finetune="full")
+    with pytest.raises(ContractError, match=r"is a full fine-tune SFT checkpoint.*\(trainer.base, kind 'hf'"):
+        update_policy(_init_req(store, base_dir, full), cache=cache)
+    rl = update_policy(_req(store, base_dir), cache=cache)
+    with pytest.raises(
+        ContractError, match="request.init points at 'cm2.checkpoint/v1', expected a cm2.sft-checkpoint"
+    ):
+        update_policy(_init_req(store, base_dir, rl.checkpoint, iteration=1), cache=cache)
+    # the failures left the cache usable
+    update_policy(_init_req(store, base_dir, init, iteration=2), cache=cache)

@@ -59,3 +59,28 @@ def test_corrupt_batch_blob_is_store_corruption(tmp_path, base_dir):
     with pytest.raises(ApplicationError) as e:
         ActivityEnvironment().run(make_update_activity(), request_obj(store.url, ref, base_dir))
     assert e.value.type == "StoreCorruption" and e.value.non_retryable
+
+
+def test_sft_activity_returns_a_valid_result_and_types_its_errors(tmp_path, base_dir):
+    from test_sft import put_dataset, record
+    from test_sft import request_obj as sft_request_obj
+
+    from cm2_trainer.contract import decode_sft_result
+    from cm2_trainer.worker import make_sft_activity
+
+    store = FsStore(tmp_path)
+    ds = put_dataset(store, "train", [record("Paris")])
+    beats = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    out = env.run(make_sft_activity(), sft_request_obj(store, base_dir, ds))
+    assert decode_sft_result(out) == out and out["steps"] == 1 and out["reused"] is False
+    assert {"phase": "train", "step": 1, "of": 1, "loss": out["history"][0]["loss"]} in beats
+
+    for bad, message in [
+        (sft_request_obj(store, base_dir, ds, warmupRatio=1.5), "request.sft.warmupRatio is 1.5"),
+        (sft_request_obj(store, base_dir, ds, run_id="s2", maxTokens=10), "Dataset 'train'"),
+    ]:
+        with pytest.raises(ApplicationError) as e:
+            ActivityEnvironment().run(make_sft_activity(), bad)
+        assert e.value.type == "InvalidBatch" and e.value.non_retryable and message in e.value.message
