@@ -12,6 +12,7 @@ import { createDatasetActivities } from "./dataset.ts";
 import { createEpisodeActivities } from "./episode.ts";
 import { createRewardActivities } from "./rewards.ts";
 import { createLabelingActivities } from "./labeling.ts";
+import { createRecordStageActivities } from "./record_stage.ts";
 import { createPipelineActivities } from "./pipeline.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 
@@ -68,6 +69,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createRewardActivities({ store: deps.store, cached }),
     ...createPolicyActivities({ store: deps.store, cached, root: deps.root }),
     ...createLabelingActivities(deps),
+    ...createRecordStageActivities({ store: deps.store, cached, models: deps.models }),
     ...createPipelineActivities(deps),
   });
 }

@@ -1,12 +1,13 @@
 /**
- * `cm2 data import | inspect | filter`: datasets in the store, with counts and precise errors.
+ * `cm2 data import | inspect | filter | split | compress-cot`: datasets in the store, with counts and precise
+ * errors. `filter --llm` and `compress-cot` are durable LLM stages (`cli/stage.ts`).
  *
  * @module
  */
 import type { Command } from "commander";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { FILTER_CRITERIA, type FilterCriterion, filterRecords } from "../core/filters.ts";
+import { FILTER_CRITERIA, filterRecords } from "../core/filters.ts";
 import {
   formatImportError,
   IMPORT_FORMATS,
@@ -17,10 +18,12 @@ import {
 import { inspectDataset } from "../core/inspect.ts";
 import type { TrajectoryRecord } from "../core/records.ts";
 import { datasetRef, loadAllRecords, loadManifest, saveDataset } from "../store/datasets.ts";
-import { type ArtifactStore, putJson, type Ref } from "../store/mod.ts";
-import { resolveSplitRules, splitRecords } from "../core/split.ts";
-import { createHash } from "node:crypto";
+import type { ArtifactStore, Ref } from "../store/mod.ts";
+import { resolveSplitRules } from "../core/split.ts";
+import { contentKey, ruleCriteria, saveFiltered, splitStep } from "../store/dataset_steps.ts";
 import { fail, readText, storeFrom } from "./common.ts";
+import { EXIT_PAUSED } from "./label.ts";
+import { addStageOptions, llmOrRules, registerCompressCot } from "./stage.ts";
 
 /**
  * Loads records from a store dataset name or a dataset file, with what names that version: the manifest ref
@@ -43,7 +46,7 @@ async function loadRecords(
   }
   const report = await importFiles([nameOrFile], () => Promise.resolve(text));
   for (const e of report.errors) printImportError(e);
-  const versionKey = createHash("sha256").update(text).digest("hex");
+  const versionKey = contentKey(text);
   return { name: path.basename(nameOrFile), records: report.records, parent: null, versionKey };
 }
 
@@ -69,7 +72,7 @@ function round(n: number): string {
 
 /** Registers `cm2 data`. */
 export function registerDataCommands(program: Command): void {
-  const data = program.command("data").description("datasets: import, inspect, filter, split");
+  const data = program.command("data").description("datasets: import, inspect, filter, split, compress-cot");
   data.command("import")
     .argument("<paths...>", "files to import (CM2 JSON/JSONL, OpenAI chat JSONL, ToolTalk, τ-bench)")
     .requiredOption("--name <name>", "dataset name in the store")
@@ -104,7 +107,7 @@ export function registerDataCommands(program: Command): void {
       }
     });
 
-  data.command("filter")
+  const filter = data.command("filter")
     .argument("<dataset>", "dataset name in the store, or a file")
     .option("--out <name>", "store the kept records as this dataset")
     .option("--disable <criteria>", `comma-separated criteria to skip (of ${FILTER_CRITERIA.join(", ")})`)
@@ -115,11 +118,18 @@ export function registerDataCommands(program: Command): void {
     .option("--rejected <file>", "write each rejected record's uuid and reasons as JSON lines")
     .option("--store <url>", "store URL or path (default: $CM2_STORE_URL or file:.cm2/store)")
     .option("--allow-empty", "write --out even when every record was rejected")
+    .option(
+      "--llm",
+      "judge each record with the labeler model instead (durable workflow filter/<out>; needs --out)",
+    )
     .description(
       "apply CM2's seven rule-based filters; print counts per criterion and each rejected record with its " +
-        "reasons (think_tags applies by default only to data that has <think> tags)",
+        "reasons (think_tags applies by default only to data that has <think> tags); with --llm, an LLM judge " +
+        `of each record's quality (resumable, budgeted; exit code ${EXIT_PAUSED} when paused on its budget)`,
     )
-    .action(filterCommand);
+    .action(llmOrRules(filterCommand));
+  addStageOptions(filter);
+  registerCompressCot(data);
 
   data.command("split")
     .argument("<dataset>", "dataset name in the store, or a file")
@@ -172,37 +182,16 @@ async function splitCommand(name: string, opts: {
   }
   const store = storeFrom(opts);
   const { name: label, records, parent, versionKey } = await loadRecords(store, name);
-  const split = splitRecords(records, rules, versionKey);
-  const pick = (idx: number[]) => idx.map((i) => records[i]!);
-  const save = async (part: string, idx: number[]) => {
-    if (idx.length === 0) return null;
-    const { ref, manifest } = await saveDataset(store, `${opts.out}-${part}`, pick(idx), {
-      sources: [{ file: label, format: "dataset", imported: idx.length, errors: 0 }],
-      derivedFrom: { step: `split:${part}`, parent },
-    });
-    return { name: `datasets/${opts.out}-${part}`, version: manifest.version ?? 1, ref };
-  };
-  const datasets = {
-    sft: await save("sft", split.sft),
-    rl: await save("rl", [...split.rl, ...split.heldOut]),
-    heldOut: await save("heldout", split.heldOut),
-  };
-  const report = {
-    schema: "cm2.split/v1",
-    source: { name: label, parent, versionKey },
+  const { report, reportRef } = await splitStep(store, {
+    source: label,
+    records,
+    parent,
+    versionKey,
     rules,
-    counts: split.counts,
-    uuids: {
-      sft: pick(split.sft).map((r) => r.uuid),
-      rl: pick(split.rl).map((r) => r.uuid),
-      heldOut: pick(split.heldOut).map((r) => r.uuid),
-    },
-    datasets,
-    createdAt: new Date().toISOString(),
-  };
-  const reportRef = await putJson(store, report);
-  await store.setName(`splits/${opts.out}`, reportRef);
-  const c = split.counts;
+    out: opts.out,
+  });
+  const datasets = report.datasets;
+  const c = report.counts;
   const at = (d: { name: string; version: number } | null) =>
     d ? ` → ${d.name} v${d.version}` : " (not saved: empty)";
   console.log(
@@ -309,18 +298,13 @@ async function filterCommand(name: string, opts: {
   const store = storeFrom(opts);
   const { records } = await loadRecords(store, name);
   const list = (v?: string) => (v ?? "").split(",").map((s) => s.trim()).filter(Boolean);
-  for (const d of [...list(opts.disable), ...list(opts.enable)]) {
-    if (!FILTER_CRITERIA.includes(d as FilterCriterion)) fail(`Unknown criterion ${JSON.stringify(d)}`);
+  let criteria;
+  try {
+    criteria = ruleCriteria(records, list(opts.disable), list(opts.enable));
+  } catch (err) {
+    fail((err as Error).message);
   }
-  // Data without reasoning traces would fail think_tags everywhere: skip it unless the data has them.
-  const traces = records.some((r) =>
-    r.messages.some((m) => m.role === "assistant" && m.content.includes("<think>"))
-  );
-  const disabled = [
-    ...list(opts.disable),
-    ...(traces || list(opts.enable).includes("think_tags") ? [] : ["think_tags"]),
-  ];
-  const enabled = FILTER_CRITERIA.filter((c) => !disabled.includes(c));
+  const { enabled, traces } = criteria;
   const result = filterRecords(records, { criteria: enabled });
   console.log(`kept ${result.kept.length} of ${records.length} records`);
   for (const c of FILTER_CRITERIA) {
@@ -347,21 +331,17 @@ async function filterCommand(name: string, opts: {
   }
   if (opts.out) {
     if (result.kept.length === 0 && !opts.allowEmpty) {
-      fail(
-        `every record was rejected; not writing an empty dataset ${opts.out} (pass --allow-empty to)`,
-      );
+      fail(`every record was rejected; not writing an empty dataset ${opts.out} (pass --allow-empty to)`);
     }
-    const parent = await datasetRef(store, name);
-    const { ref } = await saveDataset(store, opts.out, result.kept, {
-      sources: [{
-        file: name,
-        format: "dataset",
-        imported: result.kept.length,
-        errors: records.length - result.kept.length,
-      }],
-      derivedFrom: { step: `filter:${enabled.join("+")}`, parent: parent ?? null },
+    const saved = await saveFiltered(store, {
+      source: name,
+      kept: result.kept,
+      total: records.length,
+      parent: (await datasetRef(store, name)) ?? null,
+      step: `filter:${enabled.join("+")}`,
+      out: opts.out,
       allowEmpty: opts.allowEmpty ?? false,
     });
-    console.log(`dataset ${opts.out} → ${ref.uri}`);
+    console.log(`dataset ${opts.out} → ${saved.ref.uri}`);
   }
 }

@@ -7,9 +7,29 @@
  */
 import type { Command } from "commander";
 import { workflowIds } from "../core/names.ts";
-import { parsePipelineRecipe } from "../core/pipeline.ts";
-import { pipelineRun, type PipelineStatus, pipelineStatusQuery } from "../workflows/pipeline.ts";
+import type { RunConfig } from "../core/config.ts";
+import { cotCompressStage } from "../core/cot_compress.ts";
+import { LABEL_PROMPT_VERSION } from "../core/label_check.ts";
+import { parsePipelineRecipe, type PipelineRecipe } from "../core/pipeline.ts";
+import { qualityFilterStage } from "../core/quality_filter.ts";
+import {
+  type PipelineInput,
+  pipelineRun,
+  type PipelineStatus,
+  pipelineStatusQuery,
+} from "../workflows/pipeline.ts";
 import { configOrFail, fail, readText, startOrAttach, withClient } from "./common.ts";
+
+/** The prompt versions of a recipe's LLM stages, fixed at start. */
+export function promptVersionsOf(recipe: PipelineRecipe, config: RunConfig): PipelineInput["promptVersions"] {
+  const compress = recipe.stages.find((s) => s.stage === "compress-cot");
+  const target = compress?.stage === "compress-cot" ? compress.target : undefined;
+  return {
+    label: LABEL_PROMPT_VERSION,
+    "filter-llm": qualityFilterStage.promptVersion({}),
+    "compress-cot": cotCompressStage.promptVersion({ target: target ?? config.stages.compressTarget }),
+  };
+}
 
 /** One line per finished stage. */
 function stageLine(status: PipelineStatus, k: number): string {
@@ -45,7 +65,7 @@ export function registerPipelineCommands(program: Command): void {
           client.workflow.start(pipelineRun, {
             taskQueue: config.temporal.taskQueue,
             workflowId: id,
-            args: [{ recipe, config }],
+            args: [{ recipe, config, promptVersions: promptVersionsOf(recipe, config) }],
           }));
         if (opts.detach) return;
         let printed = 0;

@@ -221,6 +221,20 @@ export const LabelingSchema = z.object({
   budgetTokens: z.number().int().min(0).optional(),
 }).strict().prefault({});
 
+/** The LLM data stages (`cm2 data filter --llm`, `cm2 data compress-cot`); command-line flags override these. */
+export const StagesSchema = z.object({
+  /** Calls in flight (sliding window), with the `labeler` model role. */
+  concurrency: z.number().int().positive().default(8),
+  /** Calls per record before its last answer's problems settle it (retries show the model those problems). */
+  maxAttempts: z.number().int().positive().default(3),
+  /** `compress-cot`: the share of its original length (estimated tokens) a reasoning may keep. */
+  compressTarget: z.number().gt(0).max(1).default(0.5),
+  /** Pause when this run's spend reaches this many US dollars (needs `models.labeler.prices`). */
+  budgetUsd: z.number().min(0).optional(),
+  /** Pause when this run's calls reach this many tokens (prompt + completion). */
+  budgetTokens: z.number().int().min(0).optional(),
+}).strict().prefault({});
+
 /** The full run configuration. */
 /**
  * Where the run's artifacts live: `file:<dir>` (relative to the project root), `file:///abs/dir`, or
@@ -265,6 +279,7 @@ export const RunConfigSchema = z.object({
   store: StoreSchema,
   temporal: z.object({ taskQueue: z.string().default(ORCHESTRATOR_QUEUE) }).strict().prefault({}),
   labeling: LabelingSchema,
+  stages: StagesSchema,
 }).strict();
 
 export type RunConfig = z.infer<typeof RunConfigSchema>;

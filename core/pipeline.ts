@@ -4,8 +4,10 @@
  * run config its model-backed stages use, and the stages with their options.
  *
  * Dataset names a pipeline `<name>` writes: `<name>-raw` (an imported file), `<name>-filtered` (rule filter),
- * `<name>-llm` (LLM filter), `<name>-cot` (CoT compression), `<name>-sft` / `<name>-rl` / `<name>-heldout`
- * (split), `<name>-rl-labeled` (labeling); the SFT run is `sft/<name>`, the RL run `run/<name>`.
+ * `<name>-llm` (LLM filter, `filter/<name>-llm`), `<name>-cot` (CoT compression, `compress/<name>-cot`),
+ * `<name>-sft` / `<name>-rl` / `<name>-heldout` (split), `<name>-rl-labeled` (labeling, `label/…`); the SFT
+ * run is `sft/<name>`, the RL run `run/<name>`. The paper's order: filter, filter-llm, compress-cot, split,
+ * sft, label, rl.
  *
  * Pure, no I/O.
  *
@@ -21,6 +23,8 @@ const Count = z.number().int().min(0);
 export const PipelineStageSchema = z.discriminatedUnion("stage", [
   z.object({ stage: z.literal("filter"), disable: Criteria.optional(), enable: Criteria.optional() })
     .strict(),
+  z.object({ stage: z.literal("filter-llm") }).strict(),
+  z.object({ stage: z.literal("compress-cot"), target: z.number().gt(0).max(1).optional() }).strict(),
   z.object({
     stage: z.literal("split"),
     seed: z.number().int().optional(),
@@ -53,6 +57,11 @@ export const PipelineRecipeSchema = z.object({
   });
   const at = (k: string) => kinds.indexOf(k as PipelineStage["stage"]);
   const split = at("split");
+  for (const k of ["filter", "filter-llm", "compress-cot"] as const) {
+    if (at(k) >= 0 && split >= 0 && at(k) > split) {
+      ctx.addIssue({ code: "custom", path: ["stages", at(k)], message: `stage ${k} must come before split` });
+    }
+  }
   for (const k of ["sft", "label", "rl"] as const) {
     if (at(k) >= 0 && split >= 0 && at(k) < split) {
       ctx.addIssue({ code: "custom", path: ["stages", at(k)], message: `stage ${k} must come after split` });

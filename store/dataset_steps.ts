@@ -41,10 +41,33 @@ export function ruleCriteria(
   return { enabled: FILTER_CRITERIA.filter((c) => !off.includes(c)), traces };
 }
 
-/**
- * Applies the rule filter to `records` (read from `source`) and, with `out`, saves the kept ones as a new
- * version of `datasets/<out>`.
- */
+/** Saves the records a filter kept as a new version of `datasets/<out>`, derived from `parent` by `step`. */
+export async function saveFiltered(
+  store: ArtifactStore,
+  input: {
+    source: string;
+    kept: readonly TrajectoryRecord[];
+    total: number;
+    parent: Ref | null;
+    step: string;
+    out: string;
+    allowEmpty?: boolean;
+  },
+): Promise<{ ref: Ref; version: number }> {
+  const { ref, manifest } = await saveDataset(store, input.out, input.kept, {
+    sources: [{
+      file: input.source,
+      format: "dataset",
+      imported: input.kept.length,
+      errors: input.total - input.kept.length,
+    }],
+    derivedFrom: { step: input.step, parent: input.parent },
+    allowEmpty: input.allowEmpty ?? false,
+  });
+  return { ref, version: manifest.version ?? 1 };
+}
+
+/** Applies the rule filter to `records` (read from `source`) and saves the kept ones as `datasets/<out>`. */
 export async function ruleFilterStep(
   store: ArtifactStore,
   input: {
@@ -52,23 +75,18 @@ export async function ruleFilterStep(
     records: readonly TrajectoryRecord[];
     parent: Ref | null;
     enabled: FilterCriterion[];
-    out?: string;
+    out: string;
     allowEmpty?: boolean;
   },
-): Promise<{ result: FilterResult; saved: { ref: Ref; version: number } | null }> {
+): Promise<{ result: FilterResult; saved: { ref: Ref; version: number } }> {
   const result = filterRecords(input.records, { criteria: input.enabled });
-  if (!input.out) return { result, saved: null };
-  const { ref, manifest } = await saveDataset(store, input.out, result.kept, {
-    sources: [{
-      file: input.source,
-      format: "dataset",
-      imported: result.kept.length,
-      errors: input.records.length - result.kept.length,
-    }],
-    derivedFrom: { step: `filter:${input.enabled.join("+")}`, parent: input.parent },
-    allowEmpty: input.allowEmpty ?? false,
+  const saved = await saveFiltered(store, {
+    ...input,
+    kept: result.kept,
+    total: input.records.length,
+    step: `filter:${input.enabled.join("+")}`,
   });
-  return { result, saved: { ref, version: manifest.version ?? 1 } };
+  return { result, saved };
 }
 
 /** One part of a split as stored. */

@@ -73,7 +73,7 @@ export function createTestTrainer(
             heldOut: req.heldOut,
             finetune: req.sft.finetune,
             files: { "adapter.json": await putJson(store, { fake: "sft adapter", run: req.runId }) },
-            metrics: history[0],
+            metrics: { loss: 1, heldOutLoss: history[0]!.heldOutLoss },
             sft: req.sft,
             createdAt: new Date().toISOString(),
           });

@@ -8,5 +8,6 @@ export { smokeWorkflow } from "./smoke.ts";
 export { episodeWorkflow, taskGroupWorkflow } from "./episode.ts";
 export { iterationWorkflow, trainingRun } from "./training.ts";
 export { labelDataset } from "./labeling.ts";
+export { recordStage } from "./record_stage.ts";
 export { sftRun } from "./sft.ts";
 export { pipelineRun } from "./pipeline.ts";

@@ -12,10 +12,10 @@ import { defineQuery, executeChild, proxyActivities, setHandler } from "@tempora
 import type { Activities } from "../activities/mod.ts";
 import type { StageResult } from "../activities/pipeline.ts";
 import type { RunConfig } from "../core/config.ts";
-import { LABEL_PROMPT_VERSION } from "../core/label_check.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import type { PipelineRecipe, PipelineStage } from "../core/pipeline.ts";
 import { labelDataset, labelWorkflowId } from "./labeling.ts";
+import { recordStage, stageWorkflowId } from "./record_stage.ts";
 import { STORE } from "./presets.ts";
 import { sftRun } from "./sft.ts";
 import { trainingRun } from "./training.ts";
@@ -27,6 +27,11 @@ export interface PipelineInput {
   recipe: PipelineRecipe;
   /** The run config of the model-backed stages (the recipe's `config` file, loaded by the client). */
   config: RunConfig;
+  /**
+   * Prompt versions of the LLM stages, fixed by the client at start (as `cm2 label` does), so a run never mixes
+   * versions; the workflow cannot import the prompt modules (they pull in zod).
+   */
+  promptVersions: { label: string; "filter-llm": string; "compress-cot": string };
 }
 
 /** What `pipelineStatus` returns. */
@@ -97,11 +102,35 @@ export async function pipelineRun(input: PipelineInput): Promise<StageResult[]> 
 /** Runs a model-backed stage as a child workflow and summarises it. */
 async function runChild(
   input: PipelineInput,
-  step: Extract<PipelineStage, { stage: "label" | "sft" | "rl" }>,
+  step: Extract<PipelineStage, { stage: "filter-llm" | "compress-cot" | "label" | "sft" | "rl" }>,
   at: { current: string; split: StageResult["split"]; sft: boolean },
 ): Promise<StageResult> {
   const name = input.recipe.name;
   const config = stageConfig(input, at);
+  if (step.stage === "filter-llm" || step.stage === "compress-cot") {
+    const kind = step.stage === "filter-llm" ? "filter" : "compress";
+    const out = `${name}-${kind === "filter" ? "llm" : "cot"}`;
+    const c = config.stages;
+    const summary = await executeChild(recordStage, {
+      workflowId: stageWorkflowId(kind, out),
+      args: [{
+        kind,
+        config,
+        dataset: at.current.slice("datasets/".length),
+        out,
+        promptVersion: input.promptVersions[step.stage],
+        params: step.stage === "compress-cot" ? { target: step.target ?? c.compressTarget } : {},
+        concurrency: c.concurrency,
+        maxAttempts: c.maxAttempts,
+        budget: {
+          ...(c.budgetUsd !== undefined ? { usd: c.budgetUsd } : {}),
+          ...(c.budgetTokens !== undefined ? { tokens: c.budgetTokens } : {}),
+        },
+      }],
+    });
+    const counts = Object.entries(summary.counts).map(([k, v]) => `${k} ${v}`).join(", ");
+    return { stage: step.stage, dataset: `datasets/${out}`, summary: `${counts}, failed ${summary.failed}` };
+  }
   if (step.stage === "label") {
     const out = `${name}-rl-labeled`;
     const l = config.labeling;
@@ -111,7 +140,7 @@ async function runChild(
         config,
         dataset: at.current.slice("datasets/".length),
         out,
-        promptVersion: LABEL_PROMPT_VERSION,
+        promptVersion: input.promptVersions.label,
         variants: step.variants ?? l.variants,
         concurrency: l.concurrency,
         maxAttempts: l.maxAttempts,

@@ -14,7 +14,7 @@ import { modelFactory, ROOT } from "../../config.ts";
 import { parseRunConfig, type RunConfig } from "../../core/config.ts";
 import { TrajectoryRecordSchema } from "../../core/records.ts";
 import { FsStore } from "../../store/fs_store.ts";
-import { type ScriptedServer, startScriptedServer } from "../scripted_server.ts";
+import { type ScriptedServer, type ScriptHandler, startScriptedServer } from "../scripted_server.ts";
 import { createTestTrainer, type TestTrainerLog } from "../test_trainer.ts";
 import { trainingRoles } from "./scripted_models.ts";
 import { uniqueQueue, workflowBundle } from "./temporal.ts";
@@ -68,11 +68,14 @@ export interface TrainingStack {
 /** Builds the stack against a Temporal address. */
 export async function trainingStack(
   address: string,
-  opts: { latencyMs?: number; pTrue?: number } = {},
+  opts: { latencyMs?: number; pTrue?: number; roles?: Record<string, ScriptHandler> } = {},
 ): Promise<TrainingStack> {
   const records = await sampleRecords();
   const server = startScriptedServer({
-    roles: trainingRoles(records, opts.pTrue !== undefined ? { pTrue: opts.pTrue } : {}),
+    roles: {
+      ...trainingRoles(records, opts.pTrue !== undefined ? { pTrue: opts.pTrue } : {}),
+      ...opts.roles,
+    },
     adapters: true,
     loraBase: "policy-model",
     ...(opts.latencyMs ? { latencyMs: opts.latencyMs } : {}),

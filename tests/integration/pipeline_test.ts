@@ -8,6 +8,7 @@ import { workflowIds } from "../../core/names.ts";
 import { parsePipelineRecipe } from "../../core/pipeline.ts";
 import { datasetRef, loadManifest } from "../../store/datasets.ts";
 import { pipelineRun, pipelineStatusQuery } from "../../workflows/pipeline.ts";
+import { promptVersionsOf } from "../../cli/pipeline.ts";
 import { useTemporal } from "../harness/temporal.ts";
 import { scriptedConfig, trainingStack } from "../harness/training.ts";
 
@@ -18,7 +19,10 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const temporal = await useTemporal();
-    const stack = await trainingStack(temporal.address);
+    // the labeler judges every record fit to keep (the LLM filter); the sample has no reasoning to compress
+    const stack = await trainingStack(temporal.address, {
+      roles: { "labeler-model": () => ({ json: { problems: [], keep: true } }) },
+    });
     let stop = await stack.startWorkers();
     try {
       const name = `pipe-${crypto.randomUUID().slice(0, 6)}`;
@@ -27,6 +31,8 @@ Deno.test({
         input: "data/sample/tooltalk_sample.jsonl",
         stages: [
           { stage: "filter" },
+          { stage: "filter-llm" },
+          { stage: "compress-cot" },
           { stage: "split", heldOut: 2, rl: 4 },
           { stage: "sft" },
           { stage: "rl" },
@@ -41,7 +47,7 @@ Deno.test({
       const handle = await stack.client.workflow.start(pipelineRun, {
         taskQueue: stack.taskQueue,
         workflowId: workflowIds.pipeline(name),
-        args: [{ recipe: parsed.recipe, config }],
+        args: [{ recipe: parsed.recipe, config, promptVersions: promptVersionsOf(parsed.recipe, config) }],
       });
       // stop the workers once the RL run has started, then start them again: the pipeline carries on
       for (let i = 0; i < 600; i++) {
@@ -52,10 +58,23 @@ Deno.test({
       await stop();
       stop = await stack.startWorkers();
       const results = await handle.result();
-      assert.deepEqual(results.map((r) => r.stage), ["import", "filter", "split", "sft", "rl"]);
+      assert.deepEqual(results.map((r) => r.stage), [
+        "import",
+        "filter",
+        "filter-llm",
+        "compress-cot",
+        "split",
+        "sft",
+        "rl",
+      ]);
       assert.equal(results[0]!.dataset, `datasets/${name}-raw`);
       assert.equal(results[1]!.dataset, `datasets/${name}-filtered`);
-      assert.deepEqual(results[2]!.split, {
+      assert.equal(results[2]!.dataset, `datasets/${name}-llm`);
+      assert.match(results[2]!.summary, /kept 10, rejected 0/);
+      assert.equal(results[3]!.dataset, `datasets/${name}-cot`);
+      assert.match(results[3]!.summary, /no-reasoning 10/);
+      assert.equal(stack.server.countBy()["labeler-model"], 10, "one LLM-filter call per record");
+      assert.deepEqual(results[4]!.split, {
         sft: `datasets/${name}-sft`,
         rl: `datasets/${name}-rl`,
         heldOut: `datasets/${name}-heldout`,
@@ -72,14 +91,14 @@ Deno.test({
       // the RL run trained on the RL part (its held-out records at the end)
       const rl = await loadManifest(stack.store, (await datasetRef(stack.store, `${name}-rl`))!);
       assert.equal(rl.count, 6);
-      assert.match(results[4]!.summary, /1 iterations, policy v1/);
+      assert.match(results[6]!.summary, /1 iterations, policy v1/);
 
       // a re-run skips every finished stage: no SFT or update call, the same results
       const calls = stack.trainerLog.calls.length + (stack.trainerLog.sftCalls?.length ?? 0);
       const again = await stack.client.workflow.execute(pipelineRun, {
         taskQueue: stack.taskQueue,
         workflowId: workflowIds.pipeline(name),
-        args: [{ recipe: parsed.recipe, config }],
+        args: [{ recipe: parsed.recipe, config, promptVersions: promptVersionsOf(parsed.recipe, config) }],
       });
       assert.deepEqual(again, results);
       assert.equal(stack.trainerLog.calls.length + (stack.trainerLog.sftCalls?.length ?? 0), calls);
@@ -92,6 +111,13 @@ Deno.test({
 });
 
 Deno.test("pipeline recipes are checked: unknown stages, order and repeats are named", () => {
+  const late = parsePipelineRecipe({
+    name: "x",
+    input: "d",
+    stages: [{ stage: "split" }, { stage: "filter-llm" }],
+  });
+  assert.ok(!late.ok);
+  assert.match(late.issues.join("\n"), /stages\.1: stage filter-llm must come before split/);
   const bad = parsePipelineRecipe({
     name: "x",
     input: "data.jsonl",

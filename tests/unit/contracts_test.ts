@@ -52,3 +52,13 @@ Deno.test("trainer hyperparameters: one key list for config, wire and workflow; 
   assert.ok(pinned.ok);
   assert.equal(hyperparamsOf(pinned.config).lossAgg, "token-mean");
 });
+
+Deno.test("SFT settings: the config's defaults equal the shared fixture the Python SftConfig is pinned to", async () => {
+  const { parseRunConfig } = await import("../../core/config.ts");
+  const { SftParamsSchema } = await import("../../core/trainer_contract.ts");
+  const parsed = parseRunConfig({});
+  assert.ok(parsed.ok);
+  const { dataset: _d, heldOut: _h, ...wire } = parsed.config.sft;
+  assert.deepEqual(wire, await load("sft_defaults.json"));
+  assert.deepEqual(Object.keys(SftParamsSchema.shape).sort(), Object.keys(wire).sort());
+});
