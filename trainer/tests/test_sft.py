@@ -123,7 +123,10 @@ def test_records_without_call_ids_render_as_with_them(tmp_path, tok):
     assert "tool_calls" not in sample.messages[1] and sample.advantages == {2: 1.0, 4: 1.0}
 
 
-def test_only_assistant_tokens_carry_loss(tmp_path, tok):
+@pytest.mark.parametrize("which", ["hermetic", "smollm2"])
+def test_only_assistant_tokens_carry_loss(tmp_path, request, which):
+    """With the hermetic test tokenizer and with the real SmolLM2 tokenizer of the embedded model."""
+    tok = request.getfixturevalue("tok" if which == "hermetic" else "gguf_tok")
     s = _rendered(FsStore(tmp_path), tok, record("Oslo"))
     spans, start = [], None
     for t, m in enumerate(s.loss_mask + [0]):
@@ -135,10 +138,10 @@ def test_only_assistant_tokens_carry_loss(tmp_path, tok):
     text = [tok.decode(s.input_ids[a:b], skip_special_tokens=False) for a, b in spans]
     before = [tok.decode(s.input_ids[:a], skip_special_tokens=False) for a, _ in spans]
     # two assistant messages, each trained from its first token through its end-of-turn token, nothing else
-    assert text == [
-        '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call><|im_end|>',
-        "It is sunny in Oslo.<|im_end|>",
-    ]
+    assert len(text) == 2, text
+    call = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'  # SmolLM2's template puts newlines around it
+    assert text[0].startswith("<tool_call>") and call in text[0] and text[0].endswith("</tool_call><|im_end|>")
+    assert text[1] == "It is sunny in Oslo.<|im_end|>"
     assert all(b.endswith("<|im_start|>assistant\n") for b in before)
     context = tok.decode([t for t, m in zip(s.input_ids, s.loss_mask, strict=True) if not m])
     for part in ("You are a weather assistant.", "Weather in Oslo?", '"temp_c": 21', "get_weather"):
