@@ -32,7 +32,7 @@ export function promptVersionsOf(recipe: PipelineRecipe, config: RunConfig): Pip
 }
 
 /** One line per finished stage. */
-function stageLine(status: PipelineStatus, k: number): string {
+export function stageLine(status: PipelineStatus, k: number): string {
   const s = status.stages[k]!;
   return `[${k + 1}/${status.stages.length}] ${s.stage}: ${s.result?.summary ?? s.status}${
     s.result?.dataset ? ` → ${s.result.dataset}` : ""

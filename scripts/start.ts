@@ -12,7 +12,8 @@
  * 6. prints where checkpoints and metrics are, the peak memory of the whole stack, and stops every
  *    process it started (`--keep` leaves the stack up).
  *
- * Flags: `--config FILE` (default: `recipes/demo.json`, the embedded demo), `--keep`, `--iterations N`.
+ * Flags: `--config FILE` (default: `recipes/demo.json`, the embedded demo), `--keep`, `--iterations N`,
+ * `--pipeline RECIPE` (run a pipeline recipe, e.g. `recipes/pipeline-sample.json`, instead of a training run).
  *
  * @module
  */
@@ -29,6 +30,9 @@ import { type ArtifactStore, getJson } from "../store/mod.ts";
 import { startRun } from "../cli/run.ts";
 import { statusQuery, type TrainingRunResult } from "../workflows/training.ts";
 import { formatSummary } from "../cli/run.ts";
+import { promptVersionsOf, stageLine } from "../cli/pipeline.ts";
+import { parsePipelineRecipe, type PipelineRecipe } from "../core/pipeline.ts";
+import { pipelineRun, pipelineStatusQuery } from "../workflows/pipeline.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { formatFindings, runDoctor } from "./doctor.ts";
@@ -43,6 +47,7 @@ const { values } = parseArgs({
     config: { type: "string" },
     keep: { type: "boolean", default: false },
     iterations: { type: "string" },
+    pipeline: { type: "string" },
   },
 });
 
@@ -334,7 +339,8 @@ async function startServices(
 async function main(): Promise<number> {
   const t0 = performance.now();
   await setup();
-  let config: RunConfig = await loadRunConfig(values.config ?? DEMO_RECIPE);
+  const recipe = values.pipeline ? await loadRecipe(values.pipeline) : undefined;
+  let config: RunConfig = await loadRunConfig(values.config ?? recipe?.config ?? DEMO_RECIPE);
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15).toLowerCase();
   config = {
     ...config,
@@ -365,6 +371,23 @@ async function main(): Promise<number> {
 
   const connection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection });
+  if (recipe) {
+    const code = await runPipeline(
+      client,
+      { ...recipe, name: `${recipe.name}-${stamp}` },
+      config,
+      server.uiUrl,
+    );
+    clearInterval(sampler);
+    await sample();
+    log(
+      `peak memory of the whole stack (PSS): ${gib(peak)} GiB; done in ${
+        ((performance.now() - t0) / 1000).toFixed(0)
+      } s`,
+    );
+    await connection.close();
+    return code;
+  }
   const id = workflowIds.run(config.name);
   log(`run ${id}: ${configSummary(config)}`);
   log(
@@ -399,6 +422,52 @@ async function main(): Promise<number> {
     served.version === result.policyVersion;
   if (!ok) log("warning: the run did not produce one checkpoint per iteration with the last one served");
   return ok ? 0 : 1;
+}
+
+/** Reads and checks a pipeline recipe, or throws naming every problem. */
+async function loadRecipe(file: string): Promise<PipelineRecipe> {
+  const parsed = parsePipelineRecipe(JSON.parse(await Deno.readTextFile(file)));
+  if (!parsed.ok) throw new Error(`${file} is not a valid recipe:\n  ${parsed.issues.join("\n  ")}`);
+  return parsed.recipe;
+}
+
+/** `--pipeline`: runs a recipe on the started stack, a line per finished stage. */
+async function runPipeline(
+  client: Client,
+  recipe: PipelineRecipe,
+  config: RunConfig,
+  uiUrl: string | undefined,
+): Promise<number> {
+  const id = workflowIds.pipeline(recipe.name);
+  log(`pipeline ${id}: ${recipe.stages.map((s) => s.stage).join(" → ")}`);
+  log(`Web UI: ${uiUrl ?? "http://127.0.0.1:8233"}/namespaces/default/workflows/${encodeURIComponent(id)}`);
+  const handle = await client.workflow.start(pipelineRun, {
+    taskQueue: config.temporal.taskQueue,
+    workflowId: id,
+    args: [{
+      recipe,
+      config: { ...config, name: recipe.name },
+      promptVersions: promptVersionsOf(recipe, config),
+    }],
+  });
+  demoRun = handle;
+  let printed = 0;
+  const done = handle.result();
+  let finished = false;
+  done.finally(() => (finished = true)).catch(() => {});
+  const t0 = performance.now();
+  while (!finished) {
+    const s = await handle.query(pipelineStatusQuery).catch(() => undefined);
+    while (s && printed < s.stages.length && s.stages[printed]!.status === "done") {
+      log(`${stageLine(s, printed++)} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    }
+    await Promise.race([done.catch(() => {}), new Promise((r) => setTimeout(r, 2_000))]);
+  }
+  const results = await done;
+  for (; printed < results.length; printed++) {
+    log(`[${printed + 1}/${results.length}] ${results[printed]!.summary}`);
+  }
+  return 0;
 }
 
 // Ctrl-C or SIGTERM: stop everything this process started, then exit. A run from `--config` stays in
