@@ -8,7 +8,13 @@
  *
  * @module
  */
-import { defineQuery, executeChild, proxyActivities, setHandler } from "@temporalio/workflow";
+import {
+  ApplicationFailure,
+  defineQuery,
+  executeChild,
+  proxyActivities,
+  setHandler,
+} from "@temporalio/workflow";
 import type { Activities } from "../activities/mod.ts";
 import type { StageResult } from "../activities/pipeline.ts";
 import type { RunConfig } from "../core/config.ts";
@@ -48,14 +54,18 @@ export const pipelineStatusQuery = defineQuery<PipelineStatus>("pipelineStatus")
 function stageConfig(input: PipelineInput, data: { split: StageResult["split"]; sft: boolean }): RunConfig {
   const { config, recipe } = input;
   const split = data.split;
+  // after a split, SFT trains on its parts only (a held-out part it did not make is not borrowed from the config)
+  const { heldOut: _configHeldOut, ...sft } = config.sft;
   return {
     ...config,
     name: recipe.name,
-    sft: {
-      ...config.sft,
-      ...(split?.sft ? { dataset: split.sft } : {}),
-      ...(split?.heldOut ? { heldOut: split.heldOut } : {}),
-    },
+    sft: split
+      ? {
+        ...sft,
+        ...(split.sft ? { dataset: split.sft } : {}),
+        ...(split.heldOut ? { heldOut: split.heldOut } : {}),
+      }
+      : config.sft,
     trainer: { ...config.trainer, ...(data.sft ? { init: storeNames.sftFinal(recipe.name) } : {}) },
   };
 }
@@ -158,6 +168,12 @@ async function runChild(
     };
   }
   if (step.stage === "sft") {
+    if (!at.split?.sft) {
+      throw ApplicationFailure.nonRetryable(
+        `Pipeline ${name}: the split left no record for SFT; lower the split's rl and heldOut, or drop the sft stage`,
+        "InvalidInput",
+      );
+    }
     const r = await executeChild(sftRun, { workflowId: workflowIds.sft(name), args: [{ config }] });
     const last = r.history.at(-1);
     return {

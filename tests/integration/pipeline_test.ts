@@ -144,3 +144,40 @@ Deno.test("pipeline recipes are checked: unknown stages, order and repeats are n
   assert.ok(!lone.ok);
   assert.match(lone.issues.join("\n"), /stage sft needs a split stage before it/);
 });
+
+Deno.test({
+  name: "a pipeline whose split leaves nothing for SFT fails at the sft stage, saying so",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const temporal = await useTemporal();
+    const stack = await trainingStack(temporal.address);
+    const stop = await stack.startWorkers();
+    try {
+      const name = `nosft-${crypto.randomUUID().slice(0, 6)}`;
+      const parsed = parsePipelineRecipe({
+        name,
+        input: "data/sample/tooltalk_sample.jsonl",
+        stages: [{ stage: "split", sft: 0, heldOut: 1 }, { stage: "sft" }],
+      });
+      assert.ok(parsed.ok);
+      const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {}, name);
+      await assert.rejects(
+        stack.client.workflow.execute(pipelineRun, {
+          taskQueue: stack.taskQueue,
+          workflowId: workflowIds.pipeline(name),
+          args: [{ recipe: parsed.recipe, config, promptVersions: promptVersionsOf(parsed.recipe, config) }],
+        }),
+        (err: Error) => {
+          assert.match(String((err.cause as Error | undefined)?.message), /the split left no record for SFT/);
+          return true;
+        },
+      );
+      assert.equal(stack.trainerLog.sftCalls, undefined, "no SFT call");
+    } finally {
+      await stop();
+      await stack.close();
+      await temporal.release();
+    }
+  },
+});
