@@ -51,6 +51,17 @@ def base_dir(tmp_path_factory, tok) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def real_tok_base_dir(tmp_path_factory, gguf_tok) -> Path:
+    """A tiny random Llama with the real SmolLM2 tokenizer of the embedded model (base kind 'hf')."""
+    from helpers import tiny_llama
+
+    d = tmp_path_factory.mktemp("tiny-base-smollm2-tok")
+    tiny_llama(len(gguf_tok)).save_pretrained(d)
+    gguf_tok.save_pretrained(d)
+    return d
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("CM2_RUN_SLOW") == "1":
         return

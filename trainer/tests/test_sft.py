@@ -150,7 +150,10 @@ def test_only_assistant_tokens_carry_loss(tmp_path, request, which):
 
 # -- (a): the loss falls -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("finetune", ["lora", "full"])
-def test_loss_falls_on_a_repeated_batch(tmp_path, base_dir, cache, finetune):
+@pytest.mark.parametrize("tokenizer", ["hermetic", "smollm2"])
+def test_loss_falls_on_a_repeated_batch(tmp_path, request, cache, finetune, tokenizer):
+    """A tiny random model, with the hermetic test tokenizer and with the real SmolLM2 tokenizer."""
+    base_dir = request.getfixturevalue("base_dir" if tokenizer == "hermetic" else "real_tok_base_dir")
     store = FsStore(tmp_path)
     ds = put_dataset(store, "train", [record("Paris")])
     beats: list = []
