@@ -53,8 +53,10 @@ export function createRewardActivities(deps: { store: ArtifactStore; cached: Cac
         options,
         groups: scored.groups,
       });
+      // No sample (every episode failed and was dropped): no update this iteration, rather than an empty batch
+      // the trainer must refuse.
       let batchRef: Ref | null = null;
-      if (!input.validation) {
+      if (!input.validation && scored.samples.length > 0) {
         const batch: Batch = {
           schema: "cm2.batch/v1",
           runId: input.runName,

@@ -210,3 +210,45 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "an iteration in which every episode fails makes no update and the run goes on",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const temporal = await useTemporal();
+    // a judge whose answers never parse: every episode ends with judge-failure and is dropped (fixed preset)
+    const stack = await trainingStack(temporal.address, {
+      roles: { "judge-model": () => ({ content: "I think it is fine." }) },
+    });
+    const stop = await stack.startWorkers();
+    try {
+      const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
+        iterations: 2,
+        tasksPerIteration: 1,
+        groupSize: 2,
+      }, `allfail-${crypto.randomUUID().slice(0, 6)}`);
+      const result = await stack.client.workflow.execute(trainingRun, {
+        taskQueue: stack.taskQueue,
+        workflowId: workflowIds.run(config.name),
+        args: [{ config }],
+      });
+      assert.equal(result.iterations, 2);
+      assert.equal(result.policyVersion, 0, "no update was applied");
+      assert.deepEqual(result.recent.map((s) => [s.failed, s.episodes, s.updateLoss]), [[2, 2, null], [
+        2,
+        2,
+        null,
+      ]]);
+      assert.equal(
+        stack.trainerLog.calls.filter((c) => c.runId === config.name).length,
+        0,
+        "no trainer call",
+      );
+    } finally {
+      await stop();
+      await stack.close();
+      await temporal.release();
+    }
+  },
+});
