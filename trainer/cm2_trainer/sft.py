@@ -80,6 +80,7 @@ from .update import (
     OPTIMIZER_FILE,
     ModelCache,
     copy_adapter,
+    file_ref,
     load_base,
     load_checkpoint_manifest,
     lora_config,
@@ -263,7 +264,7 @@ def _load_full(
     d.mkdir(parents=True)
     for fname in resume.manifest["files"]:
         if fname not in _STATE_FILES:
-            store.copy_to(_file_ref(resume.manifest, fname), d / fname)
+            store.copy_to(file_ref(resume.manifest, fname, "SFT checkpoint"), d / fname)
     tokenizer = load_tokenizer(base.path)  # the base's, as a fresh run (the checkpoint's copy is for serving)
     model: Any = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
     model.to(device)
@@ -496,7 +497,7 @@ def _put_torch(store: ArtifactStore, obj: Any) -> Ref:
 
 
 def _get_torch(store: ArtifactStore, manifest: dict[str, Any], fname: str, device: torch.device) -> Any:
-    data = store.get_bytes(_file_ref(manifest, fname))
+    data = store.get_bytes(file_ref(manifest, fname, "SFT checkpoint"))
     return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
@@ -527,13 +528,6 @@ def _restore(optimizer: torch.optim.Optimizer, scheduler: Any, s: _Session, resu
     _set_rng_state(state["rng"])
     log.info("SFT run %s resumes after step %d of %d", s.req.run_id, m["step"], total)
     return int(m["step"])
-
-
-def _file_ref(manifest: dict[str, Any], fname: str) -> Ref:
-    try:
-        return Ref.from_json(manifest["files"][fname], where=f"sft checkpoint.files[{fname!r}]")
-    except KeyError:
-        raise StoreCorruption(f"SFT checkpoint manifest has no file {fname!r}") from None
 
 
 def _load_sft_manifest(store: ArtifactStore, ref: Ref, where: str) -> dict[str, Any]:

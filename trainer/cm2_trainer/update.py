@@ -304,7 +304,7 @@ def copy_adapter(store: ArtifactStore, manifest: dict[str, Any], dest: Path) -> 
     """The adapter files of a checkpoint manifest (RL or SFT: the same file names) as a peft adapter directory."""
     dest.mkdir(parents=True)
     for fname in ADAPTER_FILES:
-        store.copy_to(_file_ref(manifest, fname), dest / fname)
+        store.copy_to(file_ref(manifest, fname), dest / fname)
     return dest
 
 
@@ -356,7 +356,7 @@ def _wrap(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if parent is not None and OPTIMIZER_FILE in parent["files"]:
         state = torch.load(
-            io.BytesIO(store.get_bytes(_file_ref(parent, OPTIMIZER_FILE))), map_location=device, weights_only=True
+            io.BytesIO(store.get_bytes(file_ref(parent, OPTIMIZER_FILE))), map_location=device, weights_only=True
         )
         optimizer.load_state_dict(state)
         for g in optimizer.param_groups:  # this request's hyperparameters win over the saved ones
@@ -373,11 +373,12 @@ def _save(model: Any, optimizer: torch.optim.Optimizer, store: ArtifactStore, ou
     return files
 
 
-def _file_ref(manifest: dict[str, Any], fname: str) -> Ref:
+def file_ref(manifest: dict[str, Any], fname: str, what: str = "checkpoint") -> Ref:
+    """The ref of file `fname` of a checkpoint manifest (RL or SFT); a missing file is store corruption."""
     try:
-        return Ref.from_json(manifest["files"][fname], where=f"checkpoint.files[{fname!r}]")
+        return Ref.from_json(manifest["files"][fname], where=f"{what}.files[{fname!r}]")
     except KeyError:
-        raise StoreCorruption(f"Checkpoint manifest has no file {fname!r}") from None
+        raise StoreCorruption(f"The {what} manifest has no file {fname!r}") from None
 
 
 def _load_manifest(store: ArtifactStore, ref: Ref, where: str) -> dict[str, Any]:

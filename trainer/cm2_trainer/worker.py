@@ -52,17 +52,14 @@ def make_update_activity(
 
     @activity.defn(name=contract.ACTIVITY_NAME)
     def update_policy_activity(request: dict[str, Any]) -> dict[str, Any]:
-        info = activity.info()
-        with _typed_errors():
-            req = contract.decode_update_request(request)
-            if store_url is not None:
-                req = replace(req, store_url=store_url)
-            log.info("updatePolicy run=%s iteration=%d attempt=%d", req.run_id, req.iteration, info.attempt)
-            with _Keepalive(keepalive_s) as beat:
-                try:
-                    result = update_policy(req, heartbeat=beat, cache=model_cache, defaults=defaults)
-                finally:
-                    _release_memory()
+        req, result = _run(
+            "updatePolicy",
+            request,
+            contract.decode_update_request,
+            lambda r, beat: update_policy(r, heartbeat=beat, cache=model_cache, defaults=defaults),
+            store_url,
+            keepalive_s,
+        )
         out = result.to_json()
         contract.decode_result(out)
         log.info(
@@ -94,17 +91,14 @@ def make_sft_activity(
 
     @activity.defn(name=contract.SFT_ACTIVITY_NAME)
     def sft_train_activity(request: dict[str, Any]) -> dict[str, Any]:
-        info = activity.info()
-        with _typed_errors():
-            req = contract.decode_sft_request(request)
-            if store_url is not None:
-                req = replace(req, store_url=store_url)
-            log.info("sftTrain run=%s attempt=%d", req.run_id, info.attempt)
-            with _Keepalive(keepalive_s) as beat:
-                try:
-                    result = sft_train(req, heartbeat=beat, cache=model_cache, defaults=defaults)
-                finally:
-                    _release_memory()
+        req, result = _run(
+            "sftTrain",
+            request,
+            contract.decode_sft_request,
+            lambda r, beat: sft_train(r, heartbeat=beat, cache=model_cache, defaults=defaults),
+            store_url,
+            keepalive_s,
+        )
         out = result.to_json()
         contract.decode_sft_result(out)
         log.info(
@@ -113,6 +107,30 @@ def make_sft_activity(
         return out
 
     return sft_train_activity
+
+
+def _run(
+    name: str,
+    request: dict[str, Any],
+    decode: Callable[[Any], Any],
+    run: Callable[[Any, Any], Any],
+    store_url: str | None,
+    keepalive_s: float,
+) -> tuple[Any, Any]:
+    """One trainer activity: decode the request (the worker's `--store` replacing its store URL), run it with a
+    keepalive heartbeat, map the trainer's exceptions to typed errors, and give the memory back."""
+    info = activity.info()
+    with _typed_errors():
+        req = decode(request)
+        if store_url is not None:
+            req = replace(req, store_url=store_url)
+        log.info("%s run=%s attempt=%d", name, req.run_id, info.attempt)
+        with _Keepalive(keepalive_s) as beat:
+            try:
+                result = run(req, beat)
+            finally:
+                _release_memory()
+    return req, result
 
 
 @contextlib.contextmanager
