@@ -125,3 +125,27 @@ export async function trainingStack(
     },
   };
 }
+
+/**
+ * Runs `fn` against a training stack on the shared dev server with both workers started; `restart` stops and
+ * starts the workers again (a worker restart mid-run). Everything is stopped and released afterwards.
+ */
+export async function withTrainingStack(
+  opts: Parameters<typeof trainingStack>[1],
+  fn: (stack: TrainingStack, restart: () => Promise<void>) => Promise<void>,
+): Promise<void> {
+  const { useTemporal } = await import("./temporal.ts");
+  const temporal = await useTemporal();
+  const stack = await trainingStack(temporal.address, opts);
+  let stop = await stack.startWorkers();
+  try {
+    await fn(stack, async () => {
+      await stop();
+      stop = await stack.startWorkers();
+    });
+  } finally {
+    await stop();
+    await stack.close();
+    await temporal.release();
+  }
+}

@@ -9,8 +9,7 @@ import { parsePipelineRecipe } from "../../core/pipeline.ts";
 import { datasetRef, loadManifest } from "../../store/datasets.ts";
 import { pipelineRun, pipelineStatusQuery } from "../../workflows/pipeline.ts";
 import { promptVersionsOf } from "../../cli/pipeline.ts";
-import { useTemporal } from "../harness/temporal.ts";
-import { scriptedConfig, trainingStack } from "../harness/training.ts";
+import { scriptedConfig, withTrainingStack } from "../harness/training.ts";
 
 Deno.test({
   name:
@@ -18,13 +17,9 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    const temporal = await useTemporal();
-    // the labeler judges every record fit to keep (the LLM filter); the sample has no reasoning to compress
-    const stack = await trainingStack(temporal.address, {
+    await withTrainingStack({
       roles: { "labeler-model": () => ({ json: { problems: [], keep: true } }) },
-    });
-    let stop = await stack.startWorkers();
-    try {
+    }, async (stack, restart) => {
       const name = `pipe-${crypto.randomUUID().slice(0, 6)}`;
       const parsed = parsePipelineRecipe({
         name,
@@ -55,8 +50,7 @@ Deno.test({
         if (s.stages.at(-1)!.status === "running") break;
         await new Promise((r) => setTimeout(r, 100));
       }
-      await stop();
-      stop = await stack.startWorkers();
+      await restart();
       const results = await handle.result();
       assert.deepEqual(results.map((r) => r.stage), [
         "import",
@@ -102,11 +96,7 @@ Deno.test({
       });
       assert.deepEqual(again, results);
       assert.equal(stack.trainerLog.calls.length + (stack.trainerLog.sftCalls?.length ?? 0), calls);
-    } finally {
-      await stop();
-      await stack.close();
-      await temporal.release();
-    }
+    });
   },
 });
 
@@ -150,10 +140,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    const temporal = await useTemporal();
-    const stack = await trainingStack(temporal.address);
-    const stop = await stack.startWorkers();
-    try {
+    await withTrainingStack({}, async (stack) => {
       const name = `nosft-${crypto.randomUUID().slice(0, 6)}`;
       const parsed = parsePipelineRecipe({
         name,
@@ -174,10 +161,6 @@ Deno.test({
         },
       );
       assert.equal(stack.trainerLog.sftCalls, undefined, "no SFT call");
-    } finally {
-      await stop();
-      await stack.close();
-      await temporal.release();
-    }
+    });
   },
 });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { workflowIds } from "../../core/names.ts";
 import { statusQuery, trainingRun } from "../../workflows/training.ts";
 import { useTemporal } from "../harness/temporal.ts";
-import { scriptedConfig, trainingStack } from "../harness/training.ts";
+import { scriptedConfig, trainingStack, withTrainingStack } from "../harness/training.ts";
 
 const MAX_PAYLOAD = 64 * 1024;
 
@@ -132,10 +132,7 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const { putJson } = await import("../../store/mod.ts");
-    const temporal = await useTemporal();
-    const stack = await trainingStack(temporal.address);
-    const stop = await stack.startWorkers();
-    try {
+    await withTrainingStack({}, async (stack) => {
       const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
         iterations: 2,
         tasksPerIteration: 1,
@@ -203,11 +200,7 @@ Deno.test({
           return true;
         },
       );
-    } finally {
-      await stop();
-      await stack.close();
-      await temporal.release();
-    }
+    });
   },
 });
 
@@ -216,13 +209,9 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    const temporal = await useTemporal();
-    // a judge whose answers never parse: every episode ends with judge-failure and is dropped (fixed preset)
-    const stack = await trainingStack(temporal.address, {
+    await withTrainingStack({
       roles: { "judge-model": () => ({ content: "I think it is fine." }) },
-    });
-    const stop = await stack.startWorkers();
-    try {
+    }, async (stack) => {
       const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
         iterations: 2,
         tasksPerIteration: 1,
@@ -245,10 +234,6 @@ Deno.test({
         0,
         "no trainer call",
       );
-    } finally {
-      await stop();
-      await stack.close();
-      await temporal.release();
-    }
+    });
   },
 });
