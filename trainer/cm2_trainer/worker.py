@@ -49,29 +49,15 @@ def make_update_activity(
     from .update import ModelCache, update_policy
 
     model_cache = cache or ModelCache()
-
-    @activity.defn(name=contract.ACTIVITY_NAME)
-    def update_policy_activity(request: dict[str, Any]) -> dict[str, Any]:
-        req, result = _run(
-            "updatePolicy",
-            request,
-            contract.decode_update_request,
-            lambda r, beat: update_policy(r, heartbeat=beat, cache=model_cache, defaults=defaults),
-            store_url,
-            keepalive_s,
-        )
-        out = result.to_json()
-        contract.decode_result(out)
-        log.info(
-            "updatePolicy run=%s iteration=%d reused=%s metrics=%s",
-            req.run_id,
-            req.iteration,
-            result.reused,
-            out["metrics"],
-        )
-        return out
-
-    return update_policy_activity
+    return _activity(
+        contract.ACTIVITY_NAME,
+        contract.decode_update_request,
+        lambda r, beat: update_policy(r, heartbeat=beat, cache=model_cache, defaults=defaults),
+        contract.decode_result,
+        lambda req, out: f"iteration={req.iteration} reused={out['reused']} metrics={out['metrics']}",
+        store_url,
+        keepalive_s,
+    )
 
 
 def make_sft_activity(
@@ -88,25 +74,38 @@ def make_sft_activity(
     from .update import ModelCache
 
     model_cache = cache or ModelCache()
+    return _activity(
+        contract.SFT_ACTIVITY_NAME,
+        contract.decode_sft_request,
+        lambda r, beat: sft_train(r, heartbeat=beat, cache=model_cache, defaults=defaults),
+        contract.decode_sft_result,
+        lambda req, out: f"steps={out['steps']} reused={out['reused']} history={out['history']}",
+        store_url,
+        keepalive_s,
+    )
 
-    @activity.defn(name=contract.SFT_ACTIVITY_NAME)
-    def sft_train_activity(request: dict[str, Any]) -> dict[str, Any]:
-        req, result = _run(
-            "sftTrain",
-            request,
-            contract.decode_sft_request,
-            lambda r, beat: sft_train(r, heartbeat=beat, cache=model_cache, defaults=defaults),
-            store_url,
-            keepalive_s,
-        )
+
+def _activity(
+    name: str,
+    decode: Callable[[Any], Any],
+    run: Callable[[Any, Any], Any],
+    check: Callable[[Any], Any],
+    describe: Callable[[Any, dict[str, Any]], str],
+    store_url: str | None,
+    keepalive_s: float,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A trainer activity named `name`: decode, run (see :func:`_run`), check the result against the contract and
+    log one line."""
+
+    @activity.defn(name=name)
+    def trainer_activity(request: dict[str, Any]) -> dict[str, Any]:
+        req, result = _run(name, request, decode, run, store_url, keepalive_s)
         out = result.to_json()
-        contract.decode_sft_result(out)
-        log.info(
-            "sftTrain run=%s steps=%d reused=%s history=%s", req.run_id, result.steps, result.reused, out["history"]
-        )
+        check(out)
+        log.info("%s run=%s %s", name, req.run_id, describe(req, out))
         return out
 
-    return sft_train_activity
+    return trainer_activity
 
 
 def _run(
