@@ -81,7 +81,10 @@ export const VERDICT_SCHEMA: Record<string, unknown> = {
   additionalProperties: false,
 };
 
-/** JSON schema of a batched verdict (response format name `evaluation_verdicts`): one entry per item, in order. */
+/**
+ * JSON schema of a batched verdict (response format name `evaluation_verdicts`): one entry per item, in order.
+ * A request uses {@linkcode batchVerdictSchema}, which also fixes the number of entries.
+ */
 export const BATCH_VERDICT_SCHEMA: Record<string, unknown> = {
   type: "object",
   properties: {
@@ -98,6 +101,18 @@ export const BATCH_VERDICT_SCHEMA: Record<string, unknown> = {
   required: ["verdicts"],
   additionalProperties: false,
 };
+
+/**
+ * The batched verdict schema for exactly `count` items (`minItems` = `maxItems` = `count`), so a constrained
+ * decoder (a small local judge under a grammar) cannot stop after fewer verdicts than asked.
+ */
+export function batchVerdictSchema(count: number): Record<string, unknown> {
+  const verdicts = (BATCH_VERDICT_SCHEMA.properties as Record<string, Record<string, unknown>>).verdicts!;
+  return {
+    ...BATCH_VERDICT_SCHEMA,
+    properties: { verdicts: { ...verdicts, minItems: count, maxItems: count } },
+  };
+}
 
 function criterion(item: JudgeItem): string {
   const snippets = item.evidence.map((e) => e.snippet);
@@ -184,7 +199,7 @@ export function judgeRequest(
       content: batched ? judgeBatchPrompt(items, ctx) : judgePrompt(items[0]!, ctx),
     }],
     jsonSchema: batched
-      ? { name: "evaluation_verdicts", schema: BATCH_VERDICT_SCHEMA }
+      ? { name: "evaluation_verdicts", schema: batchVerdictSchema(items.length) }
       : { name: "evaluation_verdict", schema: VERDICT_SCHEMA },
   };
   if (sampling && Object.keys(sampling).length > 0) req.sampling = { ...sampling };

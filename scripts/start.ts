@@ -465,7 +465,8 @@ async function runPipeline(
   }
   const results = await done;
   for (; printed < results.length; printed++) {
-    log(`[${printed + 1}/${results.length}] ${results[printed]!.summary}`);
+    const r = results[printed]!;
+    log(`[${printed + 1}/${results.length}] ${r.stage}: ${r.summary}${r.dataset ? ` → ${r.dataset}` : ""}`);
   }
   return 0;
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
   BATCH_VERDICT_SCHEMA,
+  batchVerdictSchema,
   fillSkipped,
   judgeBatchPrompt,
   judgeCacheKey,
@@ -84,7 +85,14 @@ Deno.test("judgeRequest() uses the one-item schema for one item and the batch sc
   assert.equal(one.messages[0]!.role, "user");
   const second = { ...item, id: "C1", question: "Was the reply short?" };
   const batch = judgeRequest([item, second], ctx);
-  assert.deepEqual(batch.jsonSchema, { name: "evaluation_verdicts", schema: BATCH_VERDICT_SCHEMA });
+  assert.deepEqual(batch.jsonSchema, { name: "evaluation_verdicts", schema: batchVerdictSchema(2) });
+  // the schema fixes the number of verdicts, so a grammar-constrained judge cannot stop early
+  const verdicts = (batch.jsonSchema!.schema.properties as Record<string, Record<string, unknown>>).verdicts!;
+  assert.deepEqual([verdicts.minItems, verdicts.maxItems], [2, 2]);
+  assert.equal(
+    (BATCH_VERDICT_SCHEMA.properties as Record<string, Record<string, unknown>>).verdicts!.minItems,
+    undefined,
+  );
   assert.equal(batch.sampling, undefined);
   const text = judgeBatchPrompt([item, second], ctx);
   assert.ok(text.indexOf("## Criterion C0\n") < text.indexOf("## Criterion C1\n"));
