@@ -60,8 +60,11 @@ export interface TrainingStack {
   taskQueue: string;
   trainerQueue: string;
   trainerLog: TestTrainerLog;
-  /** Starts both workers; returns a function that stops them. */
-  startWorkers(): Promise<() => Promise<void>>;
+  /**
+   * Starts both workers in this process (or only the trainer, with `orchestrator: false`, when the test runs
+   * the orchestrator as a process it can kill); returns a function that stops them.
+   */
+  startWorkers(opts?: { orchestrator?: boolean }): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -96,24 +99,23 @@ export async function trainingStack(
     taskQueue,
     trainerQueue,
     trainerLog: trainer.log,
-    async startWorkers() {
+    async startWorkers(opts: { orchestrator?: boolean } = {}) {
       const nc = await NativeConnection.connect({ address });
-      const orchestrator = await Worker.create({
-        connection: nc,
-        taskQueue,
-        workflowBundle: bundle,
-        activities: createActivities({ store, models: modelFactory, root: ROOT }),
-        maxConcurrentActivityTaskExecutions: 32,
-      });
-      const trainerWorker = await Worker.create({
-        connection: nc,
-        taskQueue: trainerQueue,
-        activities: trainer.activities,
-      });
-      const running = Promise.all([orchestrator.run(), trainerWorker.run()]);
+      const workers = [
+        ...(opts.orchestrator === false ? [] : [
+          await Worker.create({
+            connection: nc,
+            taskQueue,
+            workflowBundle: bundle,
+            activities: createActivities({ store, models: modelFactory, root: ROOT }),
+            maxConcurrentActivityTaskExecutions: 32,
+          }),
+        ]),
+        await Worker.create({ connection: nc, taskQueue: trainerQueue, activities: trainer.activities }),
+      ];
+      const running = Promise.all(workers.map((w) => w.run()));
       return async () => {
-        orchestrator.shutdown();
-        trainerWorker.shutdown();
+        for (const w of workers) w.shutdown();
         await running;
         await nc.close();
       };
@@ -128,22 +130,39 @@ export async function trainingStack(
 
 /**
  * Runs `fn` against a training stack on the shared dev server with both workers started; `restart` stops and
- * starts the workers again (a worker restart mid-run). Everything is stopped and released afterwards.
+ * starts the workers again (a worker restart mid-run). With `killable`, the orchestrator worker is a `worker.ts`
+ * process and `restart` kills it with SIGKILL before starting another. Everything is stopped and released
+ * afterwards.
  */
 export async function withTrainingStack(
-  opts: Parameters<typeof trainingStack>[1],
+  opts: Parameters<typeof trainingStack>[1] & { killable?: boolean },
   fn: (stack: TrainingStack, restart: () => Promise<void>) => Promise<void>,
 ): Promise<void> {
   const { useTemporal } = await import("./temporal.ts");
+  const { spawnWorker } = await import("../../scripts/worker_process.ts");
   const temporal = await useTemporal();
   const stack = await trainingStack(temporal.address, opts);
-  let stop = await stack.startWorkers();
+  let stop = await stack.startWorkers({ orchestrator: !opts?.killable });
+  let orchestrator = opts?.killable
+    ? spawnWorker(temporal.address, stack.taskQueue, stack.storeRoot)
+    : undefined;
+  const killOrchestrator = async () => {
+    if (!orchestrator) return;
+    orchestrator.kill("SIGKILL");
+    await orchestrator.status;
+  };
   try {
     await fn(stack, async () => {
-      await stop();
-      stop = await stack.startWorkers();
+      if (orchestrator) {
+        await killOrchestrator();
+        orchestrator = spawnWorker(temporal.address, stack.taskQueue, stack.storeRoot);
+      } else {
+        await stop();
+        stop = await stack.startWorkers();
+      }
     });
   } finally {
+    await killOrchestrator();
     await stop();
     await stack.close();
     await temporal.release();

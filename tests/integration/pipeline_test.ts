@@ -13,12 +13,13 @@ import { scriptedConfig, withTrainingStack } from "../harness/training.ts";
 
 Deno.test({
   name:
-    "a pipeline runs filter → split → sft → rl on the sample data, survives a worker restart, re-runs for free",
+    "a pipeline runs filter → split → sft → rl on the sample data, survives a worker SIGKILL, re-runs for free",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
     await withTrainingStack({
       roles: { "labeler-model": () => ({ json: { problems: [], keep: true } }) },
+      killable: true,
     }, async (stack, restart) => {
       const name = `pipe-${crypto.randomUUID().slice(0, 6)}`;
       const parsed = parsePipelineRecipe({
@@ -44,7 +45,7 @@ Deno.test({
         workflowId: workflowIds.pipeline(name),
         args: [{ recipe: parsed.recipe, config, promptVersions: promptVersionsOf(parsed.recipe, config) }],
       });
-      // stop the workers once the RL run has started, then start them again: the pipeline carries on
+      // kill the orchestrator worker (SIGKILL) once the RL run has started, start another: the pipeline carries on
       for (let i = 0; i < 600; i++) {
         const s = await handle.query(pipelineStatusQuery);
         if (s.stages.at(-1)!.status === "running") break;
