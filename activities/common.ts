@@ -8,6 +8,7 @@ import { ApplicationFailure } from "@temporalio/activity";
 import { createHash } from "node:crypto";
 import type { RunConfig } from "../core/config.ts";
 import { type ChatModel, LlmError, type Role } from "../core/llm_types.ts";
+import type { Prices } from "../llm/usage.ts";
 
 /** Builds the model client of a role from the run config (keys from the environment only). */
 export type ModelFactory = (role: Role, config: RunConfig) => ChatModel;
@@ -30,4 +31,10 @@ export function toFailure(err: unknown): never {
     throw ApplicationFailure.nonRetryable(err.message, err.type);
   }
   throw err;
+}
+
+/** The labeler role's prices in the form `costOf` takes, or undefined when the config sets none. */
+export function labelerPrices(config: RunConfig): Prices | undefined {
+  const p = config.models.labeler.prices;
+  return p ? { inputPer1M: p.input, outputPer1M: p.output } : undefined;
 }

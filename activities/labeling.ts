@@ -37,11 +37,14 @@ import {
   saveDataset,
 } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
-import { type ModelFactory, toFailure } from "./common.ts";
+import { labelerPrices, type ModelFactory, toFailure } from "./common.ts";
+import type { CachedStore } from "../store/cached.ts";
 
 /** What the labeling activities need. */
 export interface LabelingDeps {
   store: ArtifactStore;
+  /** The worker's caches over the store (first-writer-wins names). */
+  cached: CachedStore;
   models: ModelFactory;
 }
 
@@ -236,7 +239,7 @@ function outcomeOf(result: LabelResultBlob, resultRef: Ref, cached: boolean): La
  * activity below is its own function; the closure only shares the store and the model factory.
  */
 export function createLabelingActivities(deps: LabelingDeps) {
-  const { store } = deps;
+  const { store, cached } = deps;
   const configs = new Map<string, RunConfig>();
   const manifests = new Map<string, DatasetManifest>();
 
@@ -258,24 +261,9 @@ export function createLabelingActivities(deps: LabelingDeps) {
     return m;
   }
 
-  async function readNamed<T>(name: string): Promise<{ ref: Ref; value: T } | undefined> {
-    const ref = await store.getName(name);
-    return ref ? { ref, value: await getJson<T>(store, ref) } : undefined;
-  }
-
-  function pricesOf(config: RunConfig) {
-    const p = config.models.labeler.prices;
-    return p ? { inputPer1M: p.input, outputPer1M: p.output } : undefined;
-  }
-
   /** Writes the result of a record-variant (first writer wins) and returns the winner. */
-  async function commit(blob: LabelResultBlob): Promise<{ ref: Ref; value: LabelResultBlob }> {
-    const mine = await putJson(store, blob);
-    const name = labelNames.result(blob.promptVersion, blob.uuid, blob.variant);
-    const winner = await store.setNameIfAbsent(name, mine);
-    return winner.sha256 === mine.sha256
-      ? { ref: mine, value: blob }
-      : { ref: winner, value: await getJson<LabelResultBlob>(store, winner) };
+  function commit(blob: LabelResultBlob): Promise<{ ref: Ref; value: LabelResultBlob }> {
+    return cached.writeNameOnce(labelNames.result(blob.promptVersion, blob.uuid, blob.variant), blob);
   }
 
   return {
@@ -312,7 +300,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
         throw ApplicationFailure.nonRetryable(`Dataset has no record ${input.index}`, "InvalidInput");
       }
       const { promptVersion, variant, attempt } = input;
-      const done = await readNamed<LabelResultBlob>(labelNames.result(promptVersion, uuid, variant));
+      const done = await cached.readName<LabelResultBlob>(labelNames.result(promptVersion, uuid, variant));
       if (done) {
         return {
           uuid,
@@ -331,14 +319,12 @@ export function createLabelingActivities(deps: LabelingDeps) {
       const config = await cfg(input.configRef);
       const record = await loadRecord(store, manifest, input.index);
       const attemptName = labelNames.attempt(promptVersion, uuid, variant, attempt);
-      let stored = await readNamed<LabelAttemptBlob>(attemptName);
+      let stored = await cached.readName<LabelAttemptBlob>(attemptName);
       let fresh = false;
       if (!stored) {
-        const blob = await callLabeler(config, record, input, uuid);
-        const mine = await putJson(store, blob);
-        const winner = await store.setNameIfAbsent(attemptName, mine);
-        stored = { ref: winner, value: winner.sha256 === mine.sha256 ? blob : await getJson(store, winner) };
-        fresh = winner.sha256 === mine.sha256;
+        const won = await cached.writeNameOnce(attemptName, await callLabeler(config, record, input, uuid));
+        stored = won;
+        fresh = won.mine;
       }
       const a = stored.value;
       const errors = a.errors.slice(0, 5).map(formatLabelIssue);
@@ -348,7 +334,9 @@ export function createLabelingActivities(deps: LabelingDeps) {
       // Final: gather every attempt of this record-variant into its result.
       const attempts: { ref: Ref; value: LabelAttemptBlob }[] = [];
       for (let k = 1; k < attempt; k++) {
-        const prev = await readNamed<LabelAttemptBlob>(labelNames.attempt(promptVersion, uuid, variant, k));
+        const prev = await cached.readName<LabelAttemptBlob>(
+          labelNames.attempt(promptVersion, uuid, variant, k),
+        );
         if (prev) attempts.push(prev);
       }
       attempts.push(stored);
@@ -396,7 +384,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
      */
     async labelFinish(input: LabelFinishInput): Promise<{ summary: LabelSummary }> {
       const config = await cfg(input.configRef);
-      const prices = pricesOf(config);
+      const prices = labelerPrices(config);
       const manifest = await manifestOf(input.datasetRef);
       const failed = new Map(input.failures.map((f) => [`${f.index}/${f.variant}`, f.reason]));
       const out: TrajectoryRecord[] = [];
@@ -430,7 +418,9 @@ export function createLabelingActivities(deps: LabelingDeps) {
         let models: string | undefined;
         let cost = 0;
         for (let variant = 0; variant < input.variants; variant++) {
-          const r = await readNamed<LabelResultBlob>(labelNames.result(input.promptVersion, uuid, variant));
+          const r = await cached.readName<LabelResultBlob>(
+            labelNames.result(input.promptVersion, uuid, variant),
+          );
           if (!r) {
             const reason = failed.get(`${index}/${variant}`);
             if (reason !== undefined) {
@@ -508,7 +498,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
     const { promptVersion, variant, attempt } = input;
     let prior: PriorAttempt | undefined;
     if (attempt > 1) {
-      const prev = await readNamed<LabelAttemptBlob>(
+      const prev = await cached.readName<LabelAttemptBlob>(
         labelNames.attempt(promptVersion, uuid, variant, attempt - 1),
       );
       if (!prev) {
@@ -550,7 +540,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
           errors: [{ path: "(root)", message: `The model refused: ${err.message}` }],
           repairs: {},
           usage: ZERO,
-          costUsd: pricesOf(config) ? 0 : null,
+          costUsd: labelerPrices(config) ? 0 : null,
         };
       }
       toFailure(err);
@@ -559,7 +549,7 @@ export function createLabelingActivities(deps: LabelingDeps) {
       promptTokens: result.usage.promptTokens,
       completionTokens: result.usage.completionTokens,
     };
-    const prices = pricesOf(config);
+    const prices = labelerPrices(config);
     const check = checkLabelText(result.content, record, {
       weightRepairTolerance: input.weightRepairTolerance,
       truncated: result.finishReason === "length",

@@ -68,9 +68,9 @@ export function createActivities(deps: ActivityDeps) {
     ...createEpisodeActivities({ ...deps, cached }),
     ...createRewardActivities({ store: deps.store, cached }),
     ...createPolicyActivities({ store: deps.store, cached, root: deps.root }),
-    ...createLabelingActivities(deps),
+    ...createLabelingActivities({ ...deps, cached }),
     ...createRecordStageActivities({ store: deps.store, cached, models: deps.models }),
-    ...createPipelineActivities(deps),
+    ...createPipelineActivities({ ...deps, cached }),
   });
 }
 

@@ -14,7 +14,8 @@ import type { PipelineStage } from "../core/pipeline.ts";
 import { resolveSplitRules } from "../core/split.ts";
 import { saveDataset } from "../store/datasets.ts";
 import { loadDataset, ruleCriteria, ruleFilterStep, splitStep } from "../store/dataset_steps.ts";
-import { type ArtifactStore, getJson, putJson } from "../store/mod.ts";
+import type { CachedStore } from "../store/cached.ts";
+import type { ArtifactStore } from "../store/mod.ts";
 
 /** What one finished stage produced (stored, and shown by the pipeline's status query). */
 export interface StageResult {
@@ -43,8 +44,8 @@ export interface PipelineStepInput {
 }
 
 /** Builds the pipeline activities over the store; `root` resolves relative input files. */
-export function createPipelineActivities(deps: { store: ArtifactStore; root: string }) {
-  const { store } = deps;
+export function createPipelineActivities(deps: { store: ArtifactStore; cached: CachedStore; root: string }) {
+  const { store, cached } = deps;
   const invalid = (message: string) => ApplicationFailure.nonRetryable(message, "InvalidInput");
 
   async function run(input: PipelineStepInput): Promise<StageResult> {
@@ -126,27 +127,22 @@ export function createPipelineActivities(deps: { store: ArtifactStore; root: str
     /** Runs a dataset-only stage once: a stored result of the same stage is returned as it is. */
     async pipelineStep(input: PipelineStepInput): Promise<StageResult> {
       const pointer = stageName(input.pipeline, input.index, input.stage.stage);
-      const done = await store.getName(pointer);
-      if (done) return await getJson<StageResult>(store, done);
-      const result = await run(input);
-      const winner = await store.setNameIfAbsent(pointer, await putJson(store, result));
-      return await getJson<StageResult>(store, winner);
+      const done = await cached.readName<StageResult>(pointer);
+      if (done) return done.value;
+      return (await cached.writeNameOnce(pointer, await run(input))).value;
     },
 
     /** The stored result of a stage that runs as a child workflow, if it finished before. */
     async pipelineLookup(
       input: { pipeline: string; index: number; stage: string },
     ): Promise<StageResult | null> {
-      const done = await store.getName(stageName(input.pipeline, input.index, input.stage));
-      return done ? await getJson<StageResult>(store, done) : null;
+      return (await cached.readName<StageResult>(stageName(input.pipeline, input.index, input.stage)))
+        ?.value ?? null;
     },
 
     /** Records a finished child-workflow stage (first writer wins). */
     async pipelineRecord(input: { pipeline: string; index: number; result: StageResult }): Promise<void> {
-      await store.setNameIfAbsent(
-        stageName(input.pipeline, input.index, input.result.stage),
-        await putJson(store, input.result),
-      );
+      await cached.writeNameOnce(stageName(input.pipeline, input.index, input.result.stage), input.result);
     },
   };
 }

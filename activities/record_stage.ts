@@ -29,7 +29,7 @@ import {
 } from "../core/record_stage.ts";
 import type { TrajectoryRecord } from "../core/records.ts";
 import { jsonSchemaOf } from "../llm/structured.ts";
-import { costOf, type Prices } from "../llm/usage.ts";
+import { costOf } from "../llm/usage.ts";
 import type { CachedStore } from "../store/cached.ts";
 import {
   DatasetError,
@@ -39,7 +39,7 @@ import {
   saveDataset,
 } from "../store/datasets.ts";
 import { type ArtifactStore, getJson, putJson, type Ref } from "../store/mod.ts";
-import { type ModelFactory, toFailure } from "./common.ts";
+import { labelerPrices, type ModelFactory, toFailure } from "./common.ts";
 import { type LabelUsage, uuidSegment } from "./labeling.ts";
 
 /** What the record-stage activities need. */
@@ -237,11 +237,6 @@ export function formatStageReason(r: StageReason): string {
   return `${r.path}: ${r.message}`;
 }
 
-function pricesOf(config: RunConfig): Prices | undefined {
-  const p = config.models.labeler.prices;
-  return p && { inputPer1M: p.input, outputPer1M: p.output };
-}
-
 /**
  * Builds `stagePrepare`, `stageAttempt` and `stageFinish` over their dependencies. Long as a whole because
  * it is a factory; each activity and helper inside is its own function sharing the store and the models.
@@ -250,20 +245,6 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
   const { store, cached } = deps;
 
   const manifestOf = (ref: Ref) => cached.memo<DatasetManifest>(ref);
-
-  async function named<T>(name: string): Promise<{ ref: Ref; value: T } | undefined> {
-    const ref = await store.getName(name);
-    if (ref === undefined) return undefined;
-    return { ref, value: await cached.readJson<T>(ref) };
-  }
-
-  /** Writes `value` and points `name` at it unless another writer was first; the winner either way. */
-  async function firstWriter<T>(name: string, value: T): Promise<{ ref: Ref; value: T; mine: boolean }> {
-    const mine = await cached.writeJson(value);
-    const winner = await store.setNameIfAbsent(name, mine);
-    if (winner.sha256 === mine.sha256) return { ref: mine, value, mine: true };
-    return { ref: winner, value: await cached.readJson<T>(winner), mine: false };
-  }
 
   function outcomeOf(result: { ref: Ref; value: StageResultBlob }, wasStored: boolean): StageOutcome {
     const r = result.value;
@@ -308,7 +289,7 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
       },
       costUsd: blobs.length > 0 && priced.length === 0 ? null : priced.reduce((n, b) => n + b.costUsd!, 0),
     };
-    const won = await firstWriter(stageNames.result(input.kind, input.promptVersion, uuid), result);
+    const won = await cached.writeNameOnce(stageNames.result(input.kind, input.promptVersion, uuid), result);
     return { ref: won.ref, value: won.value };
   }
 
@@ -323,7 +304,7 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
     let prior: { output: string; errors: StageIssue[] } | undefined;
     if (attempt > 1) {
       const name = stageNames.attempt(kind, promptVersion, record.uuid, attempt - 1);
-      const previous = await named<StageAttemptBlob>(name);
+      const previous = await cached.readName<StageAttemptBlob>(name);
       if (!previous) {
         throw ApplicationFailure.nonRetryable(`${name} is missing: attempts run in order`, "InvalidInput");
       }
@@ -338,7 +319,7 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
       request.jsonSchema = { name: stage.schemaName, schema: jsonSchemaOf(stage.responseSchema) };
     } else if (role.jsonMode === "object") request.jsonObject = true;
     const model = deps.models("labeler", config);
-    const prices = pricesOf(config);
+    const prices = labelerPrices(config);
     const blob: StageAttemptBlob = {
       schema: "cm2.stage-attempt/v1",
       kind,
@@ -419,7 +400,7 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
         );
       }
       const unpaid = { fresh: false, usage: NOTHING, costUsd: 0 };
-      const stored = await named<StageResultBlob>(stageNames.result(input.kind, version, uuid));
+      const stored = await cached.readName<StageResultBlob>(stageNames.result(input.kind, version, uuid));
       if (stored) return { uuid, final: true, outcome: outcomeOf(stored, true), errors: [], ...unpaid };
       const record = await loadRecord(store, manifest, input.index);
       const early = stage.settle(record, input.params);
@@ -431,10 +412,10 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
       if (input.lookupOnly) return { uuid, final: false, pending: true, errors: [], ...unpaid };
       const config = await cached.memo<RunConfig>(input.configRef);
       const name = stageNames.attempt(input.kind, version, uuid, input.attempt);
-      const found = await named<StageAttemptBlob>(name);
+      const found = await cached.readName<StageAttemptBlob>(name);
       const current = found
         ? { ...found, mine: false }
-        : await firstWriter(name, await ask(stage, config, record, input));
+        : await cached.writeNameOnce(name, await ask(stage, config, record, input));
       const a = current.value;
       const paid = current.mine ? { fresh: true, usage: a.usage, costUsd: a.costUsd ?? 0 } : unpaid;
       const errors = a.errors.slice(0, 5).map(formatStageIssue);
@@ -442,7 +423,9 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
 
       const history: { ref: Ref; value: StageAttemptBlob }[] = [];
       for (let k = 1; k < input.attempt; k++) {
-        const earlier = await named<StageAttemptBlob>(stageNames.attempt(input.kind, version, uuid, k));
+        const earlier = await cached.readName<StageAttemptBlob>(
+          stageNames.attempt(input.kind, version, uuid, k),
+        );
         if (earlier) history.push(earlier);
       }
       history.push({ ref: current.ref, value: a });
@@ -461,7 +444,7 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
     async stageFinish(input: StageFinishInput): Promise<{ summary: StageSummary }> {
       const stage = stageOf(input.kind);
       const config = await cached.memo<RunConfig>(input.configRef);
-      const prices = pricesOf(config);
+      const prices = labelerPrices(config);
       const manifest = await manifestOf(input.datasetRef);
       const failedAt = new Map(input.failures.map((f) => [f.index, f.reason]));
       const counts: Record<string, number> = Object.fromEntries(stage.statuses.map((s) => [s, 0]));
@@ -491,7 +474,9 @@ export function createRecordStageActivities(deps: RecordStageDeps) {
       const output: TrajectoryRecord[] = [];
       for (let index = 0; index < input.count; index++) {
         const uuid = manifest.uuids[index]!;
-        const found = await named<StageResultBlob>(stageNames.result(input.kind, input.promptVersion, uuid));
+        const found = await cached.readName<StageResultBlob>(
+          stageNames.result(input.kind, input.promptVersion, uuid),
+        );
         let kept: TrajectoryRecord | undefined;
         let original: TrajectoryRecord | undefined;
         const load = async () => (original ??= await loadRecord(store, manifest, index));

@@ -91,6 +91,23 @@ export class CachedStore {
     return ref;
   }
 
+  /** The JSON a name points at, with its ref, or undefined while the name is unset. */
+  async readName<T>(name: string): Promise<{ ref: Ref; value: T } | undefined> {
+    const ref = await this.store.getName(name);
+    return ref === undefined ? undefined : { ref, value: await this.readJson<T>(ref) };
+  }
+
+  /**
+   * Writes `value` and points `name` at it unless another writer was first (first writer wins); returns the
+   * winner either way, and whether it is this write.
+   */
+  async writeNameOnce<T>(name: string, value: T): Promise<{ ref: Ref; value: T; mine: boolean }> {
+    const mine = await this.writeJson(value);
+    const winner = await this.store.setNameIfAbsent(name, mine);
+    if (winner.sha256 === mine.sha256) return { ref: mine, value, mine: true };
+    return { ref: winner, value: await this.readJson<T>(winner), mine: false };
+  }
+
   /** Whether this worker has seen `name` settled. */
   isSettled(name: string): boolean {
     return this.#settled.has(name);
