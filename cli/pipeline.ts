@@ -5,7 +5,9 @@
  *
  * @module
  */
+import type { Client, WorkflowHandle } from "@temporalio/client";
 import type { Command } from "commander";
+import type { StageResult } from "../activities/pipeline.ts";
 import { workflowIds } from "../core/names.ts";
 import type { RunConfig } from "../core/config.ts";
 import { cotCompressStage } from "../core/cot_compress.ts";
@@ -32,11 +34,45 @@ export function promptVersionsOf(recipe: PipelineRecipe, config: RunConfig): Pip
 }
 
 /** One line per finished stage. */
-export function stageLine(status: PipelineStatus, k: number): string {
+function stageLine(status: PipelineStatus, k: number): string {
   const s = status.stages[k]!;
   return `[${k + 1}/${status.stages.length}] ${s.stage}: ${s.result?.summary ?? s.status}${
     s.result?.dataset ? ` → ${s.result.dataset}` : ""
   }`;
+}
+
+/**
+ * Prints a line per stage as the pipeline finishes it (those finished when it ended too) and returns the
+ * results; throws the pipeline's failure.
+ */
+export async function watchPipeline(
+  client: Client,
+  handle: WorkflowHandle<typeof pipelineRun>,
+  print: (line: string) => void,
+): Promise<StageResult[]> {
+  let printed = 0;
+  let ended = false;
+  const done = handle.result();
+  done.finally(() => (ended = true)).catch(() => {});
+  while (!ended) {
+    const s = await client.connection.withDeadline(
+      Date.now() + 2_000,
+      () => handle.query(pipelineStatusQuery),
+    )
+      .catch(() => undefined);
+    while (s && printed < s.stages.length && s.stages[printed]!.status === "done") {
+      print(stageLine(s, printed++));
+    }
+    let tick: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([done.catch(() => {}), new Promise((r) => (tick = setTimeout(r, 1000)))]);
+    clearTimeout(tick);
+  }
+  const results = await done;
+  for (; printed < results.length; printed++) {
+    const r = results[printed]!;
+    print(`[${printed + 1}/${results.length}] ${r.stage}: ${r.summary}${r.dataset ? ` → ${r.dataset}` : ""}`);
+  }
+  return results;
 }
 
 /** Registers `cm2 pipeline`. */
@@ -68,30 +104,11 @@ export function registerPipelineCommands(program: Command): void {
             args: [{ recipe, config, promptVersions: promptVersionsOf(recipe, config) }],
           }));
         if (opts.detach) return;
-        let printed = 0;
-        let error: Error | undefined;
-        let ended = false;
-        const finished = handle.result().then(() => (ended = true), (err) => {
-          error = err as Error;
-          ended = true;
-        });
-        for (;;) {
-          const s = await client.connection.withDeadline(
-            Date.now() + 2_000,
-            () => handle.query(pipelineStatusQuery),
-          )
-            .catch(() => undefined);
-          while (s && printed < s.stages.length && s.stages[printed]!.status === "done") {
-            console.log(stageLine(s, printed++));
-          }
-          if (ended) break;
-          let tick: ReturnType<typeof setTimeout> | undefined;
-          await Promise.race([finished, new Promise((r) => (tick = setTimeout(r, 1000)))]);
-          clearTimeout(tick);
-        }
-        if (error) {
-          const cause = (error as { cause?: Error }).cause;
-          fail(`pipeline ${id} failed: ${cause?.message ?? error.message}`);
+        try {
+          await watchPipeline(client, handle, (line) => console.log(line));
+        } catch (err) {
+          const cause = (err as { cause?: Error }).cause;
+          fail(`pipeline ${id} failed: ${cause?.message ?? (err as Error).message}`);
         }
         console.log(`pipeline ${recipe.name} done`);
       });

@@ -30,9 +30,9 @@ import { type ArtifactStore, getJson } from "../store/mod.ts";
 import { startRun } from "../cli/run.ts";
 import { statusQuery, type TrainingRunResult } from "../workflows/training.ts";
 import { formatSummary } from "../cli/run.ts";
-import { promptVersionsOf, stageLine } from "../cli/pipeline.ts";
+import { promptVersionsOf, watchPipeline } from "../cli/pipeline.ts";
 import { parsePipelineRecipe, type PipelineRecipe } from "../core/pipeline.ts";
-import { pipelineRun, pipelineStatusQuery } from "../workflows/pipeline.ts";
+import { pipelineRun } from "../workflows/pipeline.ts";
 import { CM2_DIR, GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { ensureLlamaServer } from "./llama_server_build.ts";
 import { formatFindings, runDoctor } from "./doctor.ts";
@@ -451,23 +451,12 @@ async function runPipeline(
     }],
   });
   demoRun = handle;
-  let printed = 0;
-  const done = handle.result();
-  let finished = false;
-  done.finally(() => (finished = true)).catch(() => {});
   const t0 = performance.now();
-  while (!finished) {
-    const s = await handle.query(pipelineStatusQuery).catch(() => undefined);
-    while (s && printed < s.stages.length && s.stages[printed]!.status === "done") {
-      log(`${stageLine(s, printed++)} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
-    }
-    await Promise.race([done.catch(() => {}), new Promise((r) => setTimeout(r, 2_000))]);
-  }
-  const results = await done;
-  for (; printed < results.length; printed++) {
-    const r = results[printed]!;
-    log(`[${printed + 1}/${results.length}] ${r.stage}: ${r.summary}${r.dataset ? ` → ${r.dataset}` : ""}`);
-  }
+  await watchPipeline(
+    client,
+    handle,
+    (line) => log(`${line} (${((performance.now() - t0) / 1000).toFixed(0)} s)`),
+  );
   return 0;
 }
 

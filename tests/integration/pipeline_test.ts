@@ -8,7 +8,7 @@ import { workflowIds } from "../../core/names.ts";
 import { parsePipelineRecipe } from "../../core/pipeline.ts";
 import { datasetRef, loadManifest } from "../../store/datasets.ts";
 import { pipelineRun, pipelineStatusQuery } from "../../workflows/pipeline.ts";
-import { promptVersionsOf } from "../../cli/pipeline.ts";
+import { promptVersionsOf, watchPipeline } from "../../cli/pipeline.ts";
 import { scriptedConfig, withTrainingStack } from "../harness/training.ts";
 
 Deno.test({
@@ -52,7 +52,11 @@ Deno.test({
         await new Promise((r) => setTimeout(r, 100));
       }
       await restart();
-      const results = await handle.result();
+      const lines: string[] = [];
+      const results = await watchPipeline(stack.client, handle, (line) => lines.push(line));
+      assert.deepEqual(await handle.result(), results);
+      // one line per stage, in order, whether seen running or only at the end
+      assert.deepEqual(lines.map((l) => l.split(":")[0]), results.map((r, k) => `[${k + 1}/7] ${r.stage}`));
       assert.deepEqual(results.map((r) => r.stage), [
         "import",
         "filter",
