@@ -72,7 +72,28 @@ async function integrationFiles(): Promise<string[][]> {
   return files.sort().map((f) => [path.join("tests", "integration", f)]);
 }
 
+/** The failed tests in one `deno test` output, each with the first line of its error. */
+function denoFailures(text: string): string[] {
+  const plain = stripAnsi(text);
+  const failures = plain.match(/\n\s*FAILURES\s*\n([\s\S]*?)\n\s*FAILED \|/);
+  if (!failures?.[1]) return [];
+  const names = failures[1].split("\n").map((l) => l.trim()).filter((l) => l.includes(" => "));
+  const errors = plain.match(/\n\s*ERRORS\s*\n([\s\S]*?)\n\s*FAILURES\s*\n/)?.[1] ?? "";
+  return names.map((name) => {
+    const at = errors.indexOf(name);
+    const error = at < 0 ? undefined : errors.slice(at + name.length).match(/\n(error: .*)/)?.[1];
+    return error ? `${name}\n      ${error.slice(0, 300)}` : name;
+  });
+}
+
+/** The failed tests in a pytest `-q` output (its short summary lines). */
+function pytestFailures(text: string): string[] {
+  return stripAnsi(text).split("\n").filter((l) => /^(FAILED|ERROR) /.test(l)).map((l) => l.trim());
+}
+
 const totals: Counts = { passed: 0, failed: 0 };
+/** Every failed test or group, repeated at the end so that the tail of a long log names them. */
+const failures: string[] = [];
 let exitCode = 0;
 
 await setup();
@@ -90,9 +111,14 @@ try {
     if (!dc) {
       console.error(`Could not read the Deno test summary of ${group.join(" ")}; counting it as one failure`);
       totals.failed += 1;
+      failures.push(`${group.join(" ")}: no test summary (exit code ${deno.code})`);
     } else {
       totals.passed += dc.passed;
       totals.failed += dc.failed;
+      if (dc.failed) {
+        const named = denoFailures(deno.text);
+        failures.push(...(named.length ? named : [`${group.join(" ")}: ${dc.failed} failed`]));
+      }
     }
     if (deno.code !== 0) exitCode = 1;
   }
@@ -121,10 +147,12 @@ if (Deno.args.length === 0) {
   } else if (!pc) {
     console.error("Could not read the pytest summary; counting the trainer suite as one failure");
     totals.failed += 1;
+    failures.push(`trainer/tests: no pytest summary (exit code ${py.code})`);
     exitCode = 1;
   } else {
     totals.passed += pc.passed;
     totals.failed += pc.failed;
+    if (pc.failed) failures.push(...pytestFailures(py.text));
     if (py.code !== 0) exitCode = 1;
   }
 }
@@ -134,8 +162,11 @@ if (Deno.args.length === 0) {
   const py = await runPyChecks();
   totals.passed += py.passed.length;
   totals.failed += py.failed.length;
+  failures.push(...py.failed.map((c) => `[py] ${c}`));
   if (py.failed.length) exitCode = 1;
 }
+
+if (failures.length) console.log(`\nFailed:\n${failures.map((f) => `  ${f}`).join("\n")}\n`);
 
 console.log(`${totals.passed} passed, ${totals.failed} failed`);
 Deno.exit(exitCode);
