@@ -83,6 +83,7 @@ export function createRewardActivities(deps: { store: ArtifactStore; cached: Cac
         meanReward: scored.meanReward,
         itemPassRate: scored.itemPassRate,
         judgeCalls: scored.judgeCalls,
+        checkedVerdicts: scored.checkedVerdicts,
         judgeRetries: scored.judgeRetries,
         simulatorCalls: scored.simulatorCalls,
         replayHits: scored.replayHits,

@@ -103,7 +103,9 @@ export function formatSummary(s: IterationSummary): string {
     : "";
   return `it ${s.iteration}${s.validation ? " (val)" : ""}: reward ${s.meanReward.toFixed(3)}, pass ${
     (100 * s.itemPassRate).toFixed(1)
-  }%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}, sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
+  }%, failed ${s.failed}/${s.episodes}, judge ${s.judgeCalls}${
+    s.checkedVerdicts ? ` (+${s.checkedVerdicts} checked)` : ""
+  }, sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
     s.updateLoss === null ? "-" : s.updateLoss.toFixed(4)
   }${tis}, policy v${s.policyVersion}, ${s.seconds.toFixed(1)} s`;
 }

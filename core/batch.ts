@@ -42,6 +42,8 @@ export interface ScoredIteration<R> {
   /** Share of reached checklist items that passed. */
   itemPassRate: number;
   judgeCalls: number;
+  /** Verdicts a program check answered (no judge call). */
+  checkedVerdicts: number;
   /** Judge answers that did not parse and were asked again. */
   judgeRetries: number;
   simulatorCalls: number;
@@ -123,6 +125,7 @@ export function scoreGroups<R>(
     meanReward: 0,
     itemPassRate: 0,
     judgeCalls: 0,
+    checkedVerdicts: 0,
     judgeRetries: 0,
     simulatorCalls: 0,
     replayHits: 0,
@@ -144,6 +147,7 @@ export function scoreGroups<R>(
     }
     states.forEach((s, e) => {
       out.judgeCalls += s.metrics.judgeVerdicts;
+      out.checkedVerdicts += s.metrics.judgeCellsChecked ?? 0;
       out.judgeRetries += s.metrics.judgeRetries ?? 0;
       out.simulatorCalls += s.metrics.simulated;
       out.replayHits += s.metrics.replayHits;

@@ -46,6 +46,7 @@ import {
   toolCallErrorContent,
 } from "./tool_calls.ts";
 import { fillSkipped, type SatMatrix } from "./judge.ts";
+import { checkWindow, evaluateCheck } from "./checks.ts";
 import {
   type EpisodeOptions,
   type ResolvedEpisodeOptions,
@@ -123,6 +124,12 @@ export interface TurnState {
   passed: boolean[] | null;
   /** Verdicts: `sat[variant][step][item]`, null while unjudged. */
   sat: SatMatrix[];
+  /**
+   * Where each verdict came from, `by[variant][step]` one character per item: `p` a program check, `m` the
+   * model judge, `s` skipped by the incremental rule (filled with true), `-` not answered. Absent before the
+   * turn is judged, and in states written before checks existed.
+   */
+  by?: string[][];
 }
 
 /** Counters of one episode. */
@@ -138,6 +145,8 @@ export interface EpisodeMetrics {
   simulatorFailures: number;
   judgeVerdicts: number;
   judgeCellsSkipped: number;
+  /** Verdicts answered by a program check, with no judge call (absent in states written before checks). */
+  judgeCellsChecked?: number;
   /** Judge answers that did not parse and were asked again (absent in states written before retries). */
   judgeRetries?: number;
 }
@@ -321,6 +330,7 @@ export function startEpisode(record: TrajectoryRecord, opts: EpisodeOptions = {}
       simulatorFailures: 0,
       judgeVerdicts: 0,
       judgeCellsSkipped: 0,
+      judgeCellsChecked: 0,
       judgeRetries: 0,
     },
   };
@@ -581,10 +591,41 @@ export function enterJudging(state: EpisodeState, pendingEnd: EpisodeEnd | null)
     const n = itemsOf(state, v, state.turn).length;
     return turn.steps.map(() => new Array<boolean | null>(n).fill(null));
   });
+  turn.by = turn.sat.map((sat) => sat.map((row) => "-".repeat(row.length)));
   state.pendingEnd = pendingEnd;
   state.phase = "judge";
+  applyChecks(state);
   fillTurn(state);
   return state;
+}
+
+/** Records where the verdict of cell (variant, step, item) of the current turn came from. */
+/** @internal Shared with the judge phase (`episode_judge.ts`). */
+export function markSource(turn: TurnState, v: number, s: number, c: number, source: "p" | "m" | "s"): void {
+  const row = turn.by?.[v]?.[s];
+  if (row === undefined) return;
+  turn.by![v]![s] = row.slice(0, c) + source + row.slice(c + 1);
+}
+
+/**
+ * Answers every cell of the current turn whose item carries a program check (`core/checks.ts`), before any
+ * judge round: the check reads what the judge would read for that step, so the reward math is unchanged.
+ */
+function applyChecks(state: EpisodeState): void {
+  const turn = state.turns[state.turn]!;
+  turn.sat.forEach((sat, v) => {
+    const items = itemsOf(state, v, state.turn);
+    if (!items.some((it) => it.check)) return;
+    sat.forEach((row, s) => {
+      const window = checkWindow(state.messages, turn.userIndex, turn.steps[s]!);
+      items.forEach((item, c) => {
+        if (!item.check || row[c] !== null) return;
+        row[c] = evaluateCheck(item.check, state.messages, window);
+        markSource(turn, v, s, c, "p");
+        state.metrics.judgeCellsChecked = (state.metrics.judgeCellsChecked ?? 0) + 1;
+      });
+    });
+  });
 }
 
 /** @internal Shared with the judge phase (`episode_judge.ts`). */
@@ -594,6 +635,11 @@ export function fillTurn(state: EpisodeState): void {
   turn.sat = turn.sat.map((sat, v) => {
     const r = fillSkipped(sat, itemsOf(state, v, state.turn), mode, skipBasis);
     state.metrics.judgeCellsSkipped += r.filled;
+    if (r.filled > 0) {
+      r.sat.forEach((row, s) =>
+        row.forEach((x, c) => x !== null && sat[s]?.[c] === null && markSource(turn, v, s, c, "s"))
+      );
+    }
     return r.sat;
   });
 }

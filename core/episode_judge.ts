@@ -26,6 +26,7 @@ import {
   fillTurn,
   finish,
   itemsOf,
+  markSource,
   newTurn,
   overLimit,
   recordedUsers,
@@ -261,6 +262,7 @@ export function applyJudgement(state0: EpisodeState, verdicts: readonly JudgeVer
       );
     }
     turn.sat[cell.v]![cell.step]![cell.item] = majority(got);
+    markSource(turn, cell.v, cell.step, cell.item, "m");
   }
   state.metrics.judgeVerdicts += verdicts.length;
   fillTurn(state);

@@ -46,6 +46,8 @@ export interface ChecklistSummary {
   focusMix: Record<(typeof FOCUS_ON)[number], number>;
   /** Share of items with `required_for_next_turn` (0 when there are no items). */
   requiredShare: number;
+  /** Items with a program check (answered without the judge). */
+  itemsWithChecks: number;
   /** Items with at least one dependency. */
   itemsWithDependencies: number;
   /** Longest dependency chain in any turn (an item without dependencies has depth 0). */
@@ -105,6 +107,7 @@ export function inspectDataset(records: readonly TrajectoryRecord[]): DatasetSum
   let items = 0;
   let required = 0;
   let withDeps = 0;
+  let withChecks = 0;
   let maxDepth = 0;
 
   for (const r of records) {
@@ -138,6 +141,7 @@ export function inspectDataset(records: readonly TrajectoryRecord[]): DatasetSum
           focusMix[item.focus_on]++;
           if (item.required_for_next_turn) required++;
           if (item.dependence.length > 0) withDeps++;
+          if (item.check) withChecks++;
         }
       }
     }
@@ -159,6 +163,7 @@ export function inspectDataset(records: readonly TrajectoryRecord[]): DatasetSum
       itemsPerTurn: stat(itemsPerTurn),
       focusMix,
       requiredShare: items === 0 ? 0 : Math.round((required / items) * 1000) / 1000,
+      itemsWithChecks: withChecks,
       itemsWithDependencies: withDeps,
       maxDependencyDepth: maxDepth,
     },

@@ -11,6 +11,7 @@ import {
   type ChecklistVariant,
   type Message,
   preview,
+  type ToolSchema,
   type TurnBlock,
   TurnBlockSchema,
   turnRanges,
@@ -18,12 +19,13 @@ import {
   variantFromTurnBlocks,
   WEIGHT_TOLERANCE,
 } from "./records.ts";
+import { validateCheck } from "./checks.ts";
 
 /**
  * Version of the labeling prompt and rules. It is part of every stored label's key, so changing the
  * prompt or the checks means a new version (old labels stay under the old one).
  */
-export const LABEL_PROMPT_VERSION = "cm2-label-v1";
+export const LABEL_PROMPT_VERSION = "cm2-label-v2";
 
 /** Repairs that {@linkcode checkLabel} may apply; none of them changes what an item asks. */
 export const REPAIR_KINDS = [
@@ -225,7 +227,7 @@ const INDEX_RE = /\b(?:turn|step)s?\s*(?:#|no\.?|number)?\s*\d+\b|\b\d+(?:st|nd|
  */
 export function checkLabel(
   raw: unknown,
-  record: { messages: readonly Message[] },
+  record: { messages: readonly Message[]; tools?: readonly ToolSchema[] },
   opts: CheckLabelOptions = {},
 ): LabelCheck {
   const tolerance = opts.weightRepairTolerance ?? LABEL_DEFAULTS.weightRepairTolerance;
@@ -294,8 +296,15 @@ export function checkLabel(
     if (!seenTurns.has(t)) errors.push({ path: "(root)", message: `Turn ${t} has no block`, value: t });
   }
 
+  const tools = record.tools ? new Set(record.tools.map((t) => t.function.name)) : undefined;
   for (const { block, at } of parsed) {
     checkBlock(block, at, ranges, tolerance, errors, repairs);
+    block.checklist.forEach((item, c) => {
+      if (!item.check) return;
+      for (const i of validateCheck(item.check, tools, `[${at}].checklist[${c}].check`)) {
+        errors.push({ path: i.path, message: `Item ${item.id}: ${i.message}`, value: preview(i.value) });
+      }
+    });
   }
   if (errors.length > 0) return { ok: false, errors, repairs };
 
@@ -497,7 +506,7 @@ function findCycle(deps: Record<string, string[]>): string[] | undefined {
  */
 export function checkLabelText(
   text: string,
-  record: { messages: readonly Message[] },
+  record: { messages: readonly Message[]; tools?: readonly ToolSchema[] },
   opts: CheckLabelOptions & { truncated?: boolean } = {},
 ): LabelCheck {
   const extracted = extractLabelJson(text);

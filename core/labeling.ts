@@ -46,6 +46,12 @@ For every user turn write a list of items that together capture what a good assi
 9. Dependencies: an item may depend on items of the same turn whose focus_on is "tool.content", when it is only meaningful once that tool result exists (a reply that reports a found reservation depends on the item checking that the search returned it). No other dependencies.
 10. Weights: give every item a weight from 0 to 1 by how much it matters; the weights of one turn sum to exactly 1.
 11. Ids: "C0", "C1", "C2", ... in order, starting again at "C0" in each turn.
+12. Optional "check": when a program can decide an item exactly from the tool calls, tool results or reply text, add a check so no grader is needed. Only where it means the same as the pass condition; leave it out otherwise. Shape: {"v": 1, "pass": CONDITION}. A CONDITION is one of
+   {"kind": "call", "tool": NAME, "args": JSON_SCHEMA, "equal": {"arg.path": VALUE}, "loose": true, "returns": "ok"} (a call to NAME; args, equal and returns optional; loose: compare text ignoring case and spacing; returns "ok": its result is not an error),
+   {"kind": "no_call", "tool": NAME},
+   {"kind": "reply", "contains": [VALUE], "matches": REGEX, "loose": true},
+   {"kind": "all" | "any", "of": [CONDITION, ...]}, {"kind": "not", "of": CONDITION}.
+   A VALUE is {"const": JSON} or {"from_result": {"tool": NAME, "path": "field.0.id"}} (a value an earlier result of NAME returned).
 
 Answer with a JSON array and nothing else: one object per user turn, in turn order, shaped like
 [

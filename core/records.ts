@@ -6,6 +6,7 @@
  * @module
  */
 import { z } from "zod";
+import { CheckSchema, validateCheck } from "./checks.ts";
 
 /** One tool call on an assistant message; `arguments` is a JSON-encoded object. */
 export const ToolCallSchema = z.object({
@@ -68,6 +69,8 @@ export const ItemCoreSchema = z.object({
   pass_condition: z.string().min(1),
   failure_examples: z.array(z.string()),
   required_for_next_turn: z.boolean(),
+  /** A program check that answers the item without the judge (`core/checks.ts`); beyond CM2. */
+  check: CheckSchema.optional(),
 });
 
 /** A stored checklist item: the labeled fields plus its own dependence list and weight. */
@@ -270,12 +273,14 @@ export function checkMessageOrder(messages: readonly Message[]): RecordIssue[] {
 /**
  * Checks one checklist variant against the record's turn count: one item block per user turn,
  * unique item ids per turn, weights summing to 1 (± {@linkcode WEIGHT_TOLERANCE}), dependencies
- * naming existing `tool.content` items of the same turn, no self or cyclic dependency.
+ * naming existing `tool.content` items of the same turn, no self or cyclic dependency, and every item's
+ * program check usable (`validateCheck`; with `tools`, naming only the record's tools).
  */
 export function checkChecklist(
   variant: ChecklistVariant,
   userTurns: number,
   base = "checklists[0]",
+  tools?: ReadonlySet<string>,
 ): RecordIssue[] {
   const issues: RecordIssue[] = [];
   if (variant.length !== userTurns) {
@@ -306,6 +311,11 @@ export function checkChecklist(
       });
     }
     items.forEach((item, c) => {
+      if (item.check) {
+        for (const i of validateCheck(item.check, tools, `${base}[${t}][${c}].check`)) {
+          issues.push({ path: i.path, message: `Item ${item.id}: ${i.message}`, value: preview(i.value) });
+        }
+      }
       item.dependence.forEach((dep, d) => {
         const target = ids.get(dep);
         const path = `${base}[${t}][${c}].dependence[${d}]`;
@@ -415,7 +425,7 @@ export function validateRecord(raw: unknown, opts: ValidationOptions = {}): Reco
   });
   const turns = countUserTurns(record.messages);
   record.checklists.forEach((variant, v) =>
-    issues.push(...checkChecklist(variant, turns, `checklists[${v}]`))
+    issues.push(...checkChecklist(variant, turns, `checklists[${v}]`, new Set(names.keys())))
   );
   return issues.length > 0 ? { ok: false, issues } : { ok: true, record };
 }

@@ -71,6 +71,8 @@ export interface IterationSummary {
   meanReward: number;
   itemPassRate: number;
   judgeCalls: number;
+  /** Verdicts answered by program checks, with no judge call (absent in summaries of older runs). */
+  checkedVerdicts?: number;
   /** Judge answers asked again because they did not parse (absent in summaries of older runs). */
   judgeRetries?: number;
   /** Model calls that failed and were retried, by failure type (absent in summaries of older runs). */
@@ -146,6 +148,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     meanReward: scored.meanReward,
     itemPassRate: scored.itemPassRate,
     judgeCalls: scored.judgeCalls,
+    ...(scored.checkedVerdicts !== undefined ? { checkedVerdicts: scored.checkedVerdicts } : {}),
     ...(scored.judgeRetries !== undefined ? { judgeRetries: scored.judgeRetries } : {}),
     ...(scored.modelFaults !== undefined ? { modelFaults: scored.modelFaults } : {}),
     simulatorCalls: scored.simulatorCalls,

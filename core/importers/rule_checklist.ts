@@ -13,7 +13,14 @@
  *    call's output: a call whose arguments contain a value of the output (strings of 3+ characters,
  *    numbers), the reply when its text contains a distinctive string of the output (4+ characters
  *    with a digit, or 8+ characters); a `tool.content` item inherits the dependencies of its call;
- * 5. weights are proportional to units (call 2, tool result 1, reply 2), rounded to 4 decimals, with
+ * 5. program checks (`core/checks.ts`), where the rule knows the call: a call item checks a call to X whose
+ *    every argument equals the reference's (loosely: case and spacing of text ignored), an argument that
+ *    carries a value of an earlier result of the turn is compared with that result's value at the same path
+ *    (`from_result`, so a simulated id or token also passes); its `tool.content` item checks the same call
+ *    with a result that is not an error. A call with a free-text argument (more than
+ *    {@linkcode FREE_TEXT_WORDS} words) or arguments that are not a JSON object gets no check, nor do replies:
+ *    "equivalent free text" and "conveys the reference reply" need the judge;
+ * 6. weights are proportional to units (call 2, tool result 1, reply 2), rounded to 4 decimals, with
  *    the rounding residue given to the first item of the largest unit, so each turn sums to 1 within
  *    1e-9.
  *
@@ -22,6 +29,11 @@
  * @module
  */
 import { type ChecklistItem, type ChecklistVariant, type Message, preview, turnRanges } from "../records.ts";
+import { type CallCondition, type CheckValue, isErrorResult } from "../checks.ts";
+import { isJsonObject } from "../canonical_json.ts";
+
+/** A string argument with more words than this is free text, which a program check cannot compare. */
+export const FREE_TEXT_WORDS = 5;
 
 /** The weight units of rule 5. */
 export const RULE_UNITS = { call: 2, toolContent: 1, reply: 2 } as const;
@@ -48,14 +60,6 @@ function parsed(text: string): unknown {
   }
 }
 
-function isError(content: string): boolean {
-  const v = parsed(content);
-  if (v !== null && typeof v === "object" && !Array.isArray(v) && "error" in v) {
-    return (v as Record<string, unknown>).error !== null;
-  }
-  return typeof v === "string" && /^\s*error\b/i.test(v);
-}
-
 function leaves(value: unknown, out: (string | number)[] = []): (string | number)[] {
   if (typeof value === "string" || typeof value === "number") out.push(value);
   else if (Array.isArray(value)) { for (const v of value) leaves(v, out); }
@@ -70,6 +74,47 @@ function leaves(value: unknown, out: (string | number)[] = []): (string | number
 function outputValues(content: string): Set<string> {
   const vals = leaves(parsed(content)).filter((v) => typeof v === "number" || v.length >= 3);
   return new Set(vals.map(String));
+}
+
+/** The scalar leaves of a JSON value with their dotted paths (keys holding dots or spaces are left out). */
+function leafPaths(value: unknown, prefix = ""): { path: string; value: string | number }[] {
+  if (typeof value === "string" || typeof value === "number") return prefix ? [{ path: prefix, value }] : [];
+  const entries: [string, unknown][] = Array.isArray(value)
+    ? value.map((v, i) => [String(i), v])
+    : isJsonObject(value)
+    ? Object.entries(value)
+    : [];
+  return entries.flatMap(([k, v]) => /^[^.\s]+$/.test(k) ? leafPaths(v, prefix ? `${prefix}.${k}` : k) : []);
+}
+
+/** An earlier result of the turn.  */
+interface Output {
+  item: number;
+  tool: string;
+  values: Set<string>;
+  leaves: { path: string; value: string | number }[];
+}
+
+/** The condition of rule 5 for a call, or undefined when a program cannot decide it. */
+function callCondition(
+  name: string,
+  argsText: string,
+  outputs: readonly Output[],
+): CallCondition | undefined {
+  const args = parsed(argsText);
+  if (!isJsonObject(args)) return undefined;
+  const equal: Record<string, CheckValue> = {};
+  for (const [key, v] of Object.entries(args)) {
+    if (!/^[^.\s]+$/.test(key)) return undefined;
+    if (typeof v === "string" && v.trim().split(/\s+/).length > FREE_TEXT_WORDS) return undefined;
+    const carried = typeof v === "number" || (typeof v === "string" && v.length >= 3);
+    const source = carried ? outputs.findLast((o) => o.leaves.some((l) => l.value === v)) : undefined;
+    const leaf = source?.leaves.find((l) => l.value === v);
+    equal[key] = source && leaf
+      ? { from_result: { tool: source.tool, path: leaf.path } }
+      : { const: v } as CheckValue;
+  }
+  return { kind: "call", tool: name, equal, loose: true };
 }
 
 function distinctive(value: string): boolean {
@@ -95,7 +140,7 @@ export function deriveRuleChecklist(record: { messages: readonly Message[] }): C
   const msgs = record.messages;
   return turnRanges(msgs).map(({ start, end }, turn) => {
     const drafts: Draft[] = [];
-    const outputs: { item: number; values: Set<string> }[] = [];
+    const outputs: Output[] = [];
     let reply: { text: string; step: number } | undefined;
     for (let i = start + 1; i < end; i++) {
       const m = msgs[i]!;
@@ -111,6 +156,7 @@ export function deriveRuleChecklist(record: { messages: readonly Message[] }): C
         const argValues = new Set(leaves(parsed(args)).map(String));
         const deps = outputs.filter((o) => [...o.values].some((v) => argValues.has(v))).map((o) => o.item);
         const keys = Object.keys((parsed(args) ?? {}) as object);
+        const condition = callCondition(name, args, outputs);
         drafts.push({
           core: {
             evidence: [{ turn, step: i - start, from: "assistant.tool_calls", snippet: `${name}(${args})` }],
@@ -125,14 +171,20 @@ export function deriveRuleChecklist(record: { messages: readonly Message[] }): C
                 : `${name} is called with parameters it does not take.`,
             ],
             required_for_next_turn: true,
+            ...(condition ? { check: { v: 1 as const, pass: condition } } : {}),
           },
           deps,
           units: RULE_UNITS.call,
         });
         const response = msgs[i + 1 + k];
-        if (response?.role !== "tool" || isError(response.content)) return;
+        if (response?.role !== "tool" || isErrorResult(response.content)) return;
         const snippet = String(preview(response.content, 300));
-        outputs.push({ item: drafts.length, values: outputValues(response.content) });
+        outputs.push({
+          item: drafts.length,
+          tool: name,
+          values: outputValues(response.content),
+          leaves: leafPaths(parsed(response.content)),
+        });
         drafts.push({
           core: {
             evidence: [{ turn, step: i + 1 + k - start, from: "tool.content", snippet }],
@@ -141,6 +193,9 @@ export function deriveRuleChecklist(record: { messages: readonly Message[] }): C
             pass_condition:
               `The response to ${name} is a successful result, not an error, consistent with the reference: ${snippet}`,
             failure_examples: [`The ${name} response is an error.`, `The ${name} response is empty.`],
+            ...(condition
+              ? { check: { v: 1 as const, pass: { ...condition, returns: "ok" as const } } }
+              : {}),
             required_for_next_turn: false,
           },
           deps,

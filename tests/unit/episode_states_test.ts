@@ -54,7 +54,11 @@ Deno.test("stored episode states: deltas load back exactly, hold only what a ste
   try {
     const store = new FsStore(dir);
     const writer = new EpisodeStates(new CachedStore(store));
-    const records = await sampleRecords();
+    // Without program checks, so the scripted judge below answers every cell (and the numbers stay comparable).
+    const records = (await sampleRecords()).map((r) => ({
+      ...r,
+      checklists: r.checklists.map((v) => v.map((t) => t.map(({ check: _, ...item }) => item))),
+    }));
     let written = 0;
     let content = 0;
     let v1 = 0;

@@ -574,6 +574,8 @@ Deno.test("incremental judging asks fewer cells and yields the same rewards as e
   // re-asks only the unpaid C1.
   assert.equal(inc.calls, 3 + 2 + 2 + 1);
   assert.equal(inc.state.metrics.judgeCellsSkipped, 2);
+  assert.deepEqual(inc.state.turns.map((t) => t.by?.[0]), [["mmm", "smm"], ["mm", "sm"]]);
+  assert.deepEqual(ex.state.turns.map((t) => t.by?.[0]), [["mmm", "mmm"], ["mm", "mm"]]);
   const checklist = record().checklists[0]!;
   for (const level of ["trajectory", "turn", "step"] as const) {
     assert.deepEqual(
@@ -583,6 +585,68 @@ Deno.test("incremental judging asks fewer cells and yields the same rewards as e
         .episodes,
     );
   }
+});
+
+Deno.test("checked items are answered by their program with no judge call; rewards equal a judge that agrees", async () => {
+  const checked = record();
+  const [c0, c1] = checked.checklists[0]![0]!;
+  c0!.check = {
+    v: 1,
+    pass: { kind: "call", tool: "get_weather", equal: { city: { const: "paris" } }, loose: true },
+  };
+  c1!.check = { v: 1, pass: { kind: "call", tool: "get_weather", returns: "ok" } };
+  checked.checklists[0]![1]![0]!.check = {
+    v: 1,
+    pass: { kind: "call", tool: "book_table", equal: { people: { const: 2 } } },
+  };
+  // A judge that answers the checked questions as the programs do (the call is made at step 0 and stays made).
+  const agrees = (p: string) => {
+    const called = (tool: string) => p.includes(`"name": "${tool}"`);
+    if (p.includes("Weather call made?") || p.includes("Weather returned?")) return called("get_weather");
+    if (p.includes("Booking call made?")) return called("book_table");
+    return honestly(p);
+  };
+  for (const mode of ["exhaustive", "incremental"] as const) {
+    const plainJudge = judgeBy(agrees);
+    const plain = await runEpisode(record(), models(happyPolicy(), plainJudge), {
+      hash: sha256,
+      judge: { mode },
+    });
+    const checkedJudge = judgeBy(agrees);
+    const run = await runEpisode(checked, models(happyPolicy(), checkedJudge), {
+      hash: sha256,
+      judge: { mode },
+    });
+    const asked = checkedJudge.requests.map((r) => r.messages[0]!.content);
+    assert.ok(!asked.some((p) => /Weather call made\?|Weather returned\?|Booking call made\?/.test(p)), mode);
+    assert.ok(checkedJudge.requests.length < plainJudge.requests.length, mode);
+    // turn 0: C0, C1 at 2 steps; turn 1: C0 at 2 steps
+    assert.equal(run.state.metrics.judgeCellsChecked, 6, mode);
+    // C2 of turn 0 and C1 of turn 1 pay only at step 1, so incremental judging skips none of their cells
+    assert.deepEqual(run.state.turns.map((t) => t.by?.[0]), [["ppm", "ppm"], ["pm", "pm"]], mode);
+    for (const level of ["trajectory", "turn", "step"] as const) {
+      const score = (s: EpisodeState, rec: TrajectoryRecord) =>
+        computeAdvantages({ checklist: rec.checklists[0]!, episodes: [episodeVerdicts(s)] }, {
+          level,
+          minGroupSupport: 0,
+        }).episodes;
+      assert.deepEqual(score(run.state, checked), score(plain.state, record()), `${mode} ${level}`);
+    }
+  }
+  // A policy that books for 3 fails the booking check, whatever a judge would have said.
+  const wrongPolicy = fake("policy", [
+    result("<think>\nlook\n</think>", [apiCall("get_weather", { city: "Paris" })]),
+    result("<think>\nok\n</think>\n\nIt is 21 degrees."),
+    result("", [apiCall("book_table", { restaurant: "Chez Nous", people: 3 })]),
+    result("Booked, reference B-17."),
+  ]);
+  const simulator = fake(
+    "simulator",
+    () => result(JSON.stringify({ execution_result: { booking_id: "B-18" } })),
+  );
+  const wrong = await runEpisode(checked, models(wrongPolicy, judgeAll(true), simulator), { hash: sha256 });
+  assert.deepEqual(wrong.state.turns[1]!.sat[0]!.map((row) => row[0]), [false, false]);
+  assert.deepEqual(wrong.state.turns[1]!.by?.[0], ["pm", "pm"]);
 });
 
 Deno.test("with several variants the gate fails only when more than half of them fail", async () => {

@@ -273,6 +273,7 @@ Deno.test("inspectDataset() summarises turns, tools and checklist coverage of th
   assert.equal(s.checklists.focusMix["assistant.content.thinking"], 0);
   assert.ok(s.checklists.requiredShare > 0 && s.checklists.requiredShare < 1);
   assert.ok(s.checklists.maxDependencyDepth >= 1);
+  assert.equal(s.checklists.itemsWithChecks, 71, "the rule checks calls and their results, not replies");
   const empty = inspectDataset([]);
   assert.deepEqual([empty.records, empty.userTurns.mean, empty.checklists.requiredShare], [0, 0, 0]);
 });
