@@ -125,6 +125,8 @@ export const Cm2Schema = z.object({
     votes: z.number().int().positive().default(1),
     mode: z.enum(["exhaustive", "incremental"]).default("incremental"),
     itemsPerCall: z.number().int().positive().default(1),
+    /** Answer false without a judge call where an item's focus part is absent from the step (beyond CM2). */
+    skipAbsentFocus: z.boolean().default(true),
   }).strict().prefault({}),
   simulator: z.object({
     cache: z.boolean().default(true),
@@ -135,6 +137,8 @@ export const Cm2Schema = z.object({
   /** Run a validation pass (no update) every N iterations; 0 turns it off. */
   validationEvery: z.number().int().min(0).default(0),
   validationTasks: z.number().int().min(0).default(2),
+  /** Episodes per held-out task in a validation pass (default: `groupSize`). */
+  validationSamples: z.number().int().positive().optional(),
   /** Continue-as-new every K iterations. */
   continueAsNewEvery: z.number().int().positive().default(10),
   /** An episode continues as new once its history has this many events (Temporal warns at 10,240). */

@@ -46,7 +46,7 @@ import {
   toolCallErrorContent,
 } from "./tool_calls.ts";
 import { fillSkipped, type SatMatrix } from "./judge.ts";
-import { checkWindow, evaluateCheck } from "./checks.ts";
+import { type CheckWindow, checkWindow, evaluateCheck } from "./checks.ts";
 import {
   type EpisodeOptions,
   type ResolvedEpisodeOptions,
@@ -125,8 +125,8 @@ export interface TurnState {
   /** Verdicts: `sat[variant][step][item]`, null while unjudged. */
   sat: SatMatrix[];
   /**
-   * Where each verdict came from, `by[variant][step]` one character per item: `p` a program check, `m` the
-   * model judge, `s` skipped by the incremental rule (filled with true), `-` not answered. Absent before the
+   * Where each verdict came from, `by[variant][step]` one character per item: `p` a program (the item's check,
+   * or false for a focus part absent from the step, `skipAbsentFocus`), `m` the model judge, `s` skipped by the incremental rule (filled with true), `-` not answered. Absent before the
    * turn is judged, and in states written before checks existed.
    */
   by?: string[][];
@@ -145,7 +145,10 @@ export interface EpisodeMetrics {
   simulatorFailures: number;
   judgeVerdicts: number;
   judgeCellsSkipped: number;
-  /** Verdicts answered by a program check, with no judge call (absent in states written before checks). */
+  /**
+   * Verdicts answered by a program (a check, or an absent focus part), with no judge call (absent in states
+   * written before checks).
+   */
   judgeCellsChecked?: number;
   /** Judge answers that did not parse and were asked again (absent in states written before retries). */
   judgeRetries?: number;
@@ -608,19 +611,43 @@ export function markSource(turn: TurnState, v: number, s: number, c: number, sou
 }
 
 /**
- * Answers every cell of the current turn whose item carries a program check (`core/checks.ts`), before any
- * judge round: the check reads what the judge would read for that step, so the reward math is unchanged.
+ * Whether an item's focus part is absent from a step's window (see `skipAbsentFocus`): a judge must then answer
+ * false. `assistant.content.thinking` is never taken for absent.
+ */
+function focusAbsent(item: ChecklistItem, messages: readonly ChatMessage[], window: CheckWindow): boolean {
+  const part = messages.slice(window.start, window.end);
+  const steps = part.filter((m) => m.role === "assistant");
+  switch (item.focus_on) {
+    case "assistant.tool_calls":
+      return !steps.some((m) => m.tool_calls?.length);
+    case "tool.content":
+      return !part.some((m) => m.role === "tool");
+    case "assistant.content.user_visible_reply":
+      return steps.every((m) => m.tool_calls?.length);
+    default:
+      return false;
+  }
+}
+
+/**
+ * Answers, before any judge round, every cell of the current turn whose item carries a program check
+ * (`core/checks.ts`), and with `skipAbsentFocus` every cell whose item's focus part is absent from the step
+ * (false): both read what the judge would read for that step, so the reward math is unchanged. A state
+ * written before `skipAbsentFocus` existed keeps asking the judge.
  */
 function applyChecks(state: EpisodeState): void {
   const turn = state.turns[state.turn]!;
+  const absent = state.options.judge.skipAbsentFocus === true;
   turn.sat.forEach((sat, v) => {
     const items = itemsOf(state, v, state.turn);
-    if (!items.some((it) => it.check)) return;
+    if (!absent && !items.some((it) => it.check)) return;
     sat.forEach((row, s) => {
       const window = checkWindow(state.messages, turn.userIndex, turn.steps[s]!);
       items.forEach((item, c) => {
-        if (!item.check || row[c] !== null) return;
-        row[c] = evaluateCheck(item.check, state.messages, window);
+        if (row[c] !== null) return;
+        if (item.check) row[c] = evaluateCheck(item.check, state.messages, window);
+        else if (absent && focusAbsent(item, state.messages, window)) row[c] = false;
+        else return;
         markSource(turn, v, s, c, "p");
         state.metrics.judgeCellsChecked = (state.metrics.judgeCellsChecked ?? 0) + 1;
       });

@@ -24,6 +24,13 @@ export interface EpisodeJudgeOptions {
   votes?: number;
   /** Items per judge call (default 1, the reference); more batches items of one step. */
   itemsPerCall?: number;
+  /**
+   * Answer `false` without a judge call where the item's focus part is absent from the step's window (default
+   * true): no tool call yet for `assistant.tool_calls`, no tool result yet for `tool.content`, only tool-calling
+   * steps so far for `assistant.content.user_visible_reply`. The judge prompt makes presence of the focus part a
+   * condition of `true`, so this is the answer a careful judge gives. Beyond CM2.
+   */
+  skipAbsentFocus?: boolean;
 }
 
 /** Options of {@linkcode startEpisode}; every field has a default. */
@@ -95,6 +102,7 @@ export function resolveEpisodeOptions(opts: EpisodeOptions = {}): ResolvedEpisod
       skipBasis: opts.judge?.skipBasis ?? "completed",
       votes: positive("judge.votes", opts.judge?.votes ?? 1),
       itemsPerCall: positive("judge.itemsPerCall", opts.judge?.itemsPerCall ?? 1),
+      skipAbsentFocus: opts.judge?.skipAbsentFocus ?? true,
     },
     simulator: { ...opts.simulator },
   };
@@ -128,6 +136,7 @@ export function episodeOptionsOf(config: RunConfig): EpisodeOptions {
       skipBasis: skipBasisFor(reward),
       votes: c.judge.votes,
       itemsPerCall: c.judge.itemsPerCall,
+      skipAbsentFocus: c.judge.skipAbsentFocus,
     },
     simulator: { replayScope: c.simulator.replayScope, cache: c.simulator.cache },
   };

@@ -36,7 +36,14 @@ export const PipelineStageSchema = z.discriminatedUnion("stage", [
   }).strict(),
   z.object({ stage: z.literal("label"), variants: z.number().int().positive().optional() }).strict(),
   z.object({ stage: z.literal("sft") }).strict(),
-  z.object({ stage: z.literal("rl") }).strict(),
+  z.object({
+    stage: z.literal("rl"),
+    /**
+     * Also validate the base model without the SFT adapter (run `<name>-base`, no update) on the same held-out
+     * records, so the report shows the gain over the raw base model as well as over the SFT start.
+     */
+    baseline: z.boolean().optional(),
+  }).strict(),
 ]);
 
 /** A pipeline recipe. */

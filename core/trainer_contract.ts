@@ -54,6 +54,8 @@ export const UpdateMetricsSchema = z.object({
   isMeanWeight: z.number().nullable().optional(),
   /** Rollout correction: share of the batch's trajectories vetoed; null when no token had serving log-probs. */
   isVetoedShare: z.number().min(0).max(1).nullable().optional(),
+  /** Mean entropy (nats) of the policy's next-token distribution over the loss tokens, before the update. */
+  entropy: z.number().min(0).nullable().optional(),
 });
 
 /** Output of `updatePolicy`. */

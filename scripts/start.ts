@@ -13,7 +13,8 @@
  *    process it started (`--keep` leaves the stack up).
  *
  * Flags: `--config FILE` (default: `recipes/demo.json`, the embedded demo), `--keep`, `--iterations N`,
- * `--pipeline RECIPE` (run a pipeline recipe, e.g. `recipes/pipeline-sample.json`, instead of a training run).
+ * `--pipeline RECIPE` (run a pipeline recipe, e.g. `recipes/pipeline-sample.json`, instead of a training run),
+ * `--name NAME` (the pipeline's name; default: the recipe's name and a time stamp).
  *
  * @module
  */
@@ -48,6 +49,7 @@ const { values } = parseArgs({
     keep: { type: "boolean", default: false },
     iterations: { type: "string" },
     pipeline: { type: "string" },
+    name: { type: "string" },
   },
 });
 
@@ -374,7 +376,7 @@ async function main(): Promise<number> {
   if (recipe) {
     const code = await runPipeline(
       client,
-      { ...recipe, name: `${recipe.name}-${stamp}` },
+      { ...recipe, name: values.name ?? `${recipe.name}-${stamp}` },
       config,
       server.uiUrl,
     );

@@ -191,12 +191,35 @@ async function runChild(
       heldOut: at.split?.heldOutCount ?? config.dataset.heldOut,
     },
   };
+  let base = "";
+  if (step.baseline) {
+    // The base model alone: no SFT adapter, no update, one validation pass on the same held-out records.
+    const { init: _init, ...trainer } = rl.trainer;
+    const b = await executeChild(trainingRun, {
+      workflowId: workflowIds.run(`${name}-base`),
+      args: [{
+        config: {
+          ...rl,
+          name: `${name}-base`,
+          trainer,
+          cm2: { ...rl.cm2, iterations: 0, validationEvery: Math.max(1, rl.cm2.validationEvery) },
+        },
+      }],
+    });
+    const v = b.recent.find((s) => s.validation);
+    base = `; base model validation reward ${v?.meanReward.toFixed(3) ?? "-"}`;
+  }
   const r = await executeChild(trainingRun, { workflowId: workflowIds.run(name), args: [{ config: rl }] });
   const last = r.recent.filter((s) => !s.validation).at(-1);
   return {
     stage: "rl",
     summary: `${r.iterations} iterations, policy v${r.policyVersion}, last reward ${
       last?.meanReward.toFixed(3) ?? "-"
-    }`,
+    }${
+      r.recent.filter((s) => s.validation).map((s) =>
+        `; validation at ${s.iteration}: ${s.meanReward.toFixed(3)}`
+      )
+        .join("")
+    }${base}`,
   };
 }

@@ -116,7 +116,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     iteration,
     phase: "episodes",
     episodesDone: 0,
-    episodesTotal: tasks.length * c.groupSize,
+    episodesTotal: tasks.length * (validation ? c.validationSamples ?? c.groupSize : c.groupSize),
     failed: 0,
   };
   setHandler(iterationProgressQuery, () => progress);
@@ -207,7 +207,7 @@ async function rollOut(
             taskIndex: t.k,
             iteration,
             kind: prefix,
-            groupSize: c.groupSize,
+            groupSize: input.validation ? c.validationSamples ?? c.groupSize : c.groupSize,
             concurrency: perGroup,
             historyEvents: c.episodeHistoryEvents,
           }],
@@ -527,6 +527,31 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       await condition(allHandlersFinished);
       await continueAsNew<typeof trainingRun>({ config: state.config, state });
     }
+  }
+  const ve = state.config.cm2.validationEvery;
+  if (ve > 0 && state.valCount > 0 && !state.stopRequested && patched("cm2-final-validation")) {
+    // The policy of the last update is validated too, so the validation curve ends where training ended (with
+    // `iterations: 0`, this is a validation of the initial policy alone).
+    const { configRef, storeUrl } = await store.putConfig({ config: state.config });
+    const it = state.iteration;
+    const val = await executeChild(iterationWorkflow, {
+      workflowId: workflowIds.validation(name, it),
+      args: [{
+        runName: name,
+        config: state.config,
+        configRef,
+        ...(storeUrl ? { storeUrl } : {}),
+        datasetRef: state.datasetRef!,
+        trainCount: state.trainCount,
+        valCount: state.valCount,
+        ...(state.init ? { init: state.init } : {}),
+        iteration: it,
+        parent: state.checkpoint,
+        policyVersion: state.policyVersion,
+        validation: true,
+      }],
+    });
+    state.recent = [...state.recent, val].slice(-RECENT);
   }
   view.phase = state.stopRequested ? "stopped" : "completed";
   upsertSearchAttributes({ Cm2Status: [view.phase] });

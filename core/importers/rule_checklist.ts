@@ -189,9 +189,9 @@ export function deriveRuleChecklist(record: { messages: readonly Message[] }): C
           core: {
             evidence: [{ turn, step: i + 1 + k - start, from: "tool.content", snippet }],
             focus_on: "tool.content",
-            question: `Does the ${name} call return a successful result?`,
+            question: `Does the ${name} call with arguments matching ${args} return a successful result?`,
             pass_condition:
-              `The response to ${name} is a successful result, not an error, consistent with the reference: ${snippet}`,
+              `The response to that ${name} call is a successful result, not an error (the reference call returned: ${snippet})`,
             failure_examples: [`The ${name} response is an error.`, `The ${name} response is empty.`],
             ...(condition
               ? { check: { v: 1 as const, pass: { ...condition, returns: "ok" as const } } }

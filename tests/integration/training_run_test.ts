@@ -23,6 +23,7 @@ Deno.test({
         episodeConcurrency: 4,
         validationEvery: 2,
         validationTasks: 1,
+        validationSamples: 2,
       }, `e2e-${crypto.randomUUID().slice(0, 6)}`);
       const handle = await stack.client.workflow.start(trainingRun, {
         taskQueue: stack.taskQueue,
@@ -37,7 +38,11 @@ Deno.test({
       const train = result.recent.filter((r) => !r.validation);
       const val = result.recent.filter((r) => r.validation);
       assert.equal(train.length, 2);
-      assert.equal(val.length, 1, "one validation pass at iteration 0");
+      assert.deepEqual(
+        val.map((v) => [v.iteration, v.episodes, v.policyVersion]),
+        [[0, 2, 0], [2, 2, 2]],
+        "validation passes before the first update and after the last, 2 samples of the held-out task each",
+      );
       for (const s of train) {
         assert.equal(s.episodes, 6);
         assert.ok(s.meanReward >= 0 && s.meanReward <= 1, `reward ${s.meanReward}`);

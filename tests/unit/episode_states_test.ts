@@ -54,7 +54,7 @@ Deno.test("stored episode states: deltas load back exactly, hold only what a ste
   try {
     const store = new FsStore(dir);
     const writer = new EpisodeStates(new CachedStore(store));
-    // Without program checks, so the scripted judge below answers every cell (and the numbers stay comparable).
+    // Without program checks (nor absent-focus answers), so the scripted judge below answers every cell (and the numbers stay comparable).
     const records = (await sampleRecords()).map((r) => ({
       ...r,
       checklists: r.checklists.map((v) => v.map((t) => t.map(({ check: _, ...item }) => item))),
@@ -70,7 +70,9 @@ Deno.test("stored episode states: deltas load back exactly, hold only what a ste
       const recordRef = await putJson(store, record);
       const owner = { group: `runs/t/it-0/task-${i}`, episode: `ep-${i}` };
       let base = null;
-      let state = startEpisode(record, { judge: { mode: i % 2 ? "incremental" : "exhaustive" } });
+      let state = startEpisode(record, {
+        judge: { mode: i % 2 ? "incremental" : "exhaustive", skipAbsentFocus: false },
+      });
       let before = 0;
       for (;;) {
         state = advance(state, NO_CACHES, judge).state;

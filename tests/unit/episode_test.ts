@@ -301,7 +301,10 @@ Deno.test("a malformed tool call appends an error_tool_call message and ends wit
     result('<think>\nx\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {city}}\n</tool_call>'),
   ]);
   const judge = judgeAll(true);
-  const { state } = await runEpisode(record(), models(policy, judge), { hash: sha256 });
+  const { state } = await runEpisode(record(), models(policy, judge), {
+    hash: sha256,
+    judge: { skipAbsentFocus: false },
+  });
   assert.equal(state.end?.reason, "format-error");
   assert.match(state.end?.detail ?? "", /not valid JSON/);
   const last = state.messages.at(-1)!;
@@ -313,6 +316,18 @@ Deno.test("a malformed tool call appends an error_tool_call message and ends wit
     complete: false,
     steps: [{ messageIndex: 2, sat: [true, true, true] }],
   }]);
+  // By default the two items on tool calls are false without asking: the step made no call the engine could run.
+  const strictJudge = judgeAll(true);
+  const strict = await runEpisode(
+    record(),
+    models(fake("policy", [result(state.messages[2]!.content)]), strictJudge),
+    {
+      hash: sha256,
+    },
+  );
+  assert.equal(strictJudge.requests.length, 1);
+  assert.deepEqual(strict.state.turns[0]!.sat[0], [[false, true, false]]);
+  assert.deepEqual(strict.state.turns[0]!.by?.[0], ["pmp"]);
 
   const noCredit = await runEpisode(
     record(),
@@ -729,7 +744,7 @@ Deno.test("driving the transitions by hand through JSON gives the same episode a
 });
 
 Deno.test("transitions refuse the wrong phase and incomplete verdicts", async () => {
-  const s = startEpisode(record());
+  const s = startEpisode(record(), { judge: { skipAbsentFocus: false } });
   assert.throws(() => applyToolResults(s, []), /needs phase tools/);
   assert.throws(() => toolCallsToRun(s), /needs phase tools/);
   const t = applyPolicyResult(s, result("<think>\nok\n</think>\n\nHi"));

@@ -324,6 +324,7 @@ METRIC_WIRE = {
 METRIC_WIRE_OPTIONAL = {
     "is_mean_weight": "isMeanWeight",
     "is_vetoed_share": "isVetoedShare",
+    "entropy": "entropy",
 }
 
 

@@ -60,13 +60,14 @@ class TrainingDiverged(RuntimeError):
 
 
 # 1. Per-token log-probs ------------------------------------------------------------------------------------
-def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
+def token_logprobs(model: Any, mb: "MicroBatch", entropy: list[float] | None = None) -> torch.Tensor:
     """log p(target_k | its context) for every loss token k of the micro-batch, shape [N], float32 (float64 for
     a float64 model: the equality tests run there, where two orders of summation agree to ~1e-15).
 
     The vocabulary projection runs only at the positions that predict a loss token (`logits_to_keep` with
     an index tensor): prompts and tool results need hidden states but no logits, and one [N, vocab] block is
-    all the memory the head needs.
+    all the memory the head needs. With ``entropy`` (a list), the summed entropy of the policy's next-token
+    distribution at those positions (no gradient) is appended to it: a diagnostic of exploration.
     """
     out = model(
         input_ids=mb.input_ids,
@@ -78,7 +79,12 @@ def token_logprobs(model: Any, mb: "MicroBatch") -> torch.Tensor:
     logits = out.logits[mb.row, mb.col]  # [N, vocab]
     if logits.dtype != torch.float64:
         logits = logits.float()
-    return logits.gather(-1, mb.target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    if entropy is not None:
+        with torch.no_grad():
+            p = torch.softmax(logits.detach(), dim=-1)
+            entropy.append(float((lse.detach() - (p * logits.detach()).sum(-1)).sum()))
+    return logits.gather(-1, mb.target.unsqueeze(-1)).squeeze(-1) - lse
 
 
 # 2. Token-level policy-gradient loss (PPO clip + dual clip) ----------------------------------------------
@@ -365,6 +371,7 @@ def apply_update(
 
     model.train()
     pg_sum = kl_sum = 0.0
+    entropy_sums: list[float] = []
     clipped = tokens = 0
     grad_norms: list[float] = []
     steps = skipped = 0
@@ -374,7 +381,7 @@ def apply_update(
         n_seq = sum(int((mb.seq_tokens > 0).sum()) for mb in mini)
         optimizer.zero_grad(set_to_none=True)
         for k, mb in enumerate(mini):
-            logp = token_logprobs(model, mb)
+            logp = token_logprobs(model, mb, entropy_sums)
             old = mb.old_logp if mb.old_logp is not None else logp.detach()
             pg, was_clipped = pg_loss_per_token(logp, old, mb.adv, cfg)
             keep = torch.ones_like(pg)
@@ -418,6 +425,7 @@ def apply_update(
         "pg_loss": pg_mean,
         "kl": kl_mean,
         "clip_frac": clipped / max(tokens, 1),
+        "entropy": sum(entropy_sums) / max(tokens, 1),
         "is_mean_weight": is_weight_sum / is_known if is_known else None,
         "is_vetoed_share": vetoed_seqs / seqs if is_known and seqs else None,
         "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),

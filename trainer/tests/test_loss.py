@@ -73,6 +73,19 @@ def test_token_logprobs_are_the_full_computation_at_the_loss_tokens(tok):
     torch.testing.assert_close(part, torch.cat([full[0, 10:], full[1, 19:24]]), rtol=1e-10, atol=0)
 
 
+def test_token_logprobs_report_the_summed_entropy_at_the_loss_tokens(tok):
+    torch.manual_seed(1)
+    model = tiny_llama(len(tok)).double().eval()
+    ids = torch.randint(3, len(tok), (1, 20))
+    with torch.no_grad():
+        logp_all = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+        want = float(-(logp_all.exp() * logp_all).sum(-1)[7:].sum())
+        got: list[float] = []
+        token_logprobs(model, make_micro_batch([_sample(ids[0].tolist(), 8)], 0, torch.device("cpu")), got)
+    assert len(got) == 1 and abs(got[0] - want) < 1e-9 * max(1.0, want)
+    assert got[0] > 0
+
+
 def _group(tok, n=3, prompt=40, seed=0):
     """n samples sharing a `prompt`-token prefix, each with its own continuation of another length, loss
     tokens in two separate spans (an assistant step, a tool result, another step)."""
