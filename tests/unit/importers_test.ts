@@ -15,6 +15,8 @@ import {
 } from "../../core/importers/mod.ts";
 import { validateRecord } from "../../core/records.ts";
 import { buildSample } from "../../scripts/make_sample.ts";
+import { buildLearningData } from "../../scripts/make_learning_data.ts";
+import { ROOT } from "../../scripts/paths.ts";
 
 const BENCH = fileURLToPath(new URL("../../../shared/benchdata", import.meta.url));
 const FIXTURES = fileURLToPath(new URL("../fixtures/corrupt", import.meta.url));
@@ -424,4 +426,16 @@ Deno.test("an empty file is a file-level error, not 0 records imported", async (
   assert.equal(report.errors.length, 1);
   assert.match(formatImportError(report.errors[0]!), /whole file: \$: File holds no record/);
   assert.equal(report.files[0]!.failed, true);
+});
+
+Deno.test("scripts/make_learning_data.ts regenerates the committed learning dataset; its records are disjoint tasks", async () => {
+  const text = buildLearningData();
+  assert.equal(text, await Deno.readTextFile(`${ROOT}/data/learning/tool_tasks.jsonl`));
+  const records = text.trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(records.length, 210);
+  assert.equal(new Set(records.map((r) => r.meta.task)).size, records.length, "every (tool, entity) once");
+  for (const r of records) {
+    assert.ok(validateRecord(r).ok, r.uuid);
+    assert.ok(r.checklists[0][0].every((i: { check?: unknown }) => i.check), `${r.uuid}: every item checked`);
+  }
 });
