@@ -47,6 +47,8 @@ Deno.test({
         assert.equal(s.episodes, 6);
         assert.ok(s.meanReward >= 0 && s.meanReward <= 1, `reward ${s.meanReward}`);
         assert.ok(s.judgeCalls > 0);
+        // the sample's call items are program-checked: counted apart from the judge's calls
+        assert.ok((s.checkedVerdicts ?? 0) > 0, `checked ${s.checkedVerdicts}`);
         assert.ok(s.replayHits > 0, "the reference policy's calls replay");
         assert.notEqual(s.updateLoss, null);
       }
