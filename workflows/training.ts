@@ -103,6 +103,36 @@ export interface IterationProgress {
 /** Query: progress of an iteration. */
 export const iterationProgressQuery = defineQuery<IterationProgress>("iterationProgress");
 
+/** What every iteration (training or validation) of a run gets, given the stored config of this iteration. */
+function commonInput(state: TrainingRunState, stored: { configRef: Ref; storeUrl?: string | undefined }) {
+  return {
+    runName: state.config.name,
+    config: state.config,
+    configRef: stored.configRef,
+    ...(stored.storeUrl ? { storeUrl: stored.storeUrl } : {}),
+    datasetRef: state.datasetRef!,
+    trainCount: state.trainCount,
+    valCount: state.valCount,
+    ...(state.init ? { init: state.init } : {}),
+  };
+}
+
+/** A validation pass (no update) of the run's current policy, kept in its recent summaries. */
+async function validate(state: TrainingRunState, common: ReturnType<typeof commonInput>): Promise<void> {
+  const it = state.iteration;
+  const val = await executeChild(iterationWorkflow, {
+    workflowId: workflowIds.validation(state.config.name, it),
+    args: [{
+      ...common,
+      iteration: it,
+      parent: state.checkpoint,
+      policyVersion: state.policyVersion,
+      validation: true,
+    }],
+  });
+  state.recent = [...state.recent, val].slice(-RECENT);
+}
+
 /** Samples tasks, rolls out G episodes each, scores them, updates and publishes the policy. */
 export async function iterationWorkflow(input: IterationInput): Promise<IterationSummary> {
   const started = Date.now();
@@ -485,31 +515,9 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       if (state.stopRequested) break;
     }
     const it = state.iteration;
-    const { configRef, storeUrl } = await store.putConfig({ config: state.config });
-    const common = {
-      runName: name,
-      config: state.config,
-      configRef,
-      ...(storeUrl ? { storeUrl } : {}),
-      datasetRef: state.datasetRef!,
-      trainCount: state.trainCount,
-      valCount: state.valCount,
-      ...(state.init ? { init: state.init } : {}),
-    };
+    const common = commonInput(state, await store.putConfig({ config: state.config }));
     const ve = state.config.cm2.validationEvery;
-    if (ve > 0 && it % ve === 0 && state.valCount > 0) {
-      const val = await executeChild(iterationWorkflow, {
-        workflowId: workflowIds.validation(name, it),
-        args: [{
-          ...common,
-          iteration: it,
-          parent: state.checkpoint,
-          policyVersion: state.policyVersion,
-          validation: true,
-        }],
-      });
-      state.recent = [...state.recent, val].slice(-RECENT);
-    }
+    if (ve > 0 && it % ve === 0 && state.valCount > 0) await validate(state, common);
     const summary = await executeChild(iterationWorkflow, {
       workflowId: workflowIds.iteration(name, it),
       args: [{ ...common, iteration: it, parent: state.checkpoint, policyVersion: state.policyVersion }],
@@ -532,26 +540,7 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
   if (ve > 0 && state.valCount > 0 && !state.stopRequested && patched("cm2-final-validation")) {
     // The policy of the last update is validated too, so the validation curve ends where training ended (with
     // `iterations: 0`, this is a validation of the initial policy alone).
-    const { configRef, storeUrl } = await store.putConfig({ config: state.config });
-    const it = state.iteration;
-    const val = await executeChild(iterationWorkflow, {
-      workflowId: workflowIds.validation(name, it),
-      args: [{
-        runName: name,
-        config: state.config,
-        configRef,
-        ...(storeUrl ? { storeUrl } : {}),
-        datasetRef: state.datasetRef!,
-        trainCount: state.trainCount,
-        valCount: state.valCount,
-        ...(state.init ? { init: state.init } : {}),
-        iteration: it,
-        parent: state.checkpoint,
-        policyVersion: state.policyVersion,
-        validation: true,
-      }],
-    });
-    state.recent = [...state.recent, val].slice(-RECENT);
+    await validate(state, commonInput(state, await store.putConfig({ config: state.config })));
   }
   view.phase = state.stopRequested ? "stopped" : "completed";
   upsertSearchAttributes({ Cm2Status: [view.phase] });
