@@ -144,7 +144,8 @@ export function learningReport(input: {
   const zero = input.train.reduce((n, t) => n + t.zeroVarianceGroups, 0);
   const report: LearningReport = {
     line: {
-      iterations: input.train.length,
+      // the updates between the two passes (a pass at iteration n validates the policy after n updates)
+      iterations: after.iteration - before.iteration,
       val_reward_before: round(passMean(before)),
       val_reward_after: round(passMean(after)),
       delta: round(d.delta),

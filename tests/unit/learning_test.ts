@@ -63,7 +63,7 @@ Deno.test("learningReport: the JSON line, the curve, the diagnostics and the bas
     seconds: 12.4,
   });
   assert.deepEqual(report.line, {
-    iterations: 2,
+    iterations: 20,
     val_reward_before: 0.5,
     val_reward_after: 0.8,
     delta: 0.3,
