@@ -31,7 +31,7 @@ Deno.test({
           { stage: "compress-cot" },
           { stage: "split", heldOut: 2, rl: 4 },
           { stage: "sft" },
-          { stage: "rl" },
+          { stage: "rl", baseline: true },
         ],
       });
       assert.ok(parsed.ok, JSON.stringify(parsed));
@@ -39,6 +39,8 @@ Deno.test({
         iterations: 1,
         tasksPerIteration: 1,
         groupSize: 2,
+        validationEvery: 1,
+        validationTasks: 2,
       }, name);
       const handle = await stack.client.workflow.start(pipelineRun, {
         taskQueue: stack.taskQueue,
@@ -91,6 +93,24 @@ Deno.test({
       const rl = await loadManifest(stack.store, (await datasetRef(stack.store, `${name}-rl`))!);
       assert.equal(rl.count, 6);
       assert.match(results[6]!.summary, /1 iterations, policy v1/);
+      // validated before and after the update, and the raw base model once (no SFT adapter, no update)
+      assert.match(
+        results[6]!.summary,
+        /validation at 0: [\d.]+; validation at 1: [\d.]+; base model validation/,
+      );
+      const base = await stack.client.workflow.getHandle(workflowIds.run(`${name}-base`)).result();
+      assert.deepEqual(
+        base.recent.map((
+          s: { iteration: number; validation: boolean; policyVersion: number; episodes: number },
+        ) => [
+          s.iteration,
+          s.validation,
+          s.policyVersion,
+          s.episodes,
+        ]),
+        [[0, true, 0, 4]],
+      );
+      assert.equal(stack.trainerLog.calls.filter((c) => c.runId === `${name}-base`).length, 0);
 
       // a re-run skips every finished stage: no SFT or update call, the same results
       const calls = stack.trainerLog.calls.length + (stack.trainerLog.sftCalls?.length ?? 0);
