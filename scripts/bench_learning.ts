@@ -13,7 +13,7 @@
  * "seconds"}` (`core/learning.ts`: the interval is a paired bootstrap over held-out tasks × samples).
  *
  * Flags: `--iterations N` (default: the recipe's 20), `--name NAME` (default `learning-<time>`), `--report-only`
- * (skip the run; report on an existing pipeline `--name`).
+ * (skip the run; report on an existing pipeline `--name`, with `--seconds S` its wall time if known).
  *
  * @module
  */
@@ -32,6 +32,7 @@ const { values } = parseArgs({
     iterations: { type: "string" },
     name: { type: "string" },
     "report-only": { type: "boolean", default: false },
+    seconds: { type: "string" },
   },
 });
 
@@ -97,7 +98,8 @@ if (!values["report-only"]) {
     Deno.exit(1);
   }
 }
-const seconds = (performance.now() - t0) / 1000;
+// with --report-only, the wall time of the run being reported, when known (`--seconds`)
+const seconds = values.seconds !== undefined ? Number(values.seconds) : (performance.now() - t0) / 1000;
 
 const config = await loadRunConfig(CONFIG);
 const store = openStore(config.store.url, ROOT);
