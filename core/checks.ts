@@ -226,7 +226,8 @@ export function parseCheck(
 // ---------------------------------------------------------------------------------------------
 // Evaluation
 
-function parsedJson(text: string): unknown {
+/** The JSON value of a text, or the text itself when it is not JSON. */
+export function parsedJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch {

@@ -29,7 +29,7 @@
  * @module
  */
 import { type ChecklistItem, type ChecklistVariant, type Message, preview, turnRanges } from "../records.ts";
-import { type CallCondition, type CheckValue, isErrorResult } from "../checks.ts";
+import { type CallCondition, type CheckValue, isErrorResult, parsedJson as parsed } from "../checks.ts";
 import { isJsonObject } from "../canonical_json.ts";
 
 /** A string argument with more words than this is free text, which a program check cannot compare. */
@@ -50,14 +50,6 @@ export function ruleWeights(units: readonly number[]): number[] {
   const others = w.reduce((s, x, i) => (i === big ? s : s + x), 0);
   w[big] = Math.round((1 - others) * 1e4) / 1e4;
   return w;
-}
-
-function parsed(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
-  }
 }
 
 function leaves(value: unknown, out: (string | number)[] = []): (string | number)[] {

@@ -25,18 +25,10 @@ import type { EpisodeState } from "../../core/episode.ts";
 import { episodeVerdicts } from "../../core/episode_judge.ts";
 import type { TrajectoryRecord } from "../../core/records.ts";
 import { computeAdvantages } from "../../core/rewards.ts";
-import { sampleRecords } from "../harness/training.ts";
+import { sampleRecords, withoutChecks } from "../harness/training.ts";
 import { echoingSimulator, MISTAKES, perturbedPolicy, readingJudge } from "../harness/reading_judge.ts";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
-
-/** A record without its program checks (what the modes without checks judge). */
-function unchecked(record: TrajectoryRecord): TrajectoryRecord {
-  return {
-    ...record,
-    checklists: record.checklists.map((v) => v.map((t) => t.map(({ check: _, ...i }) => i))),
-  };
-}
 
 interface ModeResult {
   calls: number;
@@ -54,7 +46,7 @@ export async function runMode(
   // The savings of cm2 beyond the reference come together: program checks and absent focus parts.
   const out: ModeResult = { calls: 0, states: [], verdicts: 0, checked: 0 };
   for (const record of records) {
-    const used = checks ? record : unchecked(record);
+    const used = checks ? record : withoutChecks(record);
     const group: EpisodeState[] = [];
     for (let e = 0; e < MISTAKES.length; e++) {
       const judge = readingJudge();

@@ -12,7 +12,7 @@ import { NativeConnection, Worker } from "@temporalio/worker";
 import { createActivities } from "../../activities/mod.ts";
 import { modelFactory, ROOT } from "../../config.ts";
 import { parseRunConfig, type RunConfig } from "../../core/config.ts";
-import { TrajectoryRecordSchema } from "../../core/records.ts";
+import { type TrajectoryRecord, TrajectoryRecordSchema } from "../../core/records.ts";
 import { FsStore } from "../../store/fs_store.ts";
 import { type ScriptedServer, type ScriptHandler, startScriptedServer } from "../scripted_server.ts";
 import { createTestTrainer, type TestTrainerLog } from "../test_trainer.ts";
@@ -23,6 +23,14 @@ import { uniqueQueue, workflowBundle } from "./temporal.ts";
 export async function sampleRecords() {
   const text = await fs.readFile(path.join(ROOT, "data/sample/tooltalk_sample.jsonl"), "utf8");
   return text.trim().split("\n").map((l) => TrajectoryRecordSchema.parse(JSON.parse(l)));
+}
+
+/** A record without its program checks: every item goes to the judge. */
+export function withoutChecks(record: TrajectoryRecord): TrajectoryRecord {
+  return {
+    ...record,
+    checklists: record.checklists.map((v) => v.map((t) => t.map(({ check: _, ...i }) => i))),
+  };
 }
 
 /** A run config pointing every role at the scripted server. */

@@ -11,6 +11,7 @@ import type { ChatModel } from "../../core/llm_types.ts";
 import { type TrajectoryRecord, validateRecord } from "../../core/records.ts";
 import { computeAdvantages } from "../../core/rewards.ts";
 import { createChatModel } from "../../llm/client.ts";
+import { withoutChecks } from "../harness/training.ts";
 import {
   judgeAlways,
   type ScriptedReply,
@@ -31,10 +32,7 @@ function sampleRecord(): TrajectoryRecord {
     const v = validateRecord(raw);
     if (!v.ok) throw new Error(`Sample record ${UUID} is invalid: ${JSON.stringify(v.issues)}`);
     // These tests drive the LLM judge over HTTP: every item goes to it (no program checks, see judge_savings_test).
-    return {
-      ...v.record,
-      checklists: v.record.checklists.map((c) => c.map((t) => t.map(({ check: _, ...item }) => item))),
-    };
+    return withoutChecks(v.record);
   }
   throw new Error(`Sample record ${UUID} not found`);
 }

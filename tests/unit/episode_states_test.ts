@@ -25,7 +25,7 @@ import { DELTA_SCHEMA, EPISODE_SCHEMA, EpisodeStates, type StoredEpisode } from 
 import { FsStore } from "../../store/fs_store.ts";
 import { getJson, putJson } from "../../store/mod.ts";
 import { judgeVerdict } from "../scripted_server.ts";
-import { sampleRecords } from "../harness/training.ts";
+import { sampleRecords, withoutChecks } from "../harness/training.ts";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 const judge = { model: "judge", hash: sha256 };
@@ -55,10 +55,7 @@ Deno.test("stored episode states: deltas load back exactly, hold only what a ste
     const store = new FsStore(dir);
     const writer = new EpisodeStates(new CachedStore(store));
     // Without program checks (nor absent-focus answers), so the scripted judge below answers every cell (and the numbers stay comparable).
-    const records = (await sampleRecords()).map((r) => ({
-      ...r,
-      checklists: r.checklists.map((v) => v.map((t) => t.map(({ check: _, ...item }) => item))),
-    }));
+    const records = (await sampleRecords()).map(withoutChecks);
     let written = 0;
     let content = 0;
     let v1 = 0;
