@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -35,6 +36,23 @@ from .config import TrainerConfig, help_text
 from .store import InvalidRef, InvalidStoreUrl, MissingArtifact, StoreCorruption, store_url_arg
 
 log = logging.getLogger("cm2_trainer.worker")
+
+
+async def connect_when_ready(address: str, namespace: str = "default", wait_seconds: float = 60.0) -> Client:
+    """Connects to Temporal, retrying while the server is still starting.
+
+    An open port is not a ready server: a dev server answers "Frontend is not healthy yet" for a few seconds after
+    it starts listening, longer on a slow machine. The last error is raised once `wait_seconds` have passed.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return await Client.connect(address, namespace=namespace)
+        except RuntimeError as e:  # the bridge raises RuntimeError("Failed client connect: …")
+            if time.monotonic() >= deadline:
+                raise
+            log.info("Temporal at %s not ready (%s); retrying", address, str(e).splitlines()[0][:200])
+            await asyncio.sleep(0.5)
 
 
 def make_update_activity(
@@ -332,7 +350,7 @@ async def run(args: argparse.Namespace) -> None:
             "CPU training: glibc mmap threshold 1 MiB, 2 arenas (%s)",
             "set" if tune_malloc() else "not glibc, left as is",
         )
-    client = await Client.connect(args.address, namespace=args.namespace)
+    client = await connect_when_ready(args.address, namespace=args.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

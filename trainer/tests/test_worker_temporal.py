@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import batch_obj, request_obj
 from temporalio import workflow
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -23,6 +23,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from cm2_trainer.contract import decode_result
 from cm2_trainer.engines import free_port
 from cm2_trainer.store import FsStore
+from cm2_trainer.worker import connect_when_ready
 
 pytestmark = pytest.mark.temporal
 
@@ -92,7 +93,14 @@ def dev_server(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("temporal dev server did not open its port within 30 s")
-    yield f"127.0.0.1:{port}"
+    # An open port is not a ready server: the frontend answers "not healthy yet" for a while on a slow machine.
+    address = f"127.0.0.1:{port}"
+    try:
+        asyncio.run(connect_when_ready(address, wait_seconds=60))
+    except RuntimeError as e:
+        proc.kill()
+        pytest.fail(f"temporal dev server at {address} not ready within 60 s: {e}")
+    yield address
     proc.terminate()  # the process we started, by its handle
     try:
         proc.wait(10)
@@ -110,7 +118,7 @@ def test_update_policy_activity_through_a_real_worker(dev_server, tmp_path, base
     bad = dict(good, trainer=dict(good["trainer"], miniBatches=0))
 
     async def main():
-        client = await Client.connect(dev_server)
+        client = await connect_when_ready(dev_server)
         with ThreadPoolExecutor(max_workers=1) as ex:
             trainer = build_worker(client, ex, graceful_shutdown=timedelta(seconds=5))
             wf_worker = Worker(
