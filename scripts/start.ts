@@ -40,7 +40,8 @@ import { formatFindings, runDoctor } from "./doctor.ts";
 import { describeExit, tailFile } from "./proc.ts";
 import { setup } from "./setup.ts";
 import { workerArgs } from "./worker_process.ts";
-import { type DevServer, isListening, startDevServer } from "./temporal_server.ts";
+import { type DevServer, isListening, startDevServer, TEMPORAL_UI_PORT } from "./temporal_server.ts";
+import { startUiServer, UI_PORT, type UiServer } from "../ui/server.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -56,6 +57,7 @@ const { values } = parseArgs({
 const LOG_DIR = path.join(ROOT, ".cm2", "logs");
 const children: { name: string; proc: Deno.ChildProcess }[] = [];
 let devServer: DevServer | undefined;
+let uiServer: UiServer | undefined;
 let stopping = false;
 /** Children whose start `waitHttp` is watching: it reports their death itself. */
 const awaited = new Set<string>();
@@ -353,9 +355,16 @@ async function main(): Promise<number> {
   const store = openStore(config.store.url, ROOT);
   const storeUrl = store.url;
 
-  const server = await startDevServer({ log: () => {} });
+  // The Web UI shows payloads through cm2's codec endpoint (the content behind a store ref), served from here.
+  const ui = startUiServer({ store, port: UI_PORT, anyPortIfTaken: true, temporalUiPort: TEMPORAL_UI_PORT });
+  const server = await startDevServer({ log: () => {}, codecEndpoint: ui.codecEndpoint });
   devServer = server;
-  log(`Temporal ${server.owned ? "started" : "reused"} at ${server.address}; Web UI ${server.uiUrl}`);
+  if (server.owned) uiServer = ui;
+  else await ui.stop(); // a reused server keeps the codec endpoint it was started with
+  log(
+    `Temporal ${server.owned ? "started" : "reused"} at ${server.address}; Web UI ${server.uiUrl}` +
+      (server.owned ? ` (payloads shown through ${ui.codecEndpoint})` : ""),
+  );
   const env = { TEMPORAL_ADDRESS: server.address };
   await startServices(config, storeUrl, env);
   log(`model servers up; logs in .cm2/logs/ (${((performance.now() - t0) / 1000).toFixed(0)} s so far)`);
@@ -477,6 +486,7 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
     }
     await stopAll();
     await devServer?.stop();
+    await uiServer?.stop();
     Deno.exit(130);
   });
 }
@@ -512,6 +522,7 @@ try {
   } else {
     await stopAll();
     await devServer?.stop();
+    await uiServer?.stop();
   }
 }
 Deno.exit(code);

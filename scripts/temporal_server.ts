@@ -45,6 +45,9 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** The dev server's Web UI port. */
+export const TEMPORAL_UI_PORT = 8233;
+
 /** Options for {@linkcode startDevServer}. */
 export interface DevServerOptions {
   port?: number;
@@ -52,6 +55,8 @@ export interface DevServerOptions {
   /** SQLite file; `null` keeps everything in memory. */
   dbFile?: string | null;
   headless?: boolean;
+  /** The Web UI's codec endpoint (`ui/server.ts`): the UI shows payloads through it. Not with `headless`. */
+  codecEndpoint?: string;
   /** Reuse a server already listening on the port instead of failing. */
   reuse?: boolean;
   log?: (line: string) => void;
@@ -61,7 +66,7 @@ export interface DevServerOptions {
 /** Starts `temporal server start-dev`, or reuses one already listening on the port. */
 export async function startDevServer(opts: DevServerOptions = {}): Promise<DevServer> {
   const port = opts.port ?? 7233;
-  const uiPort = opts.uiPort ?? 8233;
+  const uiPort = opts.uiPort ?? TEMPORAL_UI_PORT;
   const address = `127.0.0.1:${port}`;
   const headless = opts.headless ?? false;
   if ((opts.reuse ?? true) && await isListening("127.0.0.1", port)) {
@@ -80,7 +85,10 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   }
   const args = ["server", "start-dev", "--ip", "127.0.0.1", "--port", String(port), "--log-level", "error"];
   if (headless) args.push("--headless");
-  else args.push("--ui-port", String(uiPort));
+  else {
+    args.push("--ui-port", String(uiPort), "--ui-disable-news-fetch"); // offline: no request leaves the machine
+    if (opts.codecEndpoint) args.push("--ui-codec-endpoint", opts.codecEndpoint);
+  }
   const db = opts.dbFile === undefined ? TEMPORAL_DB : opts.dbFile;
   if (db !== null) args.push("--db-filename", db);
   for (const [k, v] of Object.entries(SEARCH_ATTRIBUTES)) args.push("--search-attribute", `${k}=${v}`);
