@@ -10,9 +10,11 @@
  *   label DATASET                       label records with checklists (labeling workflow)
  *   store gc [--dry-run]                collect intermediate episode states of finished iterations
  *   doctor [--config FILE]              check this machine and the services a run needs, with fixes
+ *   ui [--port N]                       the run viewer: runs, curves, iterations, episodes and checklists
+ *   report RUN --out FILE               one run's views as a single offline HTML file
  *
  * Each command group is registered from its own file under `cli/` (`config`, `data`, `run`, `label`,
- * `store`, `doctor`); the Temporal connection comes from `config.ts` (`connectClient`), used through
+ * `store`, `doctor`, `ui`); the Temporal connection comes from `config.ts` (`connectClient`), used through
  * `cli/common.ts`'s `withClient`.
  *
  * @module
@@ -29,6 +31,7 @@ import { registerRunCommands } from "./cli/run.ts";
 import { registerSftCommands } from "./cli/sft.ts";
 import { registerPipelineCommands } from "./cli/pipeline.ts";
 import { registerStoreCommands } from "./cli/store.ts";
+import { registerUiCommands } from "./cli/ui.ts";
 
 /** The whole command line: each group lives in its own file under `cli/`. */
 export function buildProgram(): Command {
@@ -43,6 +46,7 @@ export function buildProgram(): Command {
   registerPipelineCommands(program);
   registerStoreCommands(program);
   registerDoctorCommand(program);
+  registerUiCommands(program);
   return program;
 }
 

@@ -227,6 +227,10 @@ async function report(
   }
   log(`checkpoints: ${store.url} names ${storeNames.checkpoints(config.name)}it-<n>`);
   log(`metrics:     ${store.url} names ${storeNames.metrics(config.name, "it", 0).replace(/0$/, "<n>")}`);
+  log(
+    `view it:     deno task cm2 ui (then /runs/${config.name}), or ` +
+      `deno task cm2 report ${config.name} --out ${config.name}.html`,
+  );
   return { checkpoints: checkpoints.length, served };
 }
 
@@ -356,14 +360,20 @@ async function main(): Promise<number> {
   const storeUrl = store.url;
 
   // The Web UI shows payloads through cm2's codec endpoint (the content behind a store ref), served from here.
-  const ui = startUiServer({ store, port: UI_PORT, anyPortIfTaken: true, temporalUiPort: TEMPORAL_UI_PORT });
+  // It also serves the run viewer (`cm2 ui`); a reused dev server keeps the codec endpoint it was started with.
+  const ui = startUiServer({
+    store,
+    port: UI_PORT,
+    anyPortIfTaken: true,
+    temporalUiPort: TEMPORAL_UI_PORT,
+    temporal: { client: null, uiUrl: `http://127.0.0.1:${TEMPORAL_UI_PORT}`, namespace: "default" },
+  });
+  uiServer = ui;
   const server = await startDevServer({ log: () => {}, codecEndpoint: ui.codecEndpoint });
   devServer = server;
-  if (server.owned) uiServer = ui;
-  else await ui.stop(); // a reused server keeps the codec endpoint it was started with
   log(
     `Temporal ${server.owned ? "started" : "reused"} at ${server.address}; Web UI ${server.uiUrl}` +
-      (server.owned ? ` (payloads shown through ${ui.codecEndpoint})` : ""),
+      (server.owned ? ` (payloads shown through ${ui.codecEndpoint})` : "") + `; run viewer ${ui.url}/`,
   );
   const env = { TEMPORAL_ADDRESS: server.address };
   await startServices(config, storeUrl, env);
@@ -382,6 +392,7 @@ async function main(): Promise<number> {
 
   const connection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection });
+  ui.setTemporal(client);
   if (recipe) {
     const code = await runPipeline(
       client,
@@ -404,7 +415,7 @@ async function main(): Promise<number> {
   log(
     `Web UI: ${server.uiUrl ?? "http://127.0.0.1:8233"}/namespaces/default/workflows/${
       encodeURIComponent(id)
-    }`,
+    } · run viewer: ${ui.url}/runs/${encodeURIComponent(config.name)}`,
   );
   if (!values.config) await stopStaleDemoRuns(client);
   const handle = await startRun(client, config);

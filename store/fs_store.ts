@@ -168,7 +168,9 @@ export class FsStore implements ArtifactStore {
         else if (e.name.endsWith(".json")) out.push(r.slice(0, -5));
       }
     };
-    await walk(base, "");
+    // Only the folder the prefix names is walked (a run's metrics are not found by walking every cached verdict).
+    const dir = prefix.includes("/") ? prefix.slice(0, prefix.lastIndexOf("/")) : "";
+    await walk(dir ? path.join(base, ...dir.split("/")) : base, dir);
     return out.filter((n) => n.startsWith(prefix)).sort();
   }
 

@@ -1,0 +1,247 @@
+/**
+ * What the viewer shows, read from the store as the run wrote it (never recomputed): the metrics of each iteration
+ * (`runs/<run>/metrics/<kind>-<n>`, `cm2.metrics/v1`), the iteration's rewards (`cm2.rewards/v1`: groups, each
+ * episode's reward, turn scores, end reason and state ref), and an episode's stored state (`store/episodes.ts`).
+ * A run's status comes from Temporal when a client is given and the run's workflow is found.
+ *
+ * @module
+ */
+import type { Client } from "@temporalio/client";
+import type { LabelReport } from "../activities/labeling.ts";
+import type { EpisodeState } from "../core/episode.ts";
+import { storeNames, workflowIds } from "../core/names.ts";
+import { CachedStore } from "../store/cached.ts";
+import { EpisodeStates } from "../store/episodes.ts";
+import { type ArtifactStore, assertSafeName, type Ref } from "../store/mod.ts";
+
+/** An iteration's stored metrics (`cm2.metrics/v1`); fields of older runs may be absent. */
+export interface IterationMetrics {
+  schema: "cm2.metrics/v1";
+  iteration: number;
+  validation: boolean;
+  episodes: number;
+  failed: number;
+  meanReward: number;
+  itemPassRate: number;
+  judgeCalls: number;
+  checkedVerdicts?: number;
+  judgeRetries?: number;
+  modelFaults?: Record<string, number>;
+  simulatorCalls: number;
+  replayHits: number;
+  updateLoss: number | null;
+  rolloutCorrection?: { meanWeight: number; vetoedShare: number };
+  checkpoint: Ref | null;
+  policyVersion: number;
+  seconds: number;
+  rewards: Ref;
+  update: Record<string, number> | null;
+}
+
+/** One episode of a group, as the rewards blob holds it. */
+export interface ScoredEpisode {
+  state: Ref;
+  ok: boolean;
+  endReason: string;
+  reward: number;
+  turnScores: number[];
+  excluded: boolean;
+  steps: number;
+}
+
+/** One task's group. */
+export interface ScoredGroup {
+  taskIndex: number;
+  recordIndex: number;
+  uuid: string;
+  episodes: ScoredEpisode[];
+  stats: { trajectory: { mean: number; std: number; support: number } };
+}
+
+/** An iteration's rewards (`cm2.rewards/v1`). */
+export interface IterationRewards {
+  schema: "cm2.rewards/v1";
+  runName: string;
+  iteration: number;
+  options: Record<string, unknown>;
+  groups: ScoredGroup[];
+}
+
+/** A row of the runs list. */
+export interface RunRow {
+  name: string;
+  /** Temporal's status of `run/<name>` (`RUNNING`, `COMPLETED`, …), or null when unknown. */
+  status: string | null;
+  /** Training iterations with stored metrics. */
+  iterations: number;
+  lastReward: number | null;
+  lastValidation: number | null;
+  started: string | null;
+}
+
+/** Training or validation. */
+export type IterationKind = "it" | "val";
+
+/** A user-supplied run name, checked like a store name segment (the viewer never reads outside `runs/`). */
+export function checkRunName(name: string): string {
+  if (name.includes("/")) throw new ViewerError(404, `no run ${JSON.stringify(name)}`);
+  try {
+    assertSafeName(`runs/${name}`);
+  } catch {
+    throw new ViewerError(404, `no run ${JSON.stringify(name)}`);
+  }
+  return name;
+}
+
+/** A page that cannot be shown: its HTTP status and a message that names what is missing. */
+export class ViewerError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+/** Reads runs, iterations and episodes from one store (blobs are immutable: read once, kept). */
+export class RunData {
+  readonly #cached: CachedStore;
+  readonly #states: EpisodeStates;
+
+  constructor(readonly store: ArtifactStore, public temporal: Client | null = null) {
+    this.#cached = new CachedStore(store);
+    this.#states = new EpisodeStates(this.#cached, 256);
+  }
+
+  /** Every run with stored metrics or checkpoints, newest names last. */
+  async runs(): Promise<RunRow[]> {
+    const names = await this.store.listNames("runs/");
+    const runs = [...new Set(names.map((n) => n.split("/")[1]!))].sort();
+    return await Promise.all(runs.map(async (name) => {
+      const { train, val } = await this.metrics(name);
+      const status = await this.status(name);
+      return {
+        name,
+        status: status?.status ?? null,
+        started: status?.started ?? null,
+        iterations: train.length,
+        lastReward: train.at(-1)?.meanReward ?? null,
+        lastValidation: val.at(-1)?.meanReward ?? null,
+      };
+    }));
+  }
+
+  /** Temporal's view of the run's workflow, or null (no client, or no such workflow). */
+  async status(name: string): Promise<{ status: string; started: string } | null> {
+    if (!this.temporal) return null;
+    try {
+      const d = await this.temporal.workflow.getHandle(workflowIds.run(name)).describe();
+      return { status: d.status.name, started: d.startTime.toISOString() };
+    } catch {
+      return null;
+    }
+  }
+
+  /** The run's iteration metrics, training and validation, each sorted by iteration. */
+  async metrics(run: string): Promise<{ train: IterationMetrics[]; val: IterationMetrics[] }> {
+    checkRunName(run);
+    const prefix = `runs/${run}/metrics/`;
+    const names = await this.store.listNames(prefix);
+    const all = await Promise.all(names.map(async (n) => {
+      const ref = await this.store.getName(n);
+      return ref ? await this.#cached.readJson<IterationMetrics>(ref) : null;
+    }));
+    const got = all.filter((m): m is IterationMetrics => m !== null && m.schema === "cm2.metrics/v1");
+    const by = (a: IterationMetrics, b: IterationMetrics) => a.iteration - b.iteration;
+    return {
+      train: got.filter((m) => !m.validation).sort(by),
+      val: got.filter((m) => m.validation).sort(by),
+    };
+  }
+
+  /** One iteration's metrics and rewards. */
+  async iteration(
+    run: string,
+    kind: IterationKind,
+    n: number,
+  ): Promise<{ metrics: IterationMetrics; rewards: IterationRewards }> {
+    checkRunName(run);
+    const ref = await this.store.getName(storeNames.metrics(run, kind, n));
+    if (!ref) {
+      throw new ViewerError(404, `run ${run} has no ${kind === "val" ? "validation" : "iteration"} ${n}`);
+    }
+    const metrics = await this.#cached.readJson<IterationMetrics>(ref);
+    const rewards = await this.#cached.readJson<IterationRewards>(metrics.rewards);
+    return { metrics, rewards };
+  }
+
+  /** One episode: its scores and its stored state (messages, turns with verdicts, the record's checklists). */
+  async episode(
+    run: string,
+    kind: IterationKind,
+    n: number,
+    task: number,
+    ep: number,
+  ): Promise<{ group: ScoredGroup; scored: ScoredEpisode; state: EpisodeState; workflowId: string }> {
+    const { rewards } = await this.iteration(run, kind, n);
+    const group = rewards.groups.find((g) => g.taskIndex === task);
+    const scored = group?.episodes[ep];
+    if (!group || !scored) {
+      throw new ViewerError(404, `${kind}-${n} of run ${run} has no task ${task} episode ${ep}`);
+    }
+    const { state } = await this.#states.load(scored.state);
+    return { group, scored, state, workflowId: workflowIds.episode(run, n, task, ep, kind) };
+  }
+
+  /** The labeling reports in the store (`labeling/<out>/report`), by output dataset name. */
+  async labelingReports(): Promise<string[]> {
+    const names = await this.store.listNames("labeling/");
+    return names.filter((n) => n.endsWith("/report")).map((n) =>
+      n.slice("labeling/".length, -"/report".length)
+    );
+  }
+
+  /** One labeling report. */
+  async labelingReport(out: string): Promise<LabelReport> {
+    if (out.includes("/")) throw new ViewerError(404, `no labeling report ${JSON.stringify(out)}`);
+    try {
+      assertSafeName(`labeling/${out}/report`);
+    } catch {
+      throw new ViewerError(404, `no labeling report ${JSON.stringify(out)}`);
+    }
+    const ref = await this.store.getName(`labeling/${out}/report`);
+    if (!ref) throw new ViewerError(404, `no labeling report for ${out}`);
+    return await this.#cached.readJson<LabelReport>(ref);
+  }
+
+  /**
+   * One task (by record uuid) in every iteration and validation pass of the given runs that sampled it, in run
+   * order then iteration order; each with its group and the stored state of every episode.
+   */
+  async taskAcross(runs: string[], uuid: string): Promise<TaskAcross[]> {
+    const out: TaskAcross[] = [];
+    for (const run of runs) {
+      const { train, val } = await this.metrics(run);
+      for (const [kind, list] of [["val", val], ["it", train]] as const) {
+        for (const m of list) {
+          const rewards = await this.#cached.readJson<IterationRewards>(m.rewards);
+          for (const group of rewards.groups.filter((g) => g.uuid === uuid)) {
+            const states = await Promise.all(
+              group.episodes.map(async (e) => (await this.#states.load(e.state)).state),
+            );
+            out.push({ run, kind, n: m.iteration, policyVersion: m.policyVersion, group, states });
+          }
+        }
+      }
+    }
+    return out;
+  }
+}
+
+/** A task's group in one iteration of one run, with its episodes' states. */
+export interface TaskAcross {
+  run: string;
+  kind: IterationKind;
+  n: number;
+  /** The policy version after that iteration's update (validation: the version it validated). */
+  policyVersion: number;
+  group: ScoredGroup;
+  states: EpisodeState[];
+}
