@@ -96,12 +96,18 @@ export function createRewardActivities(deps: { store: ArtifactStore; cached: Cac
       runName: string;
       summary: Record<string, unknown> & { iteration: number; validation: boolean };
       rewardsRef: Ref;
+      /** The batch the update trained on (absent: validation, no sample, or a history from before it). */
+      batchRef?: Ref;
+      /** The config this iteration ran with (absent in histories from before it was recorded). */
+      configRef?: Ref;
       updateMetrics: UpdateMetrics | null;
     }): Promise<{ metricsRef: Ref }> {
       const metricsRef = await putJson(store, {
         schema: "cm2.metrics/v1",
         ...input.summary,
         rewards: input.rewardsRef,
+        ...(input.batchRef ? { batch: input.batchRef } : {}),
+        ...(input.configRef ? { config: input.configRef } : {}),
         update: input.updateMetrics,
       });
       const kind = input.summary.validation ? "val" : "it";

@@ -8,7 +8,9 @@
  */
 import type { Client } from "@temporalio/client";
 import type { LabelReport } from "../activities/labeling.ts";
+import { redactedConfig, type RunConfig } from "../core/config.ts";
 import type { EpisodeState } from "../core/episode.ts";
+import type { Batch } from "../core/trainer_contract.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import { CachedStore } from "../store/cached.ts";
 import { EpisodeStates } from "../store/episodes.ts";
@@ -35,7 +37,23 @@ export interface IterationMetrics {
   policyVersion: number;
   seconds: number;
   rewards: Ref;
+  /** The batch the update trained on (absent in validation passes and older runs). */
+  batch?: Ref;
+  /** The config the iteration ran with (absent in older runs). */
+  config?: Ref;
   update: Record<string, number> | null;
+  /** Seconds per phase (absent in older runs). */
+  phases?: { rollouts: number; rewards: number; update: number; publish: number };
+}
+
+/** Per iteration, what the rewards blob says beyond the metrics: failed episodes by end reason, turn scores. */
+export interface IterationOutcomes {
+  iteration: number;
+  validation: boolean;
+  /** Episodes that failed (`ok` false), by end reason. */
+  failedBy: Record<string, number>;
+  /** Mean score of turn t over the episodes that reached it (`turnScores`, as stored). */
+  turnPass: (number | null)[];
 }
 
 /** One episode of a group, as the rewards blob holds it. */
@@ -156,6 +174,52 @@ export class RunData {
     };
   }
 
+  /**
+   * The config of the run's last iteration that recorded one, secrets redacted (`redactedConfig`), or null.
+   * With `env`, each role says whether its key variable is set here; without, the key's state is left out.
+   */
+  async config(list: IterationMetrics[], env?: (name: string) => string | undefined): Promise<unknown> {
+    const ref = list.findLast((m) => m.config)?.config;
+    if (!ref) return null;
+    const shown = redactedConfig(await this.#cached.readJson<RunConfig>(ref), env ?? (() => undefined)) as {
+      models: Record<string, { apiKey?: string }>;
+    };
+    if (!env) { for (const role of Object.values(shown.models)) delete role.apiKey; }
+    return shown;
+  }
+
+  /** Failed episodes by end reason and per-turn scores of every iteration, from the stored rewards. */
+  async outcomes(list: IterationMetrics[]): Promise<IterationOutcomes[]> {
+    return await Promise.all(list.map(async (m) => {
+      const rewards = await this.#cached.readJson<IterationRewards>(m.rewards);
+      const failedBy: Record<string, number> = {};
+      const sums: number[] = [];
+      const counts: number[] = [];
+      for (const g of rewards.groups) {
+        for (const e of g.episodes) {
+          if (!e.ok) failedBy[e.endReason] = (failedBy[e.endReason] ?? 0) + 1;
+          e.turnScores.forEach((x, t) => {
+            sums[t] = (sums[t] ?? 0) + x;
+            counts[t] = (counts[t] ?? 0) + 1;
+          });
+        }
+      }
+      const turnPass = sums.map((x, t) => (counts[t] ? x / counts[t]! : null));
+      return { iteration: m.iteration, validation: m.validation, failedBy, turnPass };
+    }));
+  }
+
+  /** The advantage of each assistant step of an episode, by message index, from the iteration's batch. */
+  async advantages(metrics: IterationMetrics, stateRef: Ref): Promise<Map<number, number>> {
+    const out = new Map<number, number>();
+    if (!metrics.batch) return out;
+    const batch = await this.#cached.readJson<Batch>(metrics.batch);
+    // A sample's episode id is its final state's hash prefix (`activities/rewards.ts`).
+    const sample = batch.samples.find((x) => stateRef.sha256.startsWith(x.episodeId));
+    for (const a of sample?.advantages ?? []) out.set(a.messageIndex, a.advantage);
+    return out;
+  }
+
   /** One iteration's metrics and rewards. */
   async iteration(
     run: string,
@@ -179,15 +243,18 @@ export class RunData {
     n: number,
     task: number,
     ep: number,
-  ): Promise<{ group: ScoredGroup; scored: ScoredEpisode; state: EpisodeState; workflowId: string }> {
-    const { rewards } = await this.iteration(run, kind, n);
+  ): Promise<EpisodeView> {
+    const { metrics, rewards } = await this.iteration(run, kind, n);
     const group = rewards.groups.find((g) => g.taskIndex === task);
     const scored = group?.episodes[ep];
     if (!group || !scored) {
       throw new ViewerError(404, `${kind}-${n} of run ${run} has no task ${task} episode ${ep}`);
     }
-    const { state } = await this.#states.load(scored.state);
-    return { group, scored, state, workflowId: workflowIds.episode(run, n, task, ep, kind) };
+    const [{ state }, advantages] = await Promise.all([
+      this.#states.load(scored.state),
+      this.advantages(metrics, scored.state),
+    ]);
+    return { group, scored, state, advantages, workflowId: workflowIds.episode(run, n, task, ep, kind) };
   }
 
   /** The labeling reports in the store (`labeling/<out>/report`), by output dataset name. */
@@ -233,6 +300,16 @@ export class RunData {
     }
     return out;
   }
+}
+
+/** What the episode page shows. */
+export interface EpisodeView {
+  group: ScoredGroup;
+  scored: ScoredEpisode;
+  state: EpisodeState;
+  /** Advantage per assistant message index (empty: not in a batch, e.g. validation, or an older run). */
+  advantages: Map<number, number>;
+  workflowId: string;
 }
 
 /** A task's group in one iteration of one run, with its episodes' states. */

@@ -12,8 +12,10 @@ import type { LabelReport } from "../activities/labeling.ts";
 import type { EpisodeState } from "../core/episode.ts";
 import { workflowIds } from "../core/names.ts";
 import type {
+  EpisodeView,
   IterationKind,
   IterationMetrics,
+  IterationOutcomes,
   IterationRewards,
   RunRow,
   ScoredEpisode,
@@ -202,7 +204,11 @@ function charts(specs: ChartSpec[]): string {
 }
 
 /** The curves of a run: one point per stored iteration, validation at the iterations it ran before. */
-export function runCharts(train: IterationMetrics[], val: IterationMetrics[]): ChartSpec[] {
+export function runCharts(
+  train: IterationMetrics[],
+  val: IterationMetrics[],
+  outcomes: IterationOutcomes[] = [],
+): ChartSpec[] {
   const xs = [...new Set([...train, ...val].map((m) => m.iteration))].sort((a, b) => a - b);
   const at = (list: IterationMetrics[], f: (m: IterationMetrics) => number | null | undefined) =>
     xs.map((x) => {
@@ -273,12 +279,49 @@ export function runCharts(train: IterationMetrics[], val: IterationMetrics[]): C
     },
     {
       id: "seconds",
-      title: "Seconds per iteration (of which update)",
+      title: "Seconds per iteration and phase",
       x: xs,
-      series: [{ label: "iteration", values: at(train, (m) => m.seconds) }, {
-        label: "update",
-        values: at(train, u("seconds")),
-      }],
+      series: [
+        { label: "iteration", values: at(train, (m) => m.seconds) },
+        { label: "rollouts", values: at(train, (m) => m.phases?.rollouts) },
+        { label: "update", values: at(train, (m) => m.phases?.update ?? m.update?.seconds) },
+        {
+          label: "rewards + publish",
+          values: at(train, (m) => m.phases && m.phases.rewards + m.phases.publish),
+        },
+      ],
+    },
+    ...outcomeCharts(xs, outcomes.filter((o) => !o.validation)),
+  ];
+}
+
+/** Failed episodes by end reason, and each turn's mean score, per training iteration. */
+function outcomeCharts(xs: number[], outcomes: IterationOutcomes[]): ChartSpec[] {
+  if (outcomes.length === 0) return [];
+  const byX = (f: (o: IterationOutcomes) => number | null) =>
+    xs.map((x) => {
+      const o = outcomes.find((y) => y.iteration === x);
+      return o ? f(o) : null;
+    });
+  const reasons = [...new Set(outcomes.flatMap((o) => Object.keys(o.failedBy)))].sort();
+  const turns = Math.min(6, Math.max(0, ...outcomes.map((o) => o.turnPass.length)));
+  return [
+    {
+      id: "failed-by",
+      title: "Failed episodes by end reason",
+      x: xs,
+      series: reasons.length
+        ? reasons.map((r) => ({ label: r, values: byX((o) => o.failedBy[r] ?? 0) }))
+        : [{ label: "none failed", values: byX(() => 0) }],
+    },
+    {
+      id: "turns",
+      title: "Turn score by turn (train)",
+      x: xs,
+      series: Array.from({ length: turns }, (_, t) => ({
+        label: `turn ${t}`,
+        values: byX((o) => o.turnPass[t] ?? null),
+      })),
     },
   ];
 }
@@ -308,14 +351,21 @@ export function runPage(
   status: string | null,
   train: IterationMetrics[],
   val: IterationMetrics[],
+  outcomes: IterationOutcomes[] = [],
+  config: unknown = null,
 ): View {
+  const cfg = config === null
+    ? ""
+    : `<h2>Config</h2><details><summary>the config of the last iteration (secrets redacted)</summary><pre>${
+      esc(JSON.stringify(config, null, 2))
+    }</pre></details>`;
   const body = `<p>Status: <strong id="run-status">${esc(status ?? "unknown")}</strong> · ${train.length} ` +
     `training iteration${train.length === 1 ? "" : "s"}, ${val.length} validation pass${
       val.length === 1 ? "" : "es"
     } · ${temporalLink(ctx, workflowIds.run(run))}</p>
-<h2>Curves</h2>${charts(runCharts(train, val))}
+<h2>Curves</h2>${charts(runCharts(train, val, outcomes))}
 <h2>Training iterations</h2>${metricsTable(ctx, run, "it", train)}
-<h2>Validation passes</h2>${metricsTable(ctx, run, "val", val)}`;
+<h2>Validation passes</h2>${metricsTable(ctx, run, "val", val)}${cfg}`;
   return { title: `Run ${run}`, crumbs: [["Runs", ctx.href({})], [run, null]], body };
 }
 
@@ -372,10 +422,11 @@ export function iterationPage(
   };
 }
 
-function messageHtml(state: EpisodeState, i: number): string {
+function messageHtml(state: EpisodeState, i: number, advantage?: number): string {
   const m = state.messages[i]!;
   const meta = state.meta[i];
   const tags = [
+    advantage === undefined ? "" : `advantage ${advantage.toFixed(3)}`,
     meta?.result ? meta.result : "",
     meta?.source === "engine" ? "engine" : "",
     meta?.policyVersion ? `policy ${meta.policyVersion}` : "",
@@ -435,7 +486,7 @@ export function episodePage(
   n: number,
   task: number,
   ep: number,
-  data: { group: ScoredGroup; scored: ScoredEpisode; state: EpisodeState; workflowId: string },
+  data: EpisodeView,
 ): View {
   const { scored, state } = data;
   const turns = state.turns.map((turn, t) => {
@@ -448,7 +499,7 @@ export function episodePage(
     return `<section aria-labelledby="turn-${t}"><h2 id="turn-${t}">Turn ${t}${
       score === undefined ? "" : ` · score ${fmt(score)}`
     }${turn.passed ? ` · gate ${turn.passed.map((p) => (p ? "passed" : "failed")).join("/")}` : ""}</h2>${
-      idx.map((i) => messageHtml(state, i)).join("")
+      idx.map((i) => messageHtml(state, i, data.advantages.get(i))).join("")
     }${matrices}</section>`;
   }).join("");
   const end = state.end;

@@ -127,7 +127,12 @@ export function viewerHandler(
         const [{ train, val }, status] = await Promise.all([data.metrics(run), data.status(run)]);
         if (train.length === 0 && val.length === 0 && !status) throw new ViewerError(404, `no run ${run}`);
         const live = status?.status === "RUNNING" ? LIVE(run, await stamp(run)) : null;
-        return page({ ...base, live }, runPage(base, run, status?.status ?? null, train, val));
+        const outcomes = await data.outcomes(train);
+        const config = await data.config([...train, ...val], (n) => Deno.env.get(n));
+        return page(
+          { ...base, live },
+          runPage(base, run, status?.status ?? null, train, val, outcomes, config),
+        );
       }
       m = /^\/compare\/([^/]+)$/.exec(path);
       if (m) {

@@ -89,6 +89,11 @@ export interface IterationSummary {
   policyVersion: number;
   metricsRef: Ref;
   seconds: number;
+  /**
+   * Seconds per phase (workflow time): rollouts (episodes, their judging included), rewards, update, publish.
+   * Absent in summaries of older runs.
+   */
+  phases?: { rollouts: number; rewards: number; update: number; publish: number };
 }
 
 /** Progress of an iteration, for `cm2 run watch`. */
@@ -151,6 +156,7 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
   };
   setHandler(iterationProgressQuery, () => progress);
   const outcomes = await rollOut(input, tasks, progress);
+  const rolledOut = Date.now();
 
   progress.phase = "rewards";
   const groups = tasks.map((recordIndex, k) => ({
@@ -166,10 +172,12 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     groups,
     validation,
   });
+  const rewarded = Date.now();
   const update = !validation && scored.batchRef
     ? await updateAndPublish(input, scored.batchRef, progress)
     : null;
   progress.phase = "done";
+  const ended = Date.now();
   const summary: Omit<IterationSummary, "metricsRef"> = {
     iteration,
     validation,
@@ -187,12 +195,21 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
     ...rolloutCorrectionOf(update?.result.metrics),
     checkpoint: update ? update.result.checkpoint : input.parent,
     policyVersion: update ? update.version : input.policyVersion,
-    seconds: (Date.now() - started) / 1000,
+    seconds: (ended - started) / 1000,
+    phases: {
+      rollouts: (rolledOut - started) / 1000,
+      rewards: (rewarded - rolledOut) / 1000,
+      update: update ? update.updateSeconds : 0,
+      publish: update ? (ended - rewarded) / 1000 - update.updateSeconds : 0,
+    },
   };
   const { metricsRef } = await store.recordMetrics({
     runName,
     summary,
     rewardsRef: scored.rewardsRef,
+    // The batch the update trained on (advantages per step, tokens): the run viewer shows it per episode.
+    ...(scored.batchRef ? { batchRef: scored.batchRef } : {}),
+    configRef: input.configRef,
     updateMetrics: update ? update.result.metrics : null,
   });
   return { ...summary, metricsRef };
@@ -277,9 +294,10 @@ async function updateAndPublish(
   input: IterationInput,
   batch: Ref,
   progress: IterationProgress,
-): Promise<{ result: UpdateResult; version: number }> {
+): Promise<{ result: UpdateResult; version: number; updateSeconds: number }> {
   const { config, runName, iteration } = input;
   progress.phase = "update";
+  const t0 = Date.now();
   const trainer = proxyActivities<TrainerActivities>({
     ...TRAIN,
     taskQueue: config.trainer.taskQueue,
@@ -296,12 +314,13 @@ async function updateAndPublish(
     ...(input.init ? { init: input.init } : {}),
   });
   progress.phase = "publish";
+  const updateSeconds = (Date.now() - t0) / 1000;
   const published = await publish.publishPolicy({
     configRef: input.configRef,
     checkpoint: result.checkpoint,
     version: result.version,
   });
-  return { result, version: published.version };
+  return { result, version: published.version, updateSeconds };
 }
 
 // ---------------------------------------------------------------------------------------------

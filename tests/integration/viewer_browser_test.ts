@@ -13,6 +13,7 @@ import { storeNames, workflowIds } from "../../core/names.ts";
 import { CachedStore } from "../../store/cached.ts";
 import { EpisodeStates } from "../../store/episodes.ts";
 import { getJson } from "../../store/mod.ts";
+import type { Batch } from "../../core/trainer_contract.ts";
 import { RunData } from "../../ui/data.ts";
 import type { IterationMetrics, IterationRewards } from "../../ui/data.ts";
 import { buildReport } from "../../ui/report.ts";
@@ -85,6 +86,9 @@ Deno.test({
           assert.deepEqual(reward[2], vals, "validation series");
           const kl = await page.evaluate(`document.getElementById("chart-kl").cm2Chart.data[1]`) as number[];
           assert.deepEqual(kl, [it0.metrics.update!.kl, it1.metrics.update!.kl, null]);
+          // The run's config, as the iterations recorded it (secrets redacted).
+          const cfg = await page.evaluate(`document.querySelector("details pre").textContent`) as string;
+          assert.equal(JSON.parse(cfg).name, name);
           await screenshot(page, "viewer-run");
 
           // Iteration: groups with their stored rewards.
@@ -140,6 +144,20 @@ Deno.test({
           const wf = workflowIds.episode(name, 1, group.taskIndex, 0);
           assert.equal(link[0], wf);
           assert.equal(link[1], `${TEMPORAL_UI}/namespaces/default/workflows/${encodeURIComponent(wf)}`);
+          // Each assistant step trained on shows its advantage from the iteration's stored batch.
+          assert.ok(it1.metrics.batch, "the metrics name the batch");
+          const batch = await getJson<Batch>(stack.store, it1.metrics.batch!);
+          const sample = batch.samples.find((x) => group.episodes[0]!.state.sha256.startsWith(x.episodeId))!;
+          const shown = await page.evaluate(`Array.from(document.querySelectorAll(".msg.assistant")).map(
+            function (d) { return [Number(d.dataset.index), d.querySelector(".role").textContent]; })`) as [
+            number,
+            string,
+          ][];
+          for (const a of sample.advantages) {
+            const row = shown.find(([i]) => i === a.messageIndex);
+            assert.ok(row, `message ${a.messageIndex} shown`);
+            assert.ok(row[1].includes(`advantage ${a.advantage.toFixed(3)}`), row[1]);
+          }
           await screenshot(page, "viewer-episode");
           assert.deepEqual(problems, [], "no console errors on the viewer's pages");
         });

@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { CachedStore } from "../../store/cached.ts";
 import { EpisodeStates } from "../../store/episodes.ts";
 import { FsStore } from "../../store/fs_store.ts";
+import { putJson } from "../../store/mod.ts";
 import type { IterationMetrics } from "../../ui/data.ts";
 import { episodePage, layout, type PageContext, runCharts, runPage } from "../../ui/pages.ts";
 import { reportId } from "../../ui/report.ts";
@@ -25,7 +26,7 @@ const ctx: PageContext = {
   live: null,
 };
 
-Deno.test("viewer pages: model output is escaped, never markup", async () => {
+Deno.test("viewer pages: model output is escaped, never markup; a step shows its advantage", async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-pages-"));
   try {
     const store = new FsStore(dir);
@@ -56,12 +57,14 @@ Deno.test("viewer pages: model output is escaped, never markup", async () => {
           steps: 1,
         },
         state: hostile,
+        advantages: new Map([[hostile.messages.findIndex((m) => m.role === "assistant"), -0.4375]]),
         workflowId: "run/r/it-0/task-0/ep-0",
       }),
     );
     assert.ok(!html.includes("<script>alert"), "no script from the transcript");
     assert.ok(!html.includes("<img src=x"), "no element from the transcript");
     assert.ok(html.includes("&#60;script&#62;alert(1)&#60;/script&#62;"), "shown as text");
+    assert.ok(html.includes("advantage -0.438"), "the step's advantage from the batch");
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
@@ -116,6 +119,22 @@ Deno.test("viewer server: unknown runs, unsafe names and other methods get clear
     const js = await fetch(`${ui.url}/assets/uplot.js`);
     assert.equal(js.headers.get("content-type"), "text/javascript; charset=utf-8");
     assert.match(await js.text(), /uPlot/);
+  } finally {
+    await ui.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("viewer server: a run's stamp changes when an iteration's metrics land (what live pages poll)", async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-viewer-live-"));
+  const store = new FsStore(dir);
+  const ui = startUiServer({ store, port: 0, temporalUiPort: 8233 });
+  try {
+    const stamp = async () => await (await fetch(`${ui.url}/api/runs/live/stamp`)).text();
+    const before = await stamp();
+    assert.equal(await stamp(), before, "stable while nothing lands");
+    await store.setName("runs/live/metrics/it-0", await putJson(store, { schema: "cm2.metrics/v1" }));
+    assert.notEqual(await stamp(), before);
   } finally {
     await ui.stop();
     await fs.rm(dir, { recursive: true, force: true });
