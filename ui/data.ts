@@ -15,35 +15,20 @@ import { storeNames, workflowIds } from "../core/names.ts";
 import { CachedStore } from "../store/cached.ts";
 import { EpisodeStates } from "../store/episodes.ts";
 import { type ArtifactStore, assertSafeName, type Ref } from "../store/mod.ts";
+import type { IterationSummary } from "../workflows/training.ts";
 
-/** An iteration's stored metrics (`cm2.metrics/v1`); fields of older runs may be absent. */
-export interface IterationMetrics {
+/**
+ * An iteration's stored metrics (`cm2.metrics/v1`, written by `recordMetrics`): the workflow's summary (fields
+ * added later are absent in older runs) and the refs and update metrics beside it.
+ */
+export interface IterationMetrics extends Omit<IterationSummary, "metricsRef"> {
   schema: "cm2.metrics/v1";
-  iteration: number;
-  validation: boolean;
-  episodes: number;
-  failed: number;
-  meanReward: number;
-  itemPassRate: number;
-  judgeCalls: number;
-  checkedVerdicts?: number;
-  judgeRetries?: number;
-  modelFaults?: Record<string, number>;
-  simulatorCalls: number;
-  replayHits: number;
-  updateLoss: number | null;
-  rolloutCorrection?: { meanWeight: number; vetoedShare: number };
-  checkpoint: Ref | null;
-  policyVersion: number;
-  seconds: number;
   rewards: Ref;
   /** The batch the update trained on (absent in validation passes and older runs). */
   batch?: Ref;
   /** The config the iteration ran with (absent in older runs). */
   config?: Ref;
   update: Record<string, number> | null;
-  /** Seconds per phase (absent in older runs). */
-  phases?: { rollouts: number; rewards: number; update: number; publish: number };
 }
 
 /** Per iteration, what the rewards blob says beyond the metrics: failed episodes by end reason, turn scores. */

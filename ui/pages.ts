@@ -217,25 +217,15 @@ export function runCharts(
       return v === undefined || v === null || Number.isNaN(v) ? null : v;
     });
   const u = (k: string) => (m: IterationMetrics) => m.update?.[k] ?? null;
+  const trainAndVal = (id: string, title: string, f: (m: IterationMetrics) => number): ChartSpec => ({
+    id,
+    title,
+    x: xs,
+    series: [{ label: "train", values: at(train, f) }, { label: "validation", values: at(val, f) }],
+  });
   return [
-    {
-      id: "reward",
-      title: "Mean reward",
-      x: xs,
-      series: [{ label: "train", values: at(train, (m) => m.meanReward) }, {
-        label: "validation",
-        values: at(val, (m) => m.meanReward),
-      }],
-    },
-    {
-      id: "pass",
-      title: "Item pass rate",
-      x: xs,
-      series: [{ label: "train", values: at(train, (m) => m.itemPassRate) }, {
-        label: "validation",
-        values: at(val, (m) => m.itemPassRate),
-      }],
-    },
+    trainAndVal("reward", "Mean reward", (m) => m.meanReward),
+    trainAndVal("pass", "Item pass rate", (m) => m.itemPassRate),
     {
       id: "failed",
       title: "Failed episodes",

@@ -102,9 +102,14 @@ export function viewerHandler(
     return `${names.length}:${(await data.status(run))?.status ?? "?"}`;
   };
   return async (req) => {
-    const path = decodeURIComponent(new URL(req.url).pathname);
     if (req.method !== "GET" && req.method !== "HEAD") return new Response("GET only", { status: 405 });
+    let path = new URL(req.url).pathname;
     try {
+      try {
+        path = decodeURIComponent(path);
+      } catch {
+        throw new ViewerError(400, `${path} is not a valid path (bad percent-encoding)`);
+      }
       if (path === "/assets/uplot.js" || path === "/assets/uplot.css") {
         const a = await uplotAssets();
         const js = path.endsWith(".js");
@@ -191,7 +196,10 @@ export function startUiServer(opts: UiServerOptions): UiServer {
       return startUiServer({ ...opts, port: 0 });
     }
     if (err instanceof Deno.errors.AddrInUse) {
-      throw new Error(`cm2's web server cannot listen on 127.0.0.1:${opts.port}: the port is in use`);
+      throw new Error(
+        `cm2's web server cannot listen on 127.0.0.1:${opts.port}: the port is in use (a \`task start --keep\` ` +
+          "or another `cm2 ui` serves it already?); `--port 0` picks a free port",
+      );
     }
     throw err;
   }

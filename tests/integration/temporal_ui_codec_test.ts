@@ -32,53 +32,65 @@ async function workflowPageText(
   return await pageText(page);
 }
 
+/**
+ * A dev server with a Web UI (and cm2's codec endpoint when `codec`), and a workflow started with a stored
+ * policy step as its input; no worker, so the workflow stays open and its input is what the UI shows.
+ */
+async function withStepInUi(
+  codec: boolean,
+  fn: (
+    ui: { uiUrl: string; workflowId: string; step: Awaited<ReturnType<typeof storedPolicyStep>> },
+  ) => Promise<void>,
+): Promise<void> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-ui-codec-"));
+  const store = new FsStore(dir);
+  const uiPort = await freePort();
+  const viewer = codec ? startUiServer({ store, port: 0, temporalUiPort: uiPort }) : null;
+  const server = await startDevServer({
+    port: await freePort(),
+    uiPort,
+    dbFile: null,
+    reuse: false,
+    ...(viewer ? { codecEndpoint: viewer.codecEndpoint } : {}),
+  });
+  const connection = await Connection.connect({ address: server.address });
+  try {
+    const step = await storedPolicyStep(store);
+    const handle = await new Client({ connection }).workflow.start("cm2CodecDisplayTest", {
+      taskQueue: "cm2-codec-display-test",
+      workflowId: `codec-test-${codec}/it-0/task-0/ep-0`,
+      args: [step.result],
+    });
+    await fn({ uiUrl: server.uiUrl!, workflowId: handle.workflowId, step });
+  } finally {
+    await connection.close();
+    await server.stop();
+    await viewer?.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
 Deno.test({
   name: "the Temporal Web UI shows a policy step's content through cm2's codec endpoint",
   ignore: browserTestsIgnored,
   sanitizeOps: false,
   sanitizeResources: false,
-  fn: async () => {
-    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-ui-codec-"));
-    const store = new FsStore(dir);
-    const uiPort = await freePort();
-    const ui = startUiServer({ store, port: 0, temporalUiPort: uiPort });
-    const server = await startDevServer({
-      port: await freePort(),
-      uiPort,
-      dbFile: null,
-      reuse: false,
-      codecEndpoint: ui.codecEndpoint,
-    });
-    const connection = await Connection.connect({ address: server.address });
-    try {
-      const { result, call } = await storedPolicyStep(store);
-      const client = new Client({ connection });
-      // No worker: the workflow stays open, and its input is what the UI decodes.
-      const handle = await client.workflow.start("cm2CodecDisplayTest", {
-        taskQueue: "cm2-codec-display-test",
-        workflowId: "codec-test/it-0/task-0/ep-0",
-        args: [result],
-      });
+  fn: () =>
+    withStepInUi(true, async ({ uiUrl, workflowId, step: { result, call } }) => {
       const said = `assistant: Let me look that up. ${call.name}(`;
       await withPage(async (page, problems) => {
         const decodes: string[] = [];
         page.on("request", (r) => {
           if (r.method() === "POST" && new URL(r.url()).pathname === "/codec/decode") decodes.push(r.url());
         });
-        const text = await workflowPageText(page, server.uiUrl!, handle.workflowId, said);
+        const text = await workflowPageText(page, uiUrl, workflowId, said);
         const shot = await screenshot(page, "temporal-ui-codec");
         assert.ok(decodes.length > 0, "the UI called the codec endpoint");
         assert.ok(text.includes(result.stateRef.sha256), "the ref itself is still shown");
         assert.ok(text.includes('"kind": "episode step"'), text.slice(0, 2000));
         assert.deepEqual(problems.filter((p) => /codec/i.test(p)), [], `codec problems (screenshot ${shot})`);
       });
-    } finally {
-      await connection.close();
-      await server.stop();
-      await ui.stop();
-      await fs.rm(dir, { recursive: true, force: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
@@ -86,28 +98,12 @@ Deno.test({
   ignore: browserTestsIgnored,
   sanitizeOps: false,
   sanitizeResources: false,
-  fn: async () => {
-    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cm2-ui-nocodec-"));
-    const store = new FsStore(dir);
-    const uiPort = await freePort();
-    const server = await startDevServer({ port: await freePort(), uiPort, dbFile: null, reuse: false });
-    const connection = await Connection.connect({ address: server.address });
-    try {
-      const { result } = await storedPolicyStep(store);
-      const handle = await new Client({ connection }).workflow.start("cm2CodecDisplayTest", {
-        taskQueue: "cm2-codec-display-test",
-        workflowId: "nocodec-test/ep-0",
-        args: [result],
-      });
+  fn: () =>
+    withStepInUi(false, async ({ uiUrl, workflowId, step: { result } }) => {
       await withPage(async (page) => {
-        const text = await workflowPageText(page, server.uiUrl!, handle.workflowId, result.stateRef.sha256);
+        const text = await workflowPageText(page, uiUrl, workflowId, result.stateRef.sha256);
         assert.ok(!text.includes("episode step"), "no content without the codec");
         assert.ok(!text.includes("Let me look that up."), "no content without the codec");
       });
-    } finally {
-      await connection.close();
-      await server.stop();
-      await fs.rm(dir, { recursive: true, force: true });
-    }
-  },
+    }),
 });

@@ -114,6 +114,9 @@ Deno.test("viewer server: unknown runs, unsafe names and other methods get clear
       const r = await get(bad);
       assert.equal(r.status, 404, bad);
     }
+    const malformed = await get("/runs/%E0%A4%A");
+    assert.equal(malformed.status, 400);
+    assert.match(malformed.text, /bad percent-encoding/);
     const post = await get("/runs/nope", { method: "POST", body: "x" });
     assert.equal(post.status, 405);
     const js = await fetch(`${ui.url}/assets/uplot.js`);
