@@ -12,8 +12,8 @@
  * @module
  */
 import { redactKeyLike } from "../core/redact.ts";
-import { RefSchema } from "../core/ref.ts";
-import type { ArtifactStore, Ref } from "../store/mod.ts";
+import { Buffer } from "node:buffer";
+import { type ArtifactStore, parseRef, type Ref } from "../store/mod.ts";
 
 /** A payload as the codec protocol carries it (proto3 JSON: every bytes field is base64). */
 export interface WirePayload {
@@ -41,26 +41,15 @@ export const CODEC_LIMITS: CodecLimits = {
   lastMessages: 3,
 };
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-function fromBase64(text: string): Uint8Array {
-  const bin = atob(text);
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
-}
-
-function toBase64(bytes: Uint8Array): string {
-  let bin = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(bin);
-}
-
-/** Whether a value is a store ref (its uri agreeing with its hash). */
+/** The value as a store ref (`parseRef`: the uri agreeing with its hash), or null. */
 function asRef(value: unknown): Ref | null {
-  const parsed = RefSchema.safeParse(value);
-  return parsed.success && parsed.data.uri === `cm2://sha256/${parsed.data.sha256}` ? parsed.data : null;
+  try {
+    return parseRef(value);
+  } catch {
+    return null;
+  }
 }
 
 function clip(text: string, limits: CodecLimits): string {
@@ -219,13 +208,13 @@ export async function decodePayload(
   if (encoding === undefined || payload.data === undefined) return payload;
   let value: unknown;
   try {
-    if (decoder.decode(fromBase64(encoding)) !== "json/plain") return payload;
-    value = JSON.parse(decoder.decode(fromBase64(payload.data)));
+    if (Buffer.from(encoding, "base64").toString("utf8") !== "json/plain") return payload;
+    value = JSON.parse(Buffer.from(payload.data, "base64").toString("utf8"));
   } catch {
     return payload;
   }
   const shown = await withContent(store, value, limits);
-  return { ...payload, data: toBase64(encoder.encode(JSON.stringify(shown))) };
+  return { ...payload, data: Buffer.from(JSON.stringify(shown), "utf8").toString("base64") };
 }
 
 /** The Web UI origins allowed to call the codec (the dev server's UI, by either loopback name). */

@@ -85,15 +85,20 @@ export interface RunRow {
 /** Training or validation. */
 export type IterationKind = "it" | "val";
 
-/** A user-supplied run name, checked like a store name segment (the viewer never reads outside `runs/`). */
-export function checkRunName(name: string): string {
-  if (name.includes("/")) throw new ViewerError(404, `no run ${JSON.stringify(name)}`);
+/** A user-supplied name segment under `prefix`, checked like a store name; otherwise a 404 naming `what`. */
+function checkSegment(name: string, prefix: string, what: string): string {
   try {
-    assertSafeName(`runs/${name}`);
+    if (name.includes("/")) throw new Error("a segment");
+    assertSafeName(`${prefix}/${name}`);
   } catch {
-    throw new ViewerError(404, `no run ${JSON.stringify(name)}`);
+    throw new ViewerError(404, `no ${what} ${JSON.stringify(name)}`);
   }
   return name;
+}
+
+/** A user-supplied run name, checked like a store name segment (the viewer never reads outside `runs/`). */
+export function checkRunName(name: string): string {
+  return checkSegment(name, "runs", "run");
 }
 
 /** A page that cannot be shown: its HTTP status and a message that names what is missing. */
@@ -252,12 +257,7 @@ export class RunData {
 
   /** One labeling report. */
   async labelingReport(out: string): Promise<LabelReport> {
-    if (out.includes("/")) throw new ViewerError(404, `no labeling report ${JSON.stringify(out)}`);
-    try {
-      assertSafeName(`labeling/${out}/report`);
-    } catch {
-      throw new ViewerError(404, `no labeling report ${JSON.stringify(out)}`);
-    }
+    checkSegment(out, "labeling", "labeling report");
     const ref = await this.store.getName(`labeling/${out}/report`);
     if (!ref) throw new ViewerError(404, `no labeling report for ${out}`);
     return await this.#cached.readJson<LabelReport>(ref);

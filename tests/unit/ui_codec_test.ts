@@ -50,7 +50,7 @@ Deno.test("codec: a policy step's payload shows what the step said, beside its r
 
 Deno.test("codec: secrets in a blob are not shown; long strings are clipped; refs past the budget stay bare", async () => {
   await withStore(async (store) => {
-    const secret = "sk-live-0123456789abcdef";
+    const secret = "sk-canary-fakefake0000";
     const leaky = await putJson(store, {
       note: `api_key=${secret}`,
       header: `Bearer ${secret}`,
@@ -63,7 +63,7 @@ Deno.test("codec: secrets in a blob are not shown; long strings are clipped; ref
       lastMessages: 3,
     });
     const text = unb64(out.data!);
-    assert.ok(!text.includes("0123456789abcdef"), text);
+    assert.ok(!text.includes("fakefake0000"), text);
     const shown = JSON.parse(text);
     assert.match(shown.a.content.long, /^x{100}… \(5000 chars\)$/);
     assert.equal(shown.b.content, undefined, "the second ref is past the budget of one");
