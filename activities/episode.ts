@@ -36,7 +36,8 @@ import {
   verdictFromError,
 } from "../core/episode_judge.ts";
 import { episodeOptionsOf } from "../core/episode_options.ts";
-import { LlmError, type Sampling } from "../core/llm_types.ts";
+import { type JudgeNotes, judgeNotesName, verdictNotes } from "../core/judge.ts";
+import { type ChatResult, LlmError, type Sampling } from "../core/llm_types.ts";
 import { cacheKey, parseSimulation } from "../core/simulator.ts";
 import type { CachedStore } from "../store/cached.ts";
 import { loadManifest } from "../store/datasets.ts";
@@ -168,6 +169,33 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
   }
 
   /**
+   * Keeps the judge's reasoning for the cells of one call, for the run viewer: `<group>/notes/<episode>/<cell>`
+   * ({@linkcode JudgeNotes}). Best effort: a note that cannot be written never fails the verdict.
+   */
+  async function keepNotes(
+    stateRef: Ref,
+    groupKey: string,
+    task: JudgeTask,
+    answer: ChatResult,
+  ): Promise<void> {
+    const notes = verdictNotes(answer, task.itemIds);
+    if (!notes) return;
+    try {
+      const { at } = await load(stateRef, groupKey);
+      const record: JudgeNotes = {
+        turn: task.turn,
+        variant: task.variant,
+        step: task.step,
+        vote: task.vote,
+        itemIds: task.itemIds,
+        notes,
+      };
+      const name = judgeNotesName(at.owner.group, at.owner.episode, task);
+      if (!cached.isSettled(name)) await cached.settle(name, await cached.writeJson(record));
+    } catch { /* the viewer shows the cell without reasoning */ }
+  }
+
+  /**
    * Loads a state and the base for its next save. A state from before v2 names no owner: it takes the group
    * key its workflow passes.
    */
@@ -295,13 +323,17 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       const task = (await roundOf(config, input.stateRef))[input.task];
       if (!task) throw ApplicationFailure.nonRetryable(`No judge task ${input.task}`, "InvalidInput");
       let verdict: JudgeVerdict;
+      let answer: ChatResult | undefined;
       try {
         // An answer that does not parse is asked again (a new call, its own idempotency key) before it counts.
-        verdict = await askJudge(task, (attempt) =>
-          deps.models("judge", config).complete({
-            ...task.request,
-            idempotencyKey: callKey(`judge/${task.key}${attempt > 0 ? `/again-${attempt}` : ""}`),
-          }));
+        verdict = await askJudge(
+          task,
+          async (attempt) =>
+            answer = await deps.models("judge", config).complete({
+              ...task.request,
+              idempotencyKey: callKey(`judge/${task.key}${attempt > 0 ? `/again-${attempt}` : ""}`),
+            }),
+        );
       } catch (err) {
         if (err instanceof LlmError && !err.retryable) {
           verdict = verdictFromError(task, `${err.type}: ${err.message}`);
@@ -314,6 +346,7 @@ export function createEpisodeActivities(deps: EpisodeDeps) {
       if (verdict.ok && !cached.isSettled(name)) {
         await cached.settle(name, await cached.writeJson(verdict.answers));
       }
+      if (verdict.ok && answer) await keepNotes(input.stateRef, input.groupKey, task, answer);
       return { ...verdict, task: input.task };
     },
 

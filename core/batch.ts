@@ -8,7 +8,13 @@
  */
 import type { EpisodeState } from "./episode.ts";
 import { episodeVerdicts } from "./episode_judge.ts";
-import { computeAdvantages, type GroupAdvantages, itemPassRate, type RewardOptionsInput } from "./rewards.ts";
+import {
+  computeAdvantages,
+  type EpisodeAdvantages,
+  type GroupAdvantages,
+  itemPassRate,
+  type RewardOptionsInput,
+} from "./rewards.ts";
 import type { BatchSample } from "./trainer_contract.ts";
 import type { ChecklistVariant } from "./records.ts";
 
@@ -32,6 +38,8 @@ export interface ScoredIteration<R> {
       endReason: string | null;
       reward: number;
       turnScores: readonly number[];
+      /** What each item paid, per turn (checklist variant 0: `EpisodeAdvantages.items`). */
+      items: EpisodeAdvantages["items"];
       excluded: boolean;
       steps: number;
     }[];
@@ -170,6 +178,7 @@ export function scoreGroups<R>(
         endReason: s.end?.reason ?? null,
         reward: adv.episodes[e]!.reward,
         turnScores: adv.episodes[e]!.turnScores,
+        items: adv.episodes[e]!.items,
         excluded: adv.episodes[e]!.excluded,
         steps: s.assistantSteps,
       })),

@@ -238,24 +238,15 @@ function readAnswer(v: unknown): boolean | undefined {
   return undefined;
 }
 
-/**
- * Read the judge's answer(s) for `itemIds`. One item: an object with a boolean `answer` (`1`/`0` accepted,
- * as Python's `in [True, False]` does). Several: `{"verdicts": [...]}` with one entry per item, matched by
- * `item_id` when every entry has one, else by position. Anything else is a failure.
- */
-export function parseVerdicts(
+/** The judge's entry for each of `itemIds` (see {@linkcode parseVerdicts}), or why there is none. */
+function verdictEntries(
   result: Pick<ChatResult, "content" | "finishReason">,
   itemIds: readonly string[],
-): VerdictParse {
+): { ok: true; entries: Record<string, unknown>[]; single: boolean } | { ok: false; error: string } {
   const obj = extractJsonObject(result.content);
   const cut = result.finishReason === "length" ? " (cut by the token limit)" : "";
   if (obj === undefined) return { ok: false, error: `Judge answer is not a JSON object${cut}` };
-  if (itemIds.length === 1 && !Array.isArray(obj.verdicts)) {
-    const a = readAnswer(obj.answer);
-    return a === undefined
-      ? { ok: false, error: `Judge answer has no boolean answer${cut}` }
-      : { ok: true, answers: [a] };
-  }
+  if (itemIds.length === 1 && !Array.isArray(obj.verdicts)) return { ok: true, entries: [obj], single: true };
   const list = obj.verdicts;
   if (!Array.isArray(list) || !list.every(isJsonObject)) {
     return { ok: false, error: `Judge answer has no verdicts array${cut}` };
@@ -266,15 +257,69 @@ export function parseVerdicts(
   const byId = list.every((v) => typeof v.item_id === "string")
     ? new Map(list.map((v) => [v.item_id as string, v]))
     : null;
-  const answers: boolean[] = [];
+  const entries: Record<string, unknown>[] = [];
   for (const [k, id] of itemIds.entries()) {
     const v = byId ? byId.get(id) : list[k];
     if (v === undefined) return { ok: false, error: `Judge answer has no verdict for item ${id}` };
+    entries.push(v);
+  }
+  return { ok: true, entries, single: false };
+}
+
+/**
+ * Read the judge's answer(s) for `itemIds`. One item: an object with a boolean `answer` (`1`/`0` accepted,
+ * as Python's `in [True, False]` does). Several: `{"verdicts": [...]}` with one entry per item, matched by
+ * `item_id` when every entry has one, else by position. Anything else is a failure.
+ */
+export function parseVerdicts(
+  result: Pick<ChatResult, "content" | "finishReason">,
+  itemIds: readonly string[],
+): VerdictParse {
+  const got = verdictEntries(result, itemIds);
+  if (!got.ok) return got;
+  const cut = result.finishReason === "length" ? " (cut by the token limit)" : "";
+  const answers: boolean[] = [];
+  for (const [k, v] of got.entries.entries()) {
     const a = readAnswer(v.answer);
-    if (a === undefined) return { ok: false, error: `Judge verdict for item ${id} has no boolean answer` };
+    if (a === undefined) {
+      return got.single
+        ? { ok: false, error: `Judge answer has no boolean answer${cut}` }
+        : { ok: false, error: `Judge verdict for item ${itemIds[k]} has no boolean answer` };
+    }
     answers.push(a);
   }
   return { ok: true, answers };
+}
+
+/** The judge's written reasoning for one item: its analysis fields (clipped) and the answer. */
+export type VerdictNote = Partial<Record<(typeof VERDICT_ANALYSIS_FIELDS)[number], string>> & {
+  answer: boolean;
+};
+
+/** Longest analysis field kept in a {@linkcode VerdictNote}, in characters. */
+export const NOTE_FIELD_CHARS = 1200;
+
+/**
+ * The reasoning behind a parsed answer, one note per item in `itemIds` order (matched as
+ * {@linkcode parseVerdicts} matches), or null when the answer does not parse.
+ */
+export function verdictNotes(
+  result: Pick<ChatResult, "content" | "finishReason">,
+  itemIds: readonly string[],
+): VerdictNote[] | null {
+  const parsed = parseVerdicts(result, itemIds);
+  const got = verdictEntries(result, itemIds);
+  if (!parsed.ok || !got.ok) return null;
+  return got.entries.map((v, k) => {
+    const note: VerdictNote = { answer: parsed.answers[k]! };
+    for (const f of VERDICT_ANALYSIS_FIELDS) {
+      const text = v[f];
+      if (typeof text === "string") {
+        note[f] = text.length > NOTE_FIELD_CHARS ? `${text.slice(0, NOTE_FIELD_CHARS)}…` : text;
+      }
+    }
+    return note;
+  });
 }
 
 /** Majority of votes: true only when strictly more than half are true (a tie is false). */
@@ -356,4 +401,29 @@ export function roundCells(sat: SatMatrix, mode: JudgeMode): Cell[] {
     if (mode === "incremental" && cells.length > 0) break;
   }
   return cells;
+}
+
+/** The judge's reasoning behind the cells of one judge call of an episode (what the `judgeCall` activity keeps). */
+export interface JudgeNotes {
+  turn: number;
+  variant: number;
+  step: number;
+  vote: number;
+  itemIds: readonly string[];
+  notes: VerdictNote[];
+}
+
+/** Where an episode's judge notes live: one name per call, under its group (`<group>/notes/<ep-g>/…`). */
+export function judgeNotesPrefix(group: string, episode: string): string {
+  return `${group}/notes/${episode.split("/").at(-1)}/`;
+}
+
+/** The store name of one judge call's notes. */
+export function judgeNotesName(
+  group: string,
+  episode: string,
+  call: { turn: number; variant: number; step: number; items: readonly number[]; vote: number },
+): string {
+  const cell = `t${call.turn}-v${call.variant}-s${call.step}-i${call.items.join("_")}-k${call.vote}`;
+  return `${judgeNotesPrefix(group, episode)}${cell}`;
 }

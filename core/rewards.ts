@@ -174,12 +174,25 @@ export interface EpisodeAdvantages {
   /** `S_t` per reference turn (length `T_ref`): summed weights of the credited items; 0 when unreached. */
   readonly turnScores: readonly number[];
   /**
+   * What each checklist item paid (length `T_ref`; an unreached turn, or every turn of a failed episode, is
+   * `[]`): per item of the turn, its share of `R` (`weight / divisor`; 0 when not credited) and the step of the
+   * turn at which it completed in the walk (-1: never; an item credited at turn level without its dependencies
+   * pays with step -1). The shares of an episode sum to `reward`.
+   */
+  readonly items: readonly (readonly ItemPaid[])[];
+  /**
    * One entry per assistant step, in order. Trajectory level: the same A on every step. Turn level:
    * `A_{i,k}` on every step of turn k. Step level: `A_{i,s}`. 0 everywhere for an excluded episode.
    */
   readonly advantages: readonly StepAdvantage[];
   /** True when the failed-episode policy drops this episode from the loss (`ok=false` and `drop`). */
   readonly excluded: boolean;
+}
+
+/** What one checklist item paid in one turn of an episode (see {@link EpisodeAdvantages.items}). */
+export interface ItemPaid {
+  readonly step: number;
+  readonly reward: number;
 }
 
 /** Mean, standard deviation and size of one baseline population. */
@@ -279,7 +292,8 @@ export function computeAdvantages(group: RewardGroup, input: RewardOptionsInput 
   const episodes = group.episodes.map((episode, e): EpisodeAdvantages => {
     const trace = traces[e] ?? null;
     const turnScores = turns.map((_, t) => trace?.[t]?.score ?? 0);
-    const base = { reward: rewards[e]!, turnScores, excluded: excluded[e]! };
+    const items = turns.map((turn, t) => trace ? itemsPaid(turn, trace[t], trace.length, tRef, options) : []);
+    const base = { reward: rewards[e]!, turnScores, items, excluded: excluded[e]! };
     if (trace === null) {
       const keep = options.level === "trajectory" && !excluded[e];
       const advantage = keep ? (0 - trajectoryMean) / trajectoryScale : 0;
@@ -481,10 +495,30 @@ function eligibleAt(
   return deps[c]!.every((d) => done[d]! >= 0 && (done[d]! < s || (timing === "item-order" && done[d] === s)));
 }
 
+function trajectoryDivisor(reached: number, tRef: number, options: RewardSwitches): number {
+  return options.trajectoryDivisor === "reference-turns" ? tRef : reached;
+}
+
 function trajectoryReward(trace: readonly TurnTrace[], tRef: number, options: RewardSwitches): number {
   const total = trace.reduce((acc, tt) => acc + tt.score, 0);
-  const divisor = options.trajectoryDivisor === "reference-turns" ? tRef : trace.length;
+  const divisor = trajectoryDivisor(trace.length, tRef, options);
   return divisor > 0 ? total / divisor : 0;
+}
+
+/** Per item of a reached turn: the step it paid at and its share of the trajectory reward (`[]`: unreached). */
+function itemsPaid(
+  turn: PreparedTurn,
+  tt: TurnTrace | undefined,
+  reached: number,
+  tRef: number,
+  options: RewardSwitches,
+): ItemPaid[] {
+  if (!tt) return [];
+  const divisor = trajectoryDivisor(reached, tRef, options);
+  return turn.items.map((item, c) => {
+    if (!tt.credited[c]) return { step: -1, reward: 0 };
+    return { step: tt.done[c]!, reward: divisor > 0 ? item.weight / divisor : 0 };
+  });
 }
 
 function moments(values: readonly number[]): Moments {

@@ -170,6 +170,8 @@ export const CheckpointManifestSchema = z.object({
   parent: RefSchema.nullable(),
   files: z.record(z.string(), RefSchema),
   metrics: UpdateMetricsSchema,
+  /** The update's per-token record (`cm2.tokens` v1, `ui/data.ts` `TokenRecord`); absent in older checkpoints. */
+  tokens: RefSchema.optional(),
   createdAt: z.string(),
 }).passthrough();
 

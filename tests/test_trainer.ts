@@ -121,6 +121,28 @@ export function createTestTrainer(
           parent: req.parent,
           iteration: req.iteration,
         });
+        // A per-token record in the real trainer's shape, made up: each token's text is its id, weight 1.
+        const tokenRecord = await putJson(store, {
+          version: 1,
+          isCap: 2,
+          isVeto: null,
+          samples: batch.samples.map((s) => ({
+            episodeId: s.episodeId,
+            vetoed: false,
+            steps: (s.completions ?? []).map((c) => {
+              const adv = s.advantages.find((a) => a.messageIndex === c.messageIndex)?.advantage ?? 0;
+              return {
+                messageIndex: c.messageIndex,
+                tokens: c.tokenIds.map((id) => `<${id}>`),
+                tokenIds: c.tokenIds,
+                advantage: c.tokenIds.map(() => adv),
+                rolloutLogprob: c.tokenIds.map((_, k) => c.logprobs?.[k] ?? null),
+                oldLogprob: c.tokenIds.map((_, k) => c.logprobs?.[k] ?? -1),
+                isWeight: c.tokenIds.map((_, k) => 1 + ((k % 3) - 1) / 10),
+              };
+            }),
+          })),
+        });
         const manifest: CheckpointManifest = {
           schema: "cm2.checkpoint/v1",
           runId: req.runId,
@@ -130,6 +152,7 @@ export function createTestTrainer(
           batch: req.batch,
           parent: req.parent,
           files: { "adapter.json": adapter },
+          tokens: tokenRecord,
           metrics: {
             loss: meanAdv.reduce((a, b) => a + Math.abs(b), 0) / Math.max(1, meanAdv.length),
             pgLoss: 0,

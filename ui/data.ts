@@ -10,6 +10,7 @@ import type { Client } from "@temporalio/client";
 import type { LabelReport } from "../activities/labeling.ts";
 import { redactedConfig, type RunConfig } from "../core/config.ts";
 import type { EpisodeState } from "../core/episode.ts";
+import { type JudgeNotes, judgeNotesPrefix } from "../core/judge.ts";
 import type { Batch } from "../core/trainer_contract.ts";
 import { storeNames, workflowIds } from "../core/names.ts";
 import { CachedStore } from "../store/cached.ts";
@@ -48,6 +49,8 @@ export interface ScoredEpisode {
   endReason: string;
   reward: number;
   turnScores: number[];
+  /** What each item paid, per turn (`EpisodeAdvantages.items`; absent in older runs). */
+  items?: { step: number; reward: number }[][];
   excluded: boolean;
   steps: number;
 }
@@ -240,11 +243,47 @@ export class RunData {
     if (!group || !scored) {
       throw new ViewerError(404, `${kind}-${n} of run ${run} has no task ${task} episode ${ep}`);
     }
-    const [{ state }, advantages] = await Promise.all([
+    const [{ state, owner }, advantages, tokens] = await Promise.all([
       this.#states.load(scored.state),
       this.advantages(metrics, scored.state),
+      kind === "it" ? this.tokens(run, n, scored.state) : new Map<number, StepTokens>(),
     ]);
-    return { group, scored, state, advantages, workflowId: workflowIds.episode(run, n, task, ep, kind) };
+    const notes = owner.group ? await this.notes(owner.group, owner.episode) : [];
+    return {
+      group,
+      scored,
+      state,
+      advantages,
+      notes,
+      tokens,
+      workflowId: workflowIds.episode(run, n, task, ep, kind),
+    };
+  }
+
+  /** The judge's notes of an episode's judge calls (`<group>/notes/<ep>/…`, written by `judgeCall`). */
+  async notes(group: string, episode: string): Promise<JudgeNotes[]> {
+    const names = await this.store.listNames(judgeNotesPrefix(group, episode));
+    const all = await Promise.all(names.map(async (n) => {
+      const ref = await this.store.getName(n);
+      return ref ? await this.#cached.readJson<JudgeNotes>(ref) : null;
+    }));
+    return all.filter((x): x is JudgeNotes => x !== null);
+  }
+
+  /**
+   * The per-token record of an episode's trained steps, by message index, from the iteration's checkpoint
+   * (the manifest's `tokens`, written by the trainer; empty for older checkpoints or an untrained episode).
+   */
+  async tokens(run: string, n: number, stateRef: Ref): Promise<Map<number, StepTokens>> {
+    const out = new Map<number, StepTokens>();
+    const ref = await this.store.getName(storeNames.checkpoint(run, n));
+    if (!ref) return out;
+    const manifest = await this.#cached.readJson<{ tokens?: Ref }>(ref);
+    if (!manifest.tokens) return out;
+    const record = await this.#cached.readJson<TokenRecord>(manifest.tokens);
+    const sample = record.samples.find((x) => stateRef.sha256.startsWith(x.episodeId));
+    for (const step of sample?.steps ?? []) out.set(step.messageIndex, { ...step, vetoed: sample!.vetoed });
+    return out;
   }
 
   /** The labeling reports in the store (`labeling/<out>/report`), by output dataset name. */
@@ -294,7 +333,35 @@ export interface EpisodeView {
   state: EpisodeState;
   /** Advantage per assistant message index (empty: not in a batch, e.g. validation, or an older run). */
   advantages: Map<number, number>;
+  /** The judge's reasoning per judge call (empty: cached verdicts, or an older run). */
+  notes: JudgeNotes[];
+  /** Per trained assistant step (by message index), its tokens as the update saw them. */
+  tokens: Map<number, StepTokens>;
   workflowId: string;
+}
+
+/** One assistant step in the trainer's per-token record (the checkpoint manifest's `tokens`, version 1). */
+export interface StepTokens {
+  messageIndex: number;
+  tokens: string[];
+  tokenIds: number[];
+  advantage: number[];
+  /** The serving stack's log-prob of each token (null: not known). */
+  rolloutLogprob: (number | null)[];
+  /** The trainer's log-prob before the update. */
+  oldLogprob: number[];
+  /** The truncated importance weight the loss used (null: rollout correction off). */
+  isWeight: number[] | null;
+  /** The sample was vetoed by rollout correction (null: correction off). */
+  vetoed: boolean | null;
+}
+
+/** The trainer's per-token record of one update. */
+export interface TokenRecord {
+  version: 1;
+  isCap: number | null;
+  isVeto: number | null;
+  samples: { episodeId: string; vetoed: boolean | null; steps: Omit<StepTokens, "vetoed">[] }[];
 }
 
 /** A task's group in one iteration of one run, with its episodes' states. */

@@ -10,6 +10,7 @@
  */
 import type { LabelReport } from "../activities/labeling.ts";
 import type { EpisodeState } from "../core/episode.ts";
+import type { JudgeNotes, VerdictNote } from "../core/judge.ts";
 import { workflowIds } from "../core/names.ts";
 import type {
   EpisodeView,
@@ -20,6 +21,7 @@ import type {
   RunRow,
   ScoredEpisode,
   ScoredGroup,
+  StepTokens,
   TaskAcross,
 } from "./data.ts";
 
@@ -88,6 +90,8 @@ table.data { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
   border-radius: 3px; padding: 0 4px; margin-left: 6px; }
 code, pre { font: 13px ui-monospace, monospace; } pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
 .matrix td.v { text-align: center; font-family: ui-monospace, monospace; }
+.toks { font: 13px ui-monospace, monospace; white-space: pre-wrap; overflow-wrap: anywhere; padding: 4px; }
+.tok { border-right: 1px solid #ddd; } details.tokens, details.reasoning { margin: 4px 0 8px; }
 `;
 
 /** One view: its title, breadcrumbs (label, link or null for the current view) and body. */
@@ -429,28 +433,134 @@ function messageHtml(state: EpisodeState, i: number, advantage?: number): string
     `${m.content ? `<pre>${esc(m.content)}</pre>` : ""}${calls}</div>`;
 }
 
+/** Background of a token by its importance weight: white at 1, red below, blue above (text stays dark). */
+function weightColour(w: number | null | undefined): string {
+  if (w === null || w === undefined || !Number.isFinite(w)) return "transparent";
+  const d = Math.min(1, Math.abs(Math.log(Math.max(w, 1e-6))) / Math.log(2));
+  const a = (0.08 + 0.5 * d).toFixed(2);
+  return w < 1 ? `rgba(200,40,40,${a})` : `rgba(40,90,220,${a})`;
+}
+
+const stat = (xs: readonly number[]) =>
+  xs.length
+    ? { mean: xs.reduce((a, b) => a + b, 0) / xs.length, min: Math.min(...xs), max: Math.max(...xs) }
+    : null;
+
+/**
+ * One trained step's tokens as the update saw them: each token's text, advantage, the serving stack's and the
+ * trainer's log-probs and, with rollout correction, the importance weight (as colour and as a table).
+ */
+function tokenView(st: StepTokens | undefined): string {
+  if (!st) return "";
+  const w = st.isWeight;
+  const ws = w ? stat(w) : null;
+  const spans = st.tokens.map((tok, k) =>
+    `<span class="tok" style="background:${weightColour(w?.[k])}" title="${
+      esc(
+        `id ${st.tokenIds[k]} · advantage ${fmt(st.advantage[k])} · rollout lp ${
+          fmt(st.rolloutLogprob[k])
+        } · ` +
+          `trainer lp ${fmt(st.oldLogprob[k])}${w ? ` · weight ${fmt(w[k])}` : ""}`,
+      )
+    }">${esc(tok)}</span>`
+  ).join("");
+  const rows = st.tokens.map((tok, k) =>
+    `<tr><td class="num">${k}</td><td><code>${esc(JSON.stringify(tok))}</code></td><td class="num">${
+      st.tokenIds[k]
+    }</td><td class="num">${fmt(st.advantage[k])}</td><td class="num">${
+      fmt(st.rolloutLogprob[k])
+    }</td><td class="num">${fmt(st.oldLogprob[k])}</td><td class="num">${w ? fmt(w[k]) : "–"}</td></tr>`
+  ).join("");
+  const summary = `Tokens: ${st.tokens.length}, advantage ${fmt(st.advantage[0])}${
+    ws
+      ? `, importance weight mean ${fmt(ws.mean)} (min ${fmt(ws.min)}, max ${fmt(ws.max)})`
+      : ", rollout correction off"
+  }${st.vetoed ? ", vetoed" : ""}`;
+  return `<details class="tokens" data-index="${st.messageIndex}"><summary>${esc(summary)}</summary>
+<div class="toks" aria-label="tokens coloured by importance weight (blue above 1, red below)">${spans}</div>
+<details><summary>as a table</summary><table class="data"><thead><tr><th scope="col">#</th><th scope="col">Token</th>
+<th scope="col">Id</th><th scope="col">Advantage</th><th scope="col">Rollout log-prob</th><th scope="col">Trainer log-prob</th>
+<th scope="col">Weight</th></tr></thead><tbody>${rows}</tbody></table></details></details>`;
+}
+
 const VERDICT = (x: boolean | null | undefined) =>
   x === true ? `<span class="pass">✓ yes</span>` : x === false ? `<span class="fail">✗ no</span>` : "·";
 const SOURCE: Record<string, string> = { p: "program", m: "model", s: "skipped", "-": "not answered" };
 
-/** The checklist of one turn and variant: items × steps, each cell the verdict and its source. */
-function checklistMatrix(state: EpisodeState, t: number, v: number): string {
+/** The judge's notes of one turn and variant, by `step/item index`: each vote's answer and reasoning. */
+function notesByCell(notes: readonly JudgeNotes[], state: EpisodeState, t: number, v: number) {
+  const ids = (state.record.checklists[v]?.[t] ?? []).map((i) => i.id);
+  const out = new Map<string, { vote: number; note: VerdictNote }[]>();
+  for (const call of notes) {
+    if (call.turn !== t || call.variant !== v) continue;
+    call.itemIds.forEach((id, k) => {
+      const key = `${call.step}/${ids.indexOf(id)}`;
+      out.set(key, [...(out.get(key) ?? []), { vote: call.vote, note: call.notes[k]! }]);
+    });
+  }
+  return out;
+}
+
+const NOTE_LABELS: Record<string, string> = {
+  high_level_understanding_of_the_question: "Question",
+  analysis_of_if_focus_on: "Focus",
+  analysis_of_pass_condition: "Pass condition",
+  analysis_of_failure_examples: "Failure examples",
+};
+
+function noteHtml(note: VerdictNote): string {
+  return Object.entries(NOTE_LABELS).flatMap(([f, label]) => {
+    const text = note[f as keyof VerdictNote];
+    return typeof text === "string" && text ? [`<p><strong>${label}:</strong> ${esc(text)}</p>`] : [];
+  }).join("");
+}
+
+/**
+ * The checklist of one turn and variant: items × steps, each cell the verdict and its source; what each item
+ * paid (variant 0, from the stored rewards), and the judge's reasoning behind each model verdict.
+ */
+function checklistMatrix(
+  state: EpisodeState,
+  t: number,
+  v: number,
+  scored: ScoredEpisode,
+  notes: readonly JudgeNotes[],
+): string {
   const items = state.record.checklists[v]?.[t] ?? [];
   const turn = state.turns[t];
   if (items.length === 0 || !turn) return "";
   const sat = turn.sat[v] ?? [];
   const by = turn.by?.[v] ?? [];
   const heads = turn.steps.map((_, s) => `<th scope="col">step ${s}</th>`).join("");
+  const cellNotes = notesByCell(notes, state, t, v);
+  const paidRow = v === 0 ? scored.items?.[t] : undefined;
+  const reasons: string[] = [];
   const rows = items.map((item, k) => {
     const cells = turn.steps.map((_, s) => {
       const src = by[s]?.[k];
+      const said = cellNotes.get(`${s}/${k}`) ?? [];
+      for (const { vote, note } of said) {
+        reasons.push(
+          `<li data-item="${esc(item.id)}" data-step="${s}"><code>${esc(item.id)}</code> at step ${s}${
+            said.length > 1 ? `, vote ${vote}` : ""
+          }: ${VERDICT(note.answer)}${noteHtml(note)}</li>`,
+        );
+      }
+      const why = said[0]?.note.analysis_of_pass_condition;
+      const title = [src ? SOURCE[src] ?? src : "", why ? `judge: ${why.slice(0, 300)}` : ""].filter(Boolean);
       return `<td class="v" data-item="${esc(item.id)}" data-step="${s}" data-verdict="${
         sat[s]?.[k] === true ? "1" : sat[s]?.[k] === false ? "0" : ""
-      }" title="${esc(src ? SOURCE[src] ?? src : "")}">${VERDICT(sat[s]?.[k])}${
+      }" title="${esc(title.join(" · "))}">${VERDICT(sat[s]?.[k])}${
         src && src !== "-" ? ` <span class="muted">${esc(src)}</span>` : ""
       }</td>`;
     }).join("");
     const deps = item.dependence.length ? item.dependence.join(", ") : "–";
+    const paid = paidRow?.[k];
+    const paidCell = paidRow === undefined
+      ? `<td class="num muted">–</td>`
+      : `<td class="num" data-paid="${paid?.reward ?? 0}">${fmt(paid?.reward ?? 0)}${
+        paid && paid.step >= 0 ? `<div class="muted">at step ${paid.step}</div>` : ""
+      }</td>`;
     return `<tr><th scope="row"><code>${esc(item.id)}</code>${
       item.check ? ' <span class="tag">checked</span>' : ""
     }</th><td>${esc(item.question)}<details><summary>pass condition, evidence</summary><p>${
@@ -459,13 +569,18 @@ function checklistMatrix(state: EpisodeState, t: number, v: number): string {
       item.evidence.map((e) => `<p class="muted">${esc(e.from)}: ${esc(e.snippet)}</p>`).join("")
     }</details></td><td class="num">${fmt(item.weight)}</td><td>${esc(deps)}</td><td>${
       item.required_for_next_turn ? "yes" : "no"
-    }</td>${cells}</tr>`;
+    }</td>${paidCell}${cells}</tr>`;
   }).join("");
+  const reasoning = reasons.length
+    ? `<details class="reasoning" data-turn="${t}" data-variant="${v}"><summary>The judge's reasoning (${reasons.length} ${
+      reasons.length === 1 ? "verdict" : "verdicts"
+    })</summary><ul>${reasons.join("")}</ul></details>`
+    : "";
   return `<table class="data matrix" data-turn="${t}" data-variant="${v}"><caption class="muted">Checklist, turn ${t}${
     state.record.checklists.length > 1 ? `, variant ${v}` : ""
-  } (sources: p program, m model, s skipped)</caption><thead><tr><th scope="col">Item</th>
-<th scope="col">Question</th><th scope="col">Weight</th><th scope="col">Depends on</th><th scope="col">Required</th>${heads}</tr>
-</thead><tbody>${rows}</tbody></table>`;
+  } (sources: p program, m model, s skipped; paid: the item's share of the episode reward)</caption><thead><tr><th scope="col">Item</th>
+<th scope="col">Question</th><th scope="col">Weight</th><th scope="col">Depends on</th><th scope="col">Required</th><th scope="col">Paid</th>${heads}</tr>
+</thead><tbody>${rows}</tbody></table>${reasoning}`;
 }
 
 /** An episode: transcript by turn and step, each turn's checklist matrix and score, and why it ended. */
@@ -484,12 +599,13 @@ export function episodePage(
     for (let i = turn.userIndex + 1; i < state.messages.length && (state.meta[i]?.turn ?? -1) === t; i++) {
       idx.push(i);
     }
-    const matrices = state.record.checklists.map((_, v) => checklistMatrix(state, t, v)).join("");
+    const matrices = state.record.checklists.map((_, v) => checklistMatrix(state, t, v, scored, data.notes))
+      .join("");
     const score = scored.turnScores[t];
     return `<section aria-labelledby="turn-${t}"><h2 id="turn-${t}">Turn ${t}${
       score === undefined ? "" : ` · score ${fmt(score)}`
     }${turn.passed ? ` · gate ${turn.passed.map((p) => (p ? "passed" : "failed")).join("/")}` : ""}</h2>${
-      idx.map((i) => messageHtml(state, i, data.advantages.get(i))).join("")
+      idx.map((i) => messageHtml(state, i, data.advantages.get(i)) + tokenView(data.tokens.get(i))).join("")
     }${matrices}</section>`;
   }).join("");
   const end = state.end;

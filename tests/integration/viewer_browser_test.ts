@@ -20,7 +20,9 @@ import { buildReport } from "../../ui/report.ts";
 import { startUiServer } from "../../ui/server.ts";
 import { trainingRun } from "../../workflows/training.ts";
 import { browserTestsIgnored, pageText, screenshot, waitForText, withPage } from "../harness/browser.ts";
-import { scriptedConfig, withTrainingStack } from "../harness/training.ts";
+import { sampleRecords, scriptedConfig, withTrainingStack } from "../harness/training.ts";
+import { referencePolicy } from "../harness/scripted_models.ts";
+import type { ParsedChatRequest } from "../scripted_server.ts";
 
 const TEMPORAL_UI = "http://127.0.0.1:8233";
 const ITERATIONS = 2;
@@ -31,7 +33,15 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    await withTrainingStack({}, async (stack) => {
+    // The scripted policy also returns token ids (as a policy server with tokens does), so the batch has
+    // completions and the (test) trainer's per-token record has steps to show.
+    const policy = referencePolicy(await sampleRecords(), { deviateEvery: 3 });
+    const withTokens = async (req: ParsedChatRequest, call: number) => {
+      const reply = await policy(req, call);
+      const text = JSON.stringify(reply).length;
+      return { ...reply, tokenIds: Array.from({ length: 3 + (text % 5) }, (_, k) => 100 + k) };
+    };
+    await withTrainingStack({ roles: { "policy-model": withTokens } }, async (stack) => {
       const name = `viewer-${crypto.randomUUID().slice(0, 6)}`;
       const config = scriptedConfig(stack.server.url, stack.storeRoot, stack.trainerQueue, {
         iterations: ITERATIONS,
@@ -158,6 +168,40 @@ Deno.test({
             assert.ok(row, `message ${a.messageIndex} shown`);
             assert.ok(row[1].includes(`advantage ${a.advantage.toFixed(3)}`), row[1]);
           }
+          // What each item paid (variant 0), as the iteration's rewards stored it.
+          const paid = await page.evaluate(`Array.from(document.querySelectorAll(
+            'table.matrix[data-variant="0"] td[data-paid]')).map(function (td) {
+              return [td.closest("table").dataset.turn, Number(td.dataset.paid)]; })`) as [string, number][];
+          const storedPaid = group.episodes[0]!.items ?? [];
+          assert.deepEqual(
+            paid,
+            storedPaid.flatMap((row, t) => row.map((x) => [String(t), x.reward])),
+            "paid column = stored item rewards",
+          );
+          // The judge's reasoning behind each model verdict: one entry per stored note, with its text.
+          const notes = await new RunData(stack.store).notes(
+            storeNames.group(name, "it", 1, group.taskIndex),
+            workflowIds.episode(name, 1, group.taskIndex, 0),
+          );
+          assert.ok(notes.length > 0, "the judge's notes were kept");
+          const reasons = await page.evaluate(`Array.from(document.querySelectorAll("details.reasoning li"))
+            .map(function (li) { return li.textContent; })`) as string[];
+          const noteCount = notes.reduce((a, n) => a + n.notes.length, 0);
+          assert.equal(reasons.length, noteCount);
+          const said = notes[0]!.notes[0]!.analysis_of_pass_condition!;
+          assert.ok(reasons.some((r) => r.includes(said)), `reasoning ${said} shown`);
+          // The token view of each trained step: the record's tokens and weights.
+          const tokens = await page.evaluate(`Array.from(document.querySelectorAll("details.tokens")).map(
+            function (d) { return [Number(d.dataset.index), Array.from(d.querySelectorAll(".tok"))
+              .map(function (t) { return t.textContent; })]; })`) as [number, string[]][];
+          const byIndex = await new RunData(stack.store).tokens(name, 1, group.episodes[0]!.state);
+          assert.ok(byIndex.size > 0, "the checkpoint's token record has this episode's steps");
+          assert.deepEqual(
+            tokens.sort((a, b) => a[0] - b[0]),
+            [...byIndex.values()].map((st) => [st.messageIndex, st.tokens]).sort((a, b) =>
+              (a[0] as number) - (b[0] as number)
+            ),
+          );
           await screenshot(page, "viewer-episode");
           assert.deepEqual(problems, [], "no console errors on the viewer's pages");
         });

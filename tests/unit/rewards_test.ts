@@ -692,3 +692,28 @@ Deno.test("computeAdvantages() gives excluded failed episodes 0 at every level",
     }
   }
 });
+
+Deno.test("items: each credited item pays its weight / divisor at its completion step, and the shares sum to R", () => {
+  const episodes = [
+    // turn 0: C1 at step 0, C0 and C2 (after C1) at step 1, C4 at step 2; turn 1: C0 and C2 at step 0
+    episode(true, [["010000", "111000", "000010"], ["1010"]]),
+    episode(false, [["111111"]]),
+    episode(true, [["001000"]], false), // C2 before its dependency C1: never eligible under the paper preset
+  ];
+  for (const preset of ["paper", "reference"] as const) {
+    const result = computeAdvantages({ checklist: SAMPLE, episodes }, { preset });
+    result.episodes.forEach((e, i) => {
+      const total = e.items.flat().reduce((a, x) => a + x.reward, 0);
+      close(total, e.reward, `${preset} episode ${i}: item shares vs R`);
+    });
+    const first = result.episodes[0]!;
+    assert.equal(first.items.length, SAMPLE.length);
+    assert.deepEqual(first.items[0]!.map((x) => x.step), [1, 0, 1, -1, 2, -1]);
+    assert.deepEqual(first.items[1]!.map((x) => x.step), [0, -1, 0, -1]);
+    assert.deepEqual(first.items[2], [], "an unreached turn pays nothing");
+    assert.deepEqual(result.episodes[1]!.items, [[], [], []], "a failed episode pays nothing");
+  }
+  const paper = computeAdvantages({ checklist: SAMPLE, episodes }, { preset: "paper" }).episodes[0]!;
+  const divisor = resolveRewardOptions({ preset: "paper" }).trajectoryDivisor === "reference-turns" ? 3 : 2;
+  close(paper.items[0]![0]!.reward, 0.25 / divisor, "C0's share");
+});

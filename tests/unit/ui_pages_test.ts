@@ -37,6 +37,8 @@ Deno.test("viewer pages: model output is escaped, never markup; a step shows its
       ...state,
       messages: state.messages.map((m) => (m.role === "assistant" ? { ...m, content: evil } : m)),
     };
+    const step = hostile.messages.findIndex((m) => m.role === "assistant");
+    const item = state.record.checklists[0]![0]![0]!;
     const html = layout(
       ctx,
       episodePage(ctx, "r", "it", 0, 0, 0, {
@@ -53,18 +55,43 @@ Deno.test("viewer pages: model output is escaped, never markup; a step shows its
           endReason: "reply-complete",
           reward: 0.5,
           turnScores: [0.5],
+          items: [
+            state.record.checklists[0]![0]!.map((_, k) => ({ step: k === 0 ? 0 : -1, reward: k ? 0 : 0.5 })),
+          ],
           excluded: false,
           steps: 1,
         },
         state: hostile,
-        advantages: new Map([[hostile.messages.findIndex((m) => m.role === "assistant"), -0.4375]]),
+        advantages: new Map([[step, -0.4375]]),
+        notes: [{
+          turn: 0,
+          variant: 0,
+          step: 0,
+          vote: 0,
+          itemIds: [item.id],
+          notes: [{ answer: true, analysis_of_pass_condition: `judge says ${evil}` }],
+        }],
+        tokens: new Map([[step, {
+          messageIndex: step,
+          tokens: [evil, "ok"],
+          tokenIds: [7, 8],
+          advantage: [-0.4375, -0.4375],
+          rolloutLogprob: [-0.5, null],
+          oldLogprob: [-0.4, -0.1],
+          isWeight: [0.5, 2],
+          vetoed: false,
+        }]]),
         workflowId: "run/r/it-0/task-0/ep-0",
       }),
     );
-    assert.ok(!html.includes("<script>alert"), "no script from the transcript");
-    assert.ok(!html.includes("<img src=x"), "no element from the transcript");
+    assert.ok(!html.includes("<script>alert"), "no script from the transcript, the notes or the tokens");
+    assert.ok(!html.includes("<img src=x"), "no element from the transcript, the notes or the tokens");
     assert.ok(html.includes("&#60;script&#62;alert(1)&#60;/script&#62;"), "shown as text");
     assert.ok(html.includes("advantage -0.438"), "the step's advantage from the batch");
+    assert.match(html, /The judge&#39;s reasoning \(1 verdict\)|The judge's reasoning \(1 verdict\)/);
+    assert.ok(html.includes("judge says &#60;script"), "the note, escaped");
+    assert.ok(html.includes("importance weight mean 1.250 (min 0.500, max 2)"), "the step's weights");
+    assert.ok(html.includes(`data-paid="0.5"`), "what the item paid");
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
