@@ -361,6 +361,8 @@ export interface TokenRecord {
   version: 1;
   isCap: number | null;
   isVeto: number | null;
+  /** Samples past the trainer's token cap were left out. */
+  truncated?: boolean;
   samples: { episodeId: string; vetoed: boolean | null; steps: Omit<StepTokens, "vetoed">[] }[];
 }
 

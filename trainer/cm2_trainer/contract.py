@@ -401,7 +401,9 @@ def decode_manifest(obj: Any) -> dict[str, Any]:
             "stats",
             "createdAt",
         },
-        {"init"},  # written since RL can start from an SFT checkpoint; absent in older manifests
+        # `init`: written since RL can start from an SFT checkpoint; `tokens` (the per-token record of the update,
+        # update.token_record) since the viewer shows it. Both absent in older manifests.
+        {"init", "tokens"},
     )
     if o["schema"] != CHECKPOINT_SCHEMA:
         raise ContractError(f"{w}.schema is {_short(o['schema'])}, expected {CHECKPOINT_SCHEMA!r}")
@@ -415,8 +417,9 @@ def decode_manifest(obj: Any) -> dict[str, Any]:
     if o["parent"] is not None:
         _ref(o["parent"], f"{w}.parent")
     _ref(o["batch"], f"{w}.batch")
-    if o.get("init") is not None:
-        _ref(o["init"], f"{w}.init")
+    for k in ("init", "tokens"):
+        if o.get(k) is not None:
+            _ref(o[k], f"{w}.{k}")
     _files(o["files"], f"{w}.files")
     _metrics(o["metrics"], f"{w}.metrics")
     for k in ("trainer", "stats"):

@@ -44,7 +44,7 @@ import math
 import random
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -153,6 +153,8 @@ class MicroBatch:
     seq_tokens: torch.Tensor  # per sample of this micro-batch: its loss tokens
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    loss_at: list[list[int]] = field(default_factory=list)  # per sample: its loss tokens' positions in input_ids
+    index: list[int] = field(default_factory=list)  # per sample: its index in the update's samples (plan_batches)
 
     @property
     def tokens(self) -> int:
@@ -179,10 +181,10 @@ def _finish(
     keep = sorted({p for _, p, _ in preds})
     col_of = {p: c for c, p in enumerate(keep)}
     adv, rlp, known, target, seq = [], [], [], [], []
-    counts = [0] * len(samples)
+    loss_at: list[list[int]] = [[] for _ in samples]
     for _, _, (i, t) in preds:
         seq.append(i)
-        counts[i] += 1
+        loss_at[i].append(t)
         s = samples[i]
         target.append(s.input_ids[t])
         adv.append(s.advantages[t])
@@ -205,7 +207,9 @@ def _finish(
         tensor(rlp, torch.float32),
         tensor(known, torch.bool),
         tensor(seq, torch.long),
-        tensor(counts, torch.long),
+        tensor([len(at) for at in loss_at], torch.long),
+        loss_at=loss_at,
+        index=list(range(len(samples))),
     )
 
 
@@ -307,14 +311,16 @@ def plan_batches(
         )
         for members, prompt_len in groups:
             if prompt_len:
-                micro.append(make_packed_batch([samples[k] for k in members], prompt_len, mask_dtype, device))
+                mb = make_packed_batch([samples[k] for k in members], prompt_len, mask_dtype, device)
+                mb.index = members
+                micro.append(mb)
             else:
                 single += members
         single.sort(key=lambda k: len(samples[k].input_ids))
-        micro += [
-            make_micro_batch([samples[k] for k in single[j : j + cfg.micro_batch_size]], pad_id, device)
-            for j in range(0, len(single), cfg.micro_batch_size)
-        ]
+        for j in range(0, len(single), cfg.micro_batch_size):
+            mb = make_micro_batch([samples[k] for k in single[j : j + cfg.micro_batch_size]], pad_id, device)
+            mb.index = single[j : j + cfg.micro_batch_size]
+            micro.append(mb)
         plan.append(micro)
     return plan
 
@@ -329,7 +335,56 @@ def aggregation_weights(mb: MicroBatch, mode: str, n_tok: int, n_seq: int) -> to
     raise ValueError(f"loss_agg is {mode!r}, expected 'token-mean' or 'seq-mean-token-mean'")
 
 
-# 5. The update ----------------------------------------------------------------------------------------------
+# 5. The per-token record -------------------------------------------------------------------------------------
+@dataclass
+class TokenStats:
+    """One sample's loss tokens, in token order, as the update used them."""
+
+    positions: list[int]  # in the sample's input_ids
+    token_ids: list[int]
+    advantages: list[float]
+    rollout_logprobs: list[float | None]  # the serving stack's, where known
+    old_logprobs: list[float]  # what the ratio is taken against: the policy before the first optimizer step
+    is_weights: list[float] | None  # rollout correction's truncated weights (1 where unknown); None when off
+    vetoed: bool | None  # rollout correction dropped the trajectory; None when off
+
+
+class TokenLog:
+    """Filled by `apply_update`: the old log-prob and the importance weight of every loss token, one small CPU
+    tensor per micro-batch (one device-to-host copy each); `stats(k)` reads sample k of `samples` back."""
+
+    def __init__(self, samples: list[RenderedSample]) -> None:
+        self.samples = samples
+        self._rows: dict[int, tuple[list[int], torch.Tensor]] = {}
+
+    def add(self, mb: MicroBatch, old: torch.Tensor, w: torch.Tensor | None, vetoed: torch.Tensor | None) -> None:
+        old = old.detach()
+        cols = [old] if w is None or vetoed is None else [old, w.to(old.dtype), vetoed[mb.seq].to(old.dtype)]
+        rows = torch.stack(cols).cpu()
+        start = 0
+        for k, at in zip(mb.index, mb.loss_at, strict=True):
+            self._rows[k] = (at, rows[:, start : start + len(at)])
+            start += len(at)
+
+    def stats(self, k: int) -> TokenStats | None:
+        """Sample k's record; None if the update did not see it."""
+        if k not in self._rows:
+            return None
+        at, rows = self._rows[k]
+        s = self.samples[k]
+        values = rows.tolist()
+        return TokenStats(
+            at,
+            [s.input_ids[t] for t in at],
+            [s.advantages[t] for t in at],
+            [s.rollout_logprobs[t] for t in at],
+            values[0],
+            values[1] if len(values) > 1 else None,
+            any(v > 0 for v in values[2]) if len(values) > 1 else None,
+        )
+
+
+# 6. The update ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def _no_grad_logprobs(model: Any, mb: MicroBatch) -> torch.Tensor:
     return token_logprobs(model, mb)
@@ -346,14 +401,18 @@ def apply_update(
     device: torch.device,
     heartbeat: Heartbeat | None = None,
     reference: Callable[[], AbstractContextManager[Any]] | None = None,
+    token_log: TokenLog | None = None,
 ) -> dict[str, Any]:
     """One policy update over the batch: `mini_batches` optimizer steps. Returns the metrics.
 
     `model` is a peft model whose trainable parameters are the adapter; `optimizer` holds exactly those.
     `reference()` is the context in which the model computes the KL reference (default: the adapter off).
+    `token_log` (of these `samples`), when given, receives every loss token's old log-prob and weights.
     """
     t0 = time.perf_counter()
     beat = heartbeat or (lambda _p: None)
+    if token_log is not None and token_log.samples is not samples:
+        raise ValueError("token_log records other samples than the ones this update trains on")
     plan = plan_batches(samples, cfg, seed, pad_id, device, model)
     micro = [mb for mini in plan for mb in mini]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -385,6 +444,8 @@ def apply_update(
             old = mb.old_logp if mb.old_logp is not None else logp.detach()
             pg, was_clipped = pg_loss_per_token(logp, old, mb.adv, cfg)
             keep = torch.ones_like(pg)
+            w: torch.Tensor | None = None
+            vetoed: torch.Tensor | None = None
             if cfg.rollout_is_cap is not None:
                 w, vetoed = rollout_correction(
                     old, mb.rollout, mb.rollout_known, mb.seq, mb.seqs, cfg.rollout_is_cap, cfg.rollout_is_veto
@@ -394,6 +455,8 @@ def apply_update(
                 is_weight_sum += float(w[mb.rollout_known].sum())
                 is_known += int(mb.rollout_known.sum())
                 vetoed_seqs += int(vetoed.sum())
+            if token_log is not None:
+                token_log.add(mb, old, w, vetoed)
             seqs += mb.seqs
             kl = k3_kl_per_token(logp, mb.ref_logp) if mb.ref_logp is not None else torch.zeros_like(logp)
             agg = aggregation_weights(mb, cfg.loss_agg, n_tok, n_seq).to(pg.dtype) * keep

@@ -62,6 +62,9 @@ class RenderedSample:
     loss_mask: list[int]
     advantages: list[float]
     rollout_logprobs: list[float | None]  # serving stack's log-prob per token where known, else None
+    # per token: index in the sample's messages of the assistant message it renders, -1 for context and glue
+    # (None: not known, for samples built by hand)
+    message_index: list[int] | None = None
 
     @property
     def num_loss_tokens(self) -> int:
@@ -143,18 +146,20 @@ def render_sample(
         return tokenizer.decode(ids, skip_special_tokens=False)
 
     if not sample.advantages:  # nothing to train: an empty sample (dropped by the caller)
-        return RenderedSample(sample.episode_id, [], [], [], [])
+        return RenderedSample(sample.episode_id, [], [], [], [], [])
     last = max(sample.advantages)
     ids: list[int] = []
     mask: list[int] = []
     adv: list[float] = []
     rlp: list[float | None] = []
+    msg: list[int] = []
 
-    def push(tokens: list[int], m: int, a: float, lps: list[float] | None = None) -> None:
+    def push(tokens: list[int], m: int, a: float, lps: list[float] | None = None, owner: int = -1) -> None:
         ids.extend(tokens)
         mask.extend([m] * len(tokens))
         adv.extend([a if m else 0.0] * len(tokens))
         rlp.extend(lps if lps is not None else [None] * len(tokens))
+        msg.extend([owner] * len(tokens))
 
     prev_full: list[int] = []
     for i in range(last + 1):
@@ -187,13 +192,13 @@ def render_sample(
                     f"{who} completions for messages[{i}] hold token id {max(tokens)}, but the model's "
                     f"vocabulary has {vocab_size}"
                 )
-            push(tokens, int(trained), a, completion.logprobs)
+            push(tokens, int(trained), a, completion.logprobs, i)
             if tokens[-1] not in eot and body and body[-1] in eot:
-                push(body[-1:], 0, 0.0)  # cut by a length limit: end-of-turn is context, not a target
+                push(body[-1:], 0, 0.0, owner=i)  # cut by a length limit: end-of-turn is context, not a target
             push(glue, 0, 0.0)
         else:
             _check_tool_calls_rendered(sample.messages[i], text(segment), who, i)
-            push(body, int(trained), a)
+            push(body, int(trained), a, owner=i)
             push(glue, 0, 0.0)
         prev_full = full
 
@@ -208,7 +213,7 @@ def render_sample(
             )
 
     end = max(k for k, m in enumerate(mask) if m) + 1 if any(mask) else len(ids)
-    return RenderedSample(sample.episode_id, ids[:end], mask[:end], adv[:end], rlp[:end])
+    return RenderedSample(sample.episode_id, ids[:end], mask[:end], adv[:end], rlp[:end], msg[:end])
 
 
 class TemplateToolsIgnored(UserWarning):

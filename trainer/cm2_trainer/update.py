@@ -10,10 +10,10 @@ Order of effects (the named pointer is the commit point):
    With `init` (a LoRA SFT checkpoint, sft.py) and no parent, the adapter starts from the SFT adapter's
    weights with a fresh optimizer.
 3. Render the samples (render.py), apply the update (loss.py).
-4. Save the adapter files and the optimizer state as blobs, then the checkpoint manifest as a blob,
-   then create the named pointer, first writer wins. A crash before the pointer leaves only orphan blobs;
-   a retry redoes the update from the parent. Two racing attempts cannot both commit: the loser returns the
-   winner's checkpoint with `reused: true`.
+4. Save the adapter files, the optimizer state and the per-token record (`token_record`, the manifest's
+   `tokens`) as blobs, then the checkpoint manifest as a blob, then create the named pointer, first writer
+   wins. A crash before the pointer leaves only orphan blobs; a retry redoes the update from the parent. Two
+   racing attempts cannot both commit: the loser returns the winner's checkpoint with `reused: true`.
 
 version = iteration + 1 (the base policy is version 0).
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -59,7 +60,7 @@ from .contract import (
     metrics_to_wire,
     wire_name,
 )
-from .loss import Heartbeat, apply_update
+from .loss import Heartbeat, TokenLog, apply_update
 from .render import RenderedSample, TemplateError, render_sample
 from .store import ArtifactStore, Ref, StoreCorruption, open_store
 
@@ -69,6 +70,8 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 OPTIMIZER_FILE = "optimizer.pt"
 TRAINED_ADAPTER = "default"  # peft's name of the adapter a PeftModel is created with
 REFERENCE_ADAPTER = "reference"  # the frozen SFT adapter of a run started from `init`
+TOKEN_RECORD_VERSION = 1
+TOKEN_RECORD_MAX_TOKENS = 200_000  # bounds the `tokens` blob (~40 bytes a token: ~8 MB)
 
 
 def checkpoint_name(run_id: str, iteration: int) -> str:
@@ -227,6 +230,7 @@ def update_policy(
                 model, optimizer = _wrap(base_model, cfg, store, parent, init, tmp_path, device)
                 pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
                 reference = (lambda: use_adapter(model, REFERENCE_ADAPTER)) if init is not None else None
+                token_log = TokenLog(rendered)
                 metrics = apply_update(
                     model,
                     optimizer,
@@ -237,6 +241,7 @@ def update_policy(
                     device=device,
                     heartbeat=beat,
                     reference=reference,
+                    token_log=token_log,
                 )
                 beat({"phase": "save"})
                 t_trained = time.perf_counter()
@@ -248,6 +253,7 @@ def update_policy(
                 if model is not None and cache._value is not None:
                     model.unload()  # remove the LoRA layers; the cached base is the plain model again
 
+    tokens_ref = store.put_json(token_record(token_log, tokenizer, cfg))
     wire_metrics = metrics_to_wire(metrics)
     manifest = {
         "schema": CHECKPOINT_SCHEMA,
@@ -259,6 +265,7 @@ def update_policy(
         "init": req_init,
         "batch": req.batch.to_json(),
         "files": {k: v.to_json() for k, v in files.items()},
+        "tokens": tokens_ref.to_json(),
         "metrics": wire_metrics,
         "trainer": cfg.to_json(),
         "stats": {
@@ -280,6 +287,66 @@ def update_policy(
         log.warning("Checkpoint %s was committed by another attempt; returning it", name)
         return _result_from_manifest(store, winner, reused=True)
     return UpdateResult(req.run_id, req.iteration, req.iteration + 1, manifest_ref, False, wire_metrics)
+
+
+def token_record(
+    log: TokenLog, tokenizer: Any, cfg: TrainerConfig, max_tokens: int = TOKEN_RECORD_MAX_TOKENS
+) -> dict[str, Any]:
+    """The blob the manifest's `tokens` points at: per trained sample (batch order), per assistant message (token
+    order), each loss token's text (the single id decoded, special tokens kept), id, advantage, serving log-prob
+    (null when unknown), old log-prob and, with rollout correction on, the importance weight the loss used.
+    Floats have 5 significant digits. Samples that would take the total past `max_tokens` are left out
+    (`truncated`)."""
+    texts: dict[int, str] = {}
+
+    def text(t: int) -> str:
+        if t not in texts:
+            texts[t] = tokenizer.decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return texts[t]
+
+    samples: list[dict[str, Any]] = []
+    total, truncated = 0, False
+    for k, s in enumerate(log.samples):
+        st = log.stats(k)
+        if st is None:
+            continue
+        if total + len(st.positions) > max_tokens:
+            truncated = True
+            break
+        total += len(st.positions)
+        spans: list[list[int]] = []  # [message index, first, end) over the sample's loss tokens
+        for j, t in enumerate(st.positions):
+            m = s.message_index[t] if s.message_index is not None else -1
+            if spans and spans[-1][0] == m:
+                spans[-1][2] = j + 1
+            else:
+                spans.append([m, j, j + 1])
+        steps = [
+            {
+                "messageIndex": m,
+                "tokens": [text(t) for t in st.token_ids[a:b]],
+                "tokenIds": st.token_ids[a:b],
+                "advantage": [_r5(x) for x in st.advantages[a:b]],
+                "rolloutLogprob": [None if x is None else _r5(x) for x in st.rollout_logprobs[a:b]],
+                "oldLogprob": [_r5(x) for x in st.old_logprobs[a:b]],
+                "isWeight": [_r5(x) for x in st.is_weights[a:b]] if st.is_weights is not None else None,
+            }
+            for m, a, b in spans
+        ]
+        samples.append({"episodeId": s.episode_id, "vetoed": st.vetoed, "steps": steps})
+    on = cfg.rollout_is_cap is not None
+    return {
+        "version": TOKEN_RECORD_VERSION,
+        "isCap": cfg.rollout_is_cap,
+        "isVeto": cfg.rollout_is_veto if on else None,
+        "truncated": truncated,
+        "samples": samples,
+    }
+
+
+def _r5(x: float) -> float | None:
+    """5 significant digits; null for a non-finite value (JSON has none)."""
+    return float(f"{x:.5g}") if math.isfinite(x) else None
 
 
 def derive_seed(seed: int, iteration: int) -> int:

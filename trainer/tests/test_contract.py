@@ -41,6 +41,16 @@ def test_init_on_the_update_request_is_an_optional_ref():
     assert decode_update_request({**_load("update_request.json"), "init": None}).init is None
 
 
+def test_tokens_on_the_checkpoint_manifest_is_an_optional_ref():
+    ref = {"uri": "cm2://sha256/" + "c" * 64, "sha256": "c" * 64, "bytes": 3}
+    man = _load("checkpoint_manifest.json")
+    assert "tokens" not in man and decode_manifest(man)  # written before the per-token record existed
+    assert decode_manifest({**man, "tokens": ref})["tokens"] == ref
+    assert decode_manifest({**man, "tokens": None})["tokens"] is None
+    with pytest.raises(ContractError, match="checkpoint.tokens"):
+        decode_manifest({**man, "tokens": {"uri": "nope"}})
+
+
 def test_batch_fixture_renders_with_the_smollm2_tokenizer(gguf_tok):
     import warnings
 

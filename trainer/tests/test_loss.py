@@ -355,3 +355,76 @@ def test_rollout_correction_vetoes_a_trajectory_and_caps_a_token(tok):
     assert m["is_vetoed_share"] == 0.5
     assert m["is_mean_weight"] == pytest.approx((2 + 1 + math.exp(-20) + 5) / 8, rel=1e-6)
     assert any(float(d.abs().max()) > 0 for d in delta)
+
+
+def test_packed_and_padded_updates_record_the_same_tokens(tok):
+    """The per-token record (update.token_record of loss.TokenLog) does not depend on the layout: same tokens, steps
+    and weights; `old` is the policy before the update, for the second mini-batch too; weights are the cap's."""
+    from peft import LoraConfig, get_peft_model
+
+    from cm2_trainer.loss import TokenLog
+    from cm2_trainer.update import token_record
+
+    cpu = torch.device("cpu")
+    runs = []
+    for pack in (8192, 0):
+        torch.manual_seed(0)
+        cfg = TrainerConfig(
+            lr=1e-1, kl_coef=0.0, lora_rank=4, lora_alpha=8, pack_max_tokens=pack, mini_batches=2, rollout_is_cap=2.0
+        )
+        model = get_peft_model(
+            tiny_llama(len(tok)).double(),  # float64: see assert_same_update
+            LoraConfig(r=4, lora_alpha=8, target_modules=cfg.target_modules, task_type="CAUSAL_LM"),
+        )
+        group = _group(tok, n=4) + _group(tok, n=1, seed=1)
+        for s in group:  # two assistant steps (messages 3 and 5), serving log-probs on all but the last token
+            start = s.loss_mask.index(1)
+            s.message_index = [-1] * start + [3] * 5 + [-1] * 4 + [5] * (len(s.input_ids) - start - 9)
+            s.rollout_logprobs = [-2.0 - t % 7 if m else None for t, m in enumerate(s.loss_mask)]
+            s.rollout_logprobs[-1] = None
+        model.eval()
+        with torch.no_grad():
+            before = [token_logprobs(model, make_micro_batch([s], 0, cpu)).tolist() for s in group]
+        n_micro = sum(len(mini) for mini in plan_batches(group, cfg, 0, 0, cpu, model))
+        log = TokenLog(group)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        m = apply_update(model, opt, group, cfg, seed=0, pad_id=0, device=cpu, token_log=log)
+        assert m["optimizer_steps"] == 2
+        runs.append((n_micro, log, token_record(log, tok, cfg), before, m))
+    (n_packed, log_p, rec_p, before, m_p), (n_plain, log_u, rec_u, _, m_u) = runs
+    assert n_packed < n_plain == 5
+    assert (rec_p["isCap"], rec_p["truncated"]) == (2.0, False) and len(rec_p["samples"]) == 5
+    for k, (s, sp, su) in enumerate(zip(group, rec_p["samples"], rec_u["samples"], strict=True)):
+        at = [t for t in range(1, len(s.input_ids)) if s.loss_mask[t]]
+        assert sp["vetoed"] is su["vetoed"] is False
+        assert [st["messageIndex"] for st in sp["steps"]] == [st["messageIndex"] for st in su["steps"]] == [3, 5]
+        assert [t for st in sp["steps"] for t in st["tokenIds"]] == [s.input_ids[t] for t in at]
+        for a, b in zip(sp["steps"], su["steps"], strict=True):
+            assert {f: a[f] for f in ("tokens", "tokenIds", "advantage", "rolloutLogprob")} == {
+                f: b[f] for f in ("tokens", "tokenIds", "advantage", "rolloutLogprob")
+            }
+            assert a["tokens"] == [tok.decode([t]) for t in a["tokenIds"]]
+            for f in ("oldLogprob", "isWeight"):  # rounded to 5 digits: a last digit may round either way
+                assert a[f] == pytest.approx(b[f], rel=1e-4), f
+        # unrounded: the same float64 numbers, and old == the policy before the update
+        p, u = log_p.stats(k), log_u.stats(k)
+        assert p.positions == u.positions == at
+        want = [
+            1.0 if r is None else min(math.exp(o - r), 2.0) for o, r in zip(before[k], u.rollout_logprobs, strict=True)
+        ]
+        for got, ref in ((p.old_logprobs, u.old_logprobs), (p.old_logprobs, before[k]), (p.is_weights, want)):
+            torch.testing.assert_close(_f64(got), _f64(ref), rtol=1e-9, atol=0)
+        torch.testing.assert_close(_f64(p.is_weights), _f64(u.is_weights), rtol=1e-9, atol=0)
+    stats = [log_u.stats(k) for k in range(len(group))]
+    weights = [w for st in stats for w, r in zip(st.is_weights, st.rollout_logprobs, strict=True) if r is not None]
+    assert 2.0 in weights and min(weights) < 1.0
+    assert sum(weights) / len(weights) == pytest.approx(m_u["is_mean_weight"], rel=1e-9)
+    assert m_p["is_mean_weight"] == pytest.approx(m_u["is_mean_weight"], rel=1e-9)
+    # a bounded record stops adding samples before the cap
+    first = sum(len(st["tokenIds"]) for st in rec_u["samples"][0]["steps"])
+    cut = token_record(log_u, tok, cfg, max_tokens=first + 1)
+    assert cut["truncated"] is True and [s["episodeId"] for s in cut["samples"]] == ["e0"]
+
+
+def _f64(v):
+    return torch.tensor(v, dtype=torch.float64)

@@ -42,6 +42,18 @@ def test_template_path_reproduces_the_chat_template_and_masks_assistant_tokens(t
     assert r.input_ids[: len(prompt)] == prompt and r.loss_mask.index(1) == len(prompt)
 
 
+def test_each_token_knows_the_assistant_message_it_renders(tok):
+    r = render_sample(_sample(), tok)
+    assert len(r.message_index) == len(r.input_ids)
+    spans = _spans(r.loss_mask)
+    assert [set(r.message_index[a:b]) for a, b in spans] == [{2}, {4}]  # the loss tokens: their message
+    owned = {i: tok.decode([t for t, m in zip(r.input_ids, r.message_index, strict=True) if m == i]) for i in (2, 4)}
+    assert owned[4] == "It is sunny in Paris.<|im_end|>"
+    assert owned[2].startswith("<tool_call>") and owned[2].endswith("</tool_call><|im_end|>")
+    context = tok.decode([t for t, m in zip(r.input_ids, r.message_index, strict=True) if m == -1])
+    assert context.startswith("<|im_start|>system") and context.endswith("<|im_start|>assistant\n")
+
+
 def test_untrained_assistant_messages_are_context(tok):
     obj = batch_obj()
     obj["samples"][0]["advantages"] = [{"messageIndex": 2, "advantage": 1.0}]

@@ -1,5 +1,6 @@
 import io
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from helpers import assert_same_update, batch_obj, request_obj
 from safetensors.torch import load as load_safetensors
 
-from cm2_trainer.contract import ContractError, decode_result, decode_update_request
+from cm2_trainer.contract import ContractError, decode_manifest, decode_result, decode_update_request
 from cm2_trainer.store import FsStore
 from cm2_trainer.update import ModelCache, checkpoint_name, update_policy
 
@@ -85,6 +86,68 @@ def test_rollout_correction_metrics_reach_the_result(tmp_path, base_dir, cache, 
         assert m["isMeanWeight"] == pytest.approx(weight)
     else:
         assert 0 < m["isMeanWeight"] < veto
+
+
+def _token_record(store, ref):
+    return store.get_json(_ref(_manifest(store, ref)["tokens"]))
+
+
+def test_the_manifest_records_each_trained_token_with_the_importance_weight_the_loss_used(
+    tmp_path, base_dir, cache, tok
+):
+    """Serving log-probs on the tool-call steps alternate between far below the trainer's (weight capped at 2) and
+    above it (weight exp(old - rollout) < 1); the reply steps have none (weight 1)."""
+    store = FsStore(tmp_path)
+    batch = batch_obj(completions=True, tokenizer=tok, logprob=0.0)
+    for s in batch["samples"]:
+        c = s["completions"][0]
+        c["logprobs"] = [-3.0 if j % 2 else -9.0 for j in range(len(c["tokenIds"]))]
+    req = decode_update_request(request_obj(store.url, store.put_json(batch), base_dir, rolloutIsCap=2.0))
+    res = update_policy(req, cache=cache)
+    decode_result(res.to_json())
+    decode_manifest(_manifest(store, res.checkpoint))
+    rec = _token_record(store, res.checkpoint)
+    assert (rec["version"], rec["isCap"], rec["isVeto"], rec["truncated"]) == (1, 2.0, 1e-4, False)
+    assert [s["episodeId"] for s in rec["samples"]] == [s["episodeId"] for s in batch["samples"]]
+    known = []
+    for s, sample in zip(rec["samples"], batch["samples"], strict=True):
+        assert s["vetoed"] is False and [st["messageIndex"] for st in s["steps"]] == [2, 4]
+        call, reply = s["steps"]
+        c = sample["completions"][0]
+        assert call["tokenIds"] == c["tokenIds"] and call["rolloutLogprob"] == c["logprobs"]
+        assert "".join(call["tokens"]) == tok.decode(c["tokenIds"])
+        assert "".join(reply["tokens"]) == sample["messages"][4]["content"] + "<|im_end|>"
+        assert tok.decode(reply["tokenIds"]) == "".join(reply["tokens"])
+        for st in (call, reply):
+            n = len(st["tokenIds"])
+            assert st["advantage"] == [sample["advantages"][0]["advantage"]] * n
+            assert len(st["tokens"]) == len(st["oldLogprob"]) == len(st["isWeight"]) == n
+            assert all(lp < 0 for lp in st["oldLogprob"])
+        assert reply["rolloutLogprob"] == [None] * len(reply["tokenIds"]) and set(reply["isWeight"]) == {1.0}
+        for old, rollout, w in zip(call["oldLogprob"], call["rolloutLogprob"], call["isWeight"], strict=True):
+            assert w == pytest.approx(min(math.exp(old - rollout), 2.0), rel=1e-3)  # 5 significant digits
+            known.append(w)
+    assert 2.0 in known and min(known) < 1.0
+    assert sum(known) / len(known) == pytest.approx(res.metrics["isMeanWeight"], rel=1e-4)
+    assert res.metrics["tokens"] == sum(len(st["tokenIds"]) for s in rec["samples"] for st in s["steps"])
+
+
+def test_without_rollout_correction_no_weights_are_recorded_and_a_manifest_without_tokens_still_loads(
+    tmp_path, base_dir, cache
+):
+    store = FsStore(tmp_path)
+    it0 = update_policy(_req(store, base_dir, rolloutIsCap=None), cache=cache)
+    rec = _token_record(store, it0.checkpoint)
+    assert (rec["isCap"], rec["isVeto"]) == (None, None) and len(rec["samples"]) == 2
+    assert all(s["vetoed"] is None and all(st["isWeight"] is None for st in s["steps"]) for s in rec["samples"])
+    # a manifest written before the record existed: read back as a committed checkpoint, and as a parent
+    old = {k: v for k, v in _manifest(store, it0.checkpoint).items() if k != "tokens"}
+    old_ref = store.put_json(old)
+    assert store.create_name(checkpoint_name("old", 0), old_ref) == old_ref
+    again = update_policy(_req(store, base_dir, run_id="old"), cache=cache)
+    assert again.reused and again.checkpoint == old_ref and again.metrics == it0.metrics
+    it1 = update_policy(_req(store, base_dir, iteration=1, parent=old_ref), cache=cache)
+    assert it1.reused is False and "tokens" in _manifest(store, it1.checkpoint)
 
 
 def test_idempotent_retry_does_not_update_twice(tmp_path, base_dir, cache, monkeypatch):
