@@ -26,6 +26,7 @@ import { StoreError } from "./store/mod.ts";
 import { registerConfigCommands } from "./cli/config.ts";
 import { registerDataCommands } from "./cli/data.ts";
 import { registerDoctorCommand } from "./cli/doctor.ts";
+import { registerEvalCommands } from "./cli/eval.ts";
 import { registerLabelCommands } from "./cli/label.ts";
 import { registerRunCommands } from "./cli/run.ts";
 import { registerSftCommands } from "./cli/sft.ts";
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerStoreCommands(program);
   registerDoctorCommand(program);
   registerUiCommands(program);
+  registerEvalCommands(program);
   return program;
 }
 

@@ -15,7 +15,9 @@ import { fileURLToPath } from "node:url";
 import { createActivities } from "./activities/mod.ts";
 import { connectWorker, modelFactory, ROOT } from "./config.ts";
 import { openStore } from "./store/open.ts";
-import { ORCHESTRATOR_QUEUE } from "./core/names.ts";
+import { EVAL_QUEUE, ORCHESTRATOR_QUEUE } from "./core/names.ts";
+import { createEvalActivities } from "./activities/eval.ts";
+import { CachedStore } from "./store/cached.ts";
 
 /** Options of {@linkcode runWorker}. */
 export interface WorkerOptions {
@@ -28,6 +30,8 @@ export interface WorkerOptions {
   maxConcurrentWorkflowTasks?: number;
   /** Threads that run workflow code (SDK default when unset). */
   workflowThreads?: number;
+  /** Also serve evaluations on this task queue (`cm2-eval`; empty: not). */
+  evalQueue?: string;
 }
 
 /** Creates the orchestrator worker and runs it until SIGINT/SIGTERM. */
@@ -47,8 +51,25 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     ...(opts.workflowThreads ? { workflowThreadPoolSize: opts.workflowThreads } : {}),
     shutdownGraceTime: "10 seconds",
   });
-  console.log(`cm2 worker on task queue ${opts.taskQueue} (namespace ${namespace}); store ${store.url}`);
-  await worker.run();
+  // Evaluations (`cm2 eval`, and a run's periodic checkpoint evaluations) on their own queue, so their long
+  // harness processes never take the orchestrator's activity slots.
+  const evalWorker = opts.evalQueue
+    ? await Worker.create({
+      connection,
+      namespace,
+      taskQueue: opts.evalQueue,
+      workflowsPath: fileURLToPath(new URL("./workflows/mod.ts", import.meta.url)),
+      activities: createEvalActivities({ store, cached: new CachedStore(store), root: ROOT }),
+      maxConcurrentActivityTaskExecutions: 16,
+      shutdownGraceTime: "10 seconds",
+    })
+    : null;
+  console.log(
+    `cm2 worker on task queue ${opts.taskQueue}${
+      opts.evalQueue ? ` and ${opts.evalQueue}` : ""
+    } (namespace ${namespace}); store ${store.url}`,
+  );
+  await Promise.all([worker.run(), evalWorker?.run()]);
   await connection.close();
 }
 
@@ -57,6 +78,7 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       "task-queue": { type: "string", default: ORCHESTRATOR_QUEUE },
+      "eval-queue": { type: "string", default: EVAL_QUEUE },
       store: { type: "string", default: Deno.env.get("CM2_STORE_URL") ?? "file:.cm2/store" },
       "log-level": { type: "string", default: "WARN" },
       "max-activities": { type: "string" },
@@ -68,6 +90,7 @@ if (import.meta.main) {
   Runtime.install({ logger: new DefaultLogger(values["log-level"] as "WARN") });
   await runWorker({
     taskQueue: values["task-queue"],
+    evalQueue: values["eval-queue"],
     store: values.store,
     ...(values["max-activities"] ? { maxConcurrentActivities: int(values["max-activities"])! } : {}),
     ...(values["max-workflow-tasks"]

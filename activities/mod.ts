@@ -14,6 +14,7 @@ import { createRewardActivities } from "./rewards.ts";
 import { createLabelingActivities } from "./labeling.ts";
 import { createRecordStageActivities } from "./record_stage.ts";
 import { createPipelineActivities } from "./pipeline.ts";
+import { createEvalActivities } from "./eval.ts";
 import type { ArtifactStore } from "../store/mod.ts";
 
 /** What activities need from the outside world. */
@@ -71,6 +72,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createLabelingActivities({ ...deps, cached }),
     ...createRecordStageActivities({ store: deps.store, cached, models: deps.models }),
     ...createPipelineActivities({ ...deps, cached }),
+    ...createEvalActivities({ store: deps.store, cached, root: deps.root }),
   });
 }
 

@@ -107,7 +107,13 @@ export function formatSummary(s: IterationSummary): string {
     s.checkedVerdicts ? ` (+${s.checkedVerdicts} checked)` : ""
   }, sim ${s.simulatorCalls} (+${s.replayHits} replayed), loss ${
     s.updateLoss === null ? "-" : s.updateLoss.toFixed(4)
-  }${tis}, policy v${s.policyVersion}, ${s.seconds.toFixed(1)} s`;
+  }${tis}, policy v${s.policyVersion}, ${s.seconds.toFixed(1)} s${
+    (s.evals ?? []).map((e) =>
+      `\n    eval ${e.bench}/${e.category}: ${(100 * e.score).toFixed(1)}% [${
+        (100 * e.ci95[0]).toFixed(1)
+      }, ${(100 * e.ci95[1]).toFixed(1)}] over ${e.tasks} tasks`
+    ).join("")
+  }`;
 }
 
 /**

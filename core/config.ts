@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { valueAt } from "./records.ts";
-import { ORCHESTRATOR_QUEUE, TRAINER_QUEUE } from "./names.ts";
+import { EVAL_QUEUE, ORCHESTRATOR_QUEUE, TRAINER_QUEUE } from "./names.ts";
 import { REWARD_LEVELS, REWARD_PRESET_NAMES } from "./rewards.ts";
 import { LOSS_AGG_MODES } from "./trainer_params.ts";
 
@@ -239,6 +239,29 @@ export const StagesSchema = z.object({
   budgetTokens: z.number().int().min(0).optional(),
 }).strict().prefault({});
 
+/**
+ * Checkpoint evaluation during a run: every `every` iterations (0: off) the new checkpoint is evaluated on these
+ * benchmarks with their own graders (`cm2 eval`), before the next iteration; the scores go into the run's status
+ * and the store (`runs/<run>/evals/it-<n>/<bench>-…`).
+ */
+export const EvalConfigSchema = z.object({
+  every: z.number().int().min(0).default(0),
+  benchmarks: z.array(z.enum(["bfcl", "tau2"])).min(1).default(["bfcl"]),
+  /** Categories (empty: each benchmark's offline categories). */
+  categories: z.array(z.string().min(1)).default([]),
+  /** Tasks per category: a fixed, seeded subset (null: all). */
+  limit: z.number().int().positive().nullable().default(5),
+  /** Trials per task (default: bfcl 1, tau2 4). */
+  trials: z.number().int().positive().optional(),
+  concurrency: z.number().int().positive().default(1),
+  maxTokens: z.number().int().positive().default(512),
+  maxSteps: z.number().int().positive().default(30),
+  taskTimeoutS: z.number().int().positive().default(1800),
+  seed: z.number().int().default(0),
+  /** The task queue of evaluations (`worker.ts --eval-queue`). */
+  taskQueue: z.string().default(EVAL_QUEUE),
+}).strict().prefault({});
+
 /** The full run configuration. */
 /**
  * Where the run's artifacts live: `file:<dir>` (relative to the project root), `file:///abs/dir`, or
@@ -284,6 +307,7 @@ export const RunConfigSchema = z.object({
   temporal: z.object({ taskQueue: z.string().default(ORCHESTRATOR_QUEUE) }).strict().prefault({}),
   labeling: LabelingSchema,
   stages: StagesSchema,
+  eval: EvalConfigSchema,
 }).strict();
 
 export type RunConfig = z.infer<typeof RunConfigSchema>;

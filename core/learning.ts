@@ -86,6 +86,23 @@ export function bootstrapDelta(
   return { delta, low: at(tail), high: at(1 - tail), tasks: keys.length };
 }
 
+/**
+ * The bootstrap interval of the mean over tasks × samples (the same two-level resampling as
+ * {@linkcode bootstrapDelta}, one pass): `[low, high]` at the given level (default 95 %).
+ */
+export function bootstrapMean(
+  tasks: Record<string, number[]>,
+  opts: { resamples?: number; seed?: number; level?: number } = {},
+): { mean: number; low: number; high: number; tasks: number } {
+  const empty = { iteration: 0, tasks: {} };
+  const keys = Object.keys(tasks).filter((k) => tasks[k]!.length > 0);
+  if (keys.length === 0) return { mean: 0, low: 0, high: 0, tasks: 0 };
+  // Against a pass of zeros on the same tasks, the paired difference is the mean itself, resampled the same way.
+  const zeros = { ...empty, tasks: Object.fromEntries(keys.map((k) => [k, tasks[k]!.map(() => 0)])) };
+  const r = bootstrapDelta(zeros, { ...empty, tasks }, opts);
+  return { mean: r.delta, low: r.low, high: r.high, tasks: r.tasks };
+}
+
 /** Share of rewards in each of `bins` equal bins of [0, 1] (the last bin includes 1). */
 export function rewardHistogram(rewards: readonly number[], bins = 5): number[] {
   const counts = new Array<number>(bins).fill(0);

@@ -22,6 +22,8 @@ export const WIRE_NAMES = WIRE;
 
 /** Default task queue of the orchestrator worker (workflows + non-GPU activities). */
 export const ORCHESTRATOR_QUEUE: string = WIRE.taskQueues.orchestrator;
+/** The task queue of evaluations (`cm2 eval`; `worker.ts` polls it too). */
+export const EVAL_QUEUE = "cm2-eval";
 /** Default task queue of the Python trainer worker. */
 export const TRAINER_QUEUE: string = WIRE.taskQueues.trainer;
 /** The trainer worker's activities. */

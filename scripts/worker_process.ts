@@ -8,7 +8,10 @@
 import * as path from "node:path";
 import { ROOT } from "./paths.ts";
 
-/** The permissions the worker runs with (`--allow-ffi` is the Temporal core bridge). */
+/**
+ * The permissions the worker runs with (`--allow-ffi` is the Temporal core bridge; `--allow-run` the evaluation
+ * harness, one Python process per benchmark task).
+ */
 export const WORKER_PERMISSIONS = [
   "--allow-env",
   "--allow-read",
@@ -16,6 +19,7 @@ export const WORKER_PERMISSIONS = [
   "--allow-ffi",
   "--allow-sys",
   "--allow-net",
+  "--allow-run",
 ];
 
 /** `deno` arguments that run the worker on a task queue over a store (its URL or path). */

@@ -17,6 +17,7 @@ import { CachedStore } from "../store/cached.ts";
 import { EpisodeStates } from "../store/episodes.ts";
 import { type ArtifactStore, assertSafeName, type Ref } from "../store/mod.ts";
 import type { IterationSummary } from "../workflows/training.ts";
+import type { EvalRun } from "../workflows/eval.ts";
 
 /**
  * An iteration's stored metrics (`cm2.metrics/v1`, written by `recordMetrics`): the workflow's summary (fields
@@ -286,6 +287,39 @@ export class RunData {
     return out;
   }
 
+  /**
+   * Benchmark scores of the run's checkpoints (`cm2 eval --run`, or the run's own `eval.every`), from the
+   * evaluations filed under the run (`runs/<run>/evals/it-<n>/…`, `cm2.eval-run/v1`), by iteration.
+   */
+  async evals(run: string): Promise<CheckpointScore[]> {
+    checkRunName(run);
+    const names = await this.store.listNames(`runs/${run}/evals/`);
+    const out: CheckpointScore[] = [];
+    for (const n of names) {
+      const m = /\/evals\/it-(\d+)\/([^/]+)$/.exec(n);
+      const ref = m ? await this.store.getName(n) : undefined;
+      if (!m || !ref) continue;
+      const rec = await this.#cached.readJson<EvalRun>(ref);
+      if (rec.schema !== "cm2.eval-run/v1") continue;
+      for (const row of rec.summary) {
+        out.push({
+          iteration: Number(m[1]),
+          bench: row.bench,
+          category: row.category,
+          tasks: row.tasks,
+          trials: row.trials,
+          score: row.score,
+          ci95: row.ci95,
+          failures: Object.values(row.failures).reduce((a, b) => a + b, 0),
+          workflowId: `eval/${rec.policy.key}/${rec.bench}/${m[2]!.slice(rec.bench.length + 1)}`,
+        });
+      }
+    }
+    return out.sort((a, b) =>
+      a.iteration - b.iteration || `${a.bench}/${a.category}`.localeCompare(`${b.bench}/${b.category}`)
+    );
+  }
+
   /** The labeling reports in the store (`labeling/<out>/report`), by output dataset name. */
   async labelingReports(): Promise<string[]> {
     const names = await this.store.listNames("labeling/");
@@ -324,6 +358,20 @@ export class RunData {
     }
     return out;
   }
+}
+
+/** One benchmark category's score of one checkpoint of a run. */
+export interface CheckpointScore {
+  iteration: number;
+  bench: string;
+  category: string;
+  tasks: number;
+  trials: number;
+  score: number;
+  ci95: [number, number];
+  /** Trials that could not be graded (counted as 0). */
+  failures: number;
+  workflowId: string;
 }
 
 /** What the episode page shows. */

@@ -13,6 +13,7 @@ import type { EpisodeState } from "../core/episode.ts";
 import type { JudgeNotes, VerdictNote } from "../core/judge.ts";
 import { workflowIds } from "../core/names.ts";
 import type {
+  CheckpointScore,
   EpisodeView,
   IterationKind,
   IterationMetrics,
@@ -347,6 +348,7 @@ export function runPage(
   val: IterationMetrics[],
   outcomes: IterationOutcomes[] = [],
   config: unknown = null,
+  evals: CheckpointScore[] = [],
 ): View {
   const cfg = config === null
     ? ""
@@ -357,10 +359,49 @@ export function runPage(
     `training iteration${train.length === 1 ? "" : "s"}, ${val.length} validation pass${
       val.length === 1 ? "" : "es"
     } · ${temporalLink(ctx, workflowIds.run(run))}</p>
-<h2>Curves</h2>${charts(runCharts(train, val, outcomes))}
+<h2>Curves</h2>${charts([...runCharts(train, val, outcomes), ...evalChart(evals)])}
 <h2>Training iterations</h2>${metricsTable(ctx, run, "it", train)}
-<h2>Validation passes</h2>${metricsTable(ctx, run, "val", val)}${cfg}`;
+<h2>Validation passes</h2>${metricsTable(ctx, run, "val", val)}${evalSection(ctx, evals)}${cfg}`;
   return { title: `Run ${run}`, crumbs: [["Runs", ctx.href({})], [run, null]], body };
+}
+
+/** The checkpoints' benchmark scores (the benchmarks' own graders): a curve per category. */
+function evalChart(evals: CheckpointScore[]): ChartSpec[] {
+  if (evals.length === 0) return [];
+  const xs = [...new Set(evals.map((e) => e.iteration))].sort((a, b) => a - b);
+  const keys = [...new Set(evals.map((e) => `${e.bench}/${e.category}`))];
+  const spec: ChartSpec = {
+    id: "evals",
+    title: "Benchmark score by checkpoint (own graders)",
+    x: xs,
+    series: keys.map((k) => ({
+      label: k,
+      values: xs.map((x) =>
+        evals.find((e) => e.iteration === x && `${e.bench}/${e.category}` === k)?.score ?? null
+      ),
+    })),
+  };
+  return [spec];
+}
+
+/** The checkpoints' benchmark scores as a table, with each evaluation's workflow. */
+function evalSection(ctx: PageContext, evals: CheckpointScore[]): string {
+  if (evals.length === 0) return "";
+  const rows = evals.map((e) =>
+    `<tr data-iteration="${e.iteration}" data-key="${
+      esc(`${e.bench}/${e.category}`)
+    }" data-score="${e.score}">` +
+    `<td class="num">it-${e.iteration}</td><td>${esc(e.bench)}</td><td>${esc(e.category)}</td>` +
+    `<td class="num">${e.tasks}×${e.trials}</td><td class="num">${fmt(e.score)}</td><td class="num">[${
+      fmt(e.ci95[0])
+    }, ${fmt(e.ci95[1])}]</td><td class="num">${e.failures}</td><td>${
+      temporalLink(ctx, e.workflowId, "evaluation")
+    }</td></tr>`
+  ).join("");
+  return `<h2>Benchmark scores of checkpoints</h2>
+<table class="data" id="eval-table"><thead><tr><th scope="col">Checkpoint</th><th scope="col">Benchmark</th><th scope="col">Category</th>
+<th scope="col">Tasks</th><th scope="col">Score</th><th scope="col">95% CI</th><th scope="col">Failures</th>
+<th scope="col">Workflow</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function compareLink(ctx: PageContext, uuid: string, run: string): string {

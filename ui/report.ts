@@ -105,7 +105,16 @@ export async function buildReport(
   }
   // A report leaves out whether key variables are set on the machine that wrote it (their names stay).
   const config = await data.config([...train, ...val]);
-  const overview = runPage(ctx, run, status?.status ?? null, train, val, await data.outcomes(train), config);
+  const overview = runPage(
+    ctx,
+    run,
+    status?.status ?? null,
+    train,
+    val,
+    await data.outcomes(train),
+    config,
+    await data.evals(run),
+  );
   if (leftOut > 0) {
     overview.body = `<p><strong>${leftOut} of ${pending.length} episodes are not in this report</strong> ` +
       `(at most ${opts.maxEpisodes}; <code>cm2 report --max-episodes</code>, or <code>cm2 ui</code> for all).</p>` +

@@ -136,7 +136,7 @@ export function viewerHandler(
         const config = await data.config([...train, ...val], (n) => Deno.env.get(n));
         return page(
           { ...base, live },
-          runPage(base, run, status?.status ?? null, train, val, outcomes, config),
+          runPage(base, run, status?.status ?? null, train, val, outcomes, config, await data.evals(run)),
         );
       }
       m = /^\/compare\/([^/]+)$/.exec(path);

@@ -11,3 +11,4 @@ export { labelDataset } from "./labeling.ts";
 export { recordStage } from "./record_stage.ts";
 export { sftRun } from "./sft.ts";
 export { pipelineRun } from "./pipeline.ts";
+export { evalWorkflow } from "./eval.ts";

@@ -33,6 +33,8 @@ import type { Ref } from "../core/ref.ts";
 import type { TrainerActivities, UpdateResult } from "../core/trainer_contract.ts";
 import { PUBLISH, STORE, TRAIN } from "./presets.ts";
 import { boundedMap } from "./bounded_map.ts";
+import { BENCHMARKS, DEFAULT_SETTINGS, type EvalPolicy } from "../core/eval.ts";
+import { type EvalInput, evalWorkflow } from "./eval.ts";
 import { type EpisodeOutcome, episodeWorkflow, taskGroupWorkflow } from "./episode.ts";
 
 const store = proxyActivities<Activities>(STORE);
@@ -94,6 +96,19 @@ export interface IterationSummary {
    * Absent in summaries of older runs.
    */
   phases?: { rollouts: number; rewards: number; update: number; publish: number };
+  /** The checkpoint's benchmark scores, when the run evaluates every `eval.every` iterations. */
+  evals?: EvalScore[];
+}
+
+/** One benchmark category's score of a checkpoint evaluated during a run. */
+export interface EvalScore {
+  bench: string;
+  category: string;
+  tasks: number;
+  score: number;
+  ci95: [number, number];
+  /** The evaluation's workflow. */
+  workflowId: string;
 }
 
 /** Progress of an iteration, for `cm2 run watch`. */
@@ -484,6 +499,66 @@ function handleControl(
   }, { validator: checkHyperparameters });
 }
 
+/**
+ * Evaluates an iteration's checkpoint on the configured benchmarks (an `evalWorkflow` child per benchmark, on
+ * the eval task queue), before the next iteration changes the served policy; each evaluation is filed under the
+ * run too (`runs/<run>/evals/it-<n>/…`).
+ */
+async function evaluateCheckpoint(
+  config: RunConfig,
+  configRef: Ref,
+  it: number,
+  summary: IterationSummary,
+): Promise<EvalScore[]> {
+  const e = config.eval;
+  const p = config.models.policy;
+  const policy: EvalPolicy = {
+    label: `${config.name}-it-${it}`,
+    identity: `checkpoint ${summary.checkpoint!.sha256}`,
+    baseURL: p.baseURL,
+    model: p.model,
+    apiKeyEnv: p.apiKeyEnv ?? null,
+    serve: { configRef, checkpoint: summary.checkpoint, version: summary.policyVersion },
+    run: { name: config.name, iteration: it },
+  };
+  const judge = config.models.judge;
+  const scores: EvalScore[] = [];
+  for (const bench of e.benchmarks) {
+    const input: Omit<EvalInput, "policyKey"> = {
+      policy,
+      bench,
+      categories: e.categories.length ? e.categories : [...BENCHMARKS[bench].categories],
+      limit: e.limit,
+      trials: e.trials ?? BENCHMARKS[bench].trials,
+      concurrency: e.concurrency,
+      seed: e.seed,
+      settings: {
+        ...DEFAULT_SETTINGS,
+        maxTokens: e.maxTokens,
+        maxSteps: e.maxSteps,
+        user: { baseURL: judge.baseURL, model: judge.model },
+      },
+      userApiKeyEnv: judge.apiKeyEnv ?? null,
+      taskTimeoutS: e.taskTimeoutS,
+    };
+    const ids = await store.evalIds({ policy, bench, plan: { ...input, policy: null } });
+    const run = await executeChild(evalWorkflow, {
+      taskQueue: e.taskQueue,
+      workflowId: ids.workflowId,
+      args: [{ ...input, policyKey: ids.policyKey }],
+    });
+    scores.push(...run.summary.map((r) => ({
+      bench: r.bench,
+      category: r.category,
+      tasks: r.tasks,
+      score: r.score,
+      ci95: r.ci95,
+      workflowId: ids.workflowId,
+    })));
+  }
+  return scores;
+}
+
 /** The whole run: prepares the dataset, then loops iterations; pause / resume / stop / status. */
 export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunResult> {
   const state: TrainingRunState = input.state ?? {
@@ -541,6 +616,10 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       workflowId: workflowIds.iteration(name, it),
       args: [{ ...common, iteration: it, parent: state.checkpoint, policyVersion: state.policyVersion }],
     });
+    const ee = state.config.eval?.every ?? 0;
+    if (ee > 0 && (it + 1) % ee === 0 && summary.checkpoint && patched("cm2-eval-every")) {
+      summary.evals = await evaluateCheckpoint(state.config, common.configRef, it, summary);
+    }
     state.recent = [...state.recent, summary].slice(-RECENT);
     state.checkpoint = summary.checkpoint;
     state.policyVersion = summary.policyVersion;

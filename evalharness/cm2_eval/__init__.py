@@ -1,0 +1,1 @@
+"""cm2 evaluation harness: one benchmark task trial per process, graded by the benchmarks' own code."""

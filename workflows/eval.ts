@@ -1,0 +1,182 @@
+/**
+ * `evalWorkflow` (id `eval/<policy>/<bench>/<digest>`): one policy on one benchmark's categories. It makes the
+ * policy live (`evalServe`), lists each category's tasks, picks the `--limit` subset (seeded, so the same tasks
+ * every time), and runs one `evalTask` activity per (task, trial) with at most `concurrency` in flight. A task
+ * that already has a stored result answers from the store; one whose endpoint stays unreachable after its
+ * retries is a failure with its reason (score 0), never dropped. Ends by storing its summary.
+ *
+ * @module
+ */
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  defineQuery,
+  proxyActivities,
+  setHandler,
+  workflowInfo,
+} from "@temporalio/workflow";
+import type { EvalActivities, EvalTaskOutput } from "../activities/eval.ts";
+import {
+  type Bench,
+  type EvalPolicy,
+  type EvalResult,
+  type EvalSettings,
+  selectTasks,
+  summarize,
+  type SummaryRow,
+} from "../core/eval.ts";
+import { boundedMap } from "./bounded_map.ts";
+import { NON_RETRYABLE, PUBLISH, STORE } from "./presets.ts";
+
+/** Input of {@linkcode evalWorkflow}. */
+export interface EvalInput {
+  policy: EvalPolicy;
+  bench: Bench;
+  categories: string[];
+  /** Tasks per category (a fixed, seeded subset); null: all. */
+  limit: number | null;
+  trials: number;
+  concurrency: number;
+  seed: number;
+  settings: EvalSettings;
+  userApiKeyEnv: string | null;
+  /** Wall-clock cap of one trial (seconds). */
+  taskTimeoutS: number;
+  /** The policy's key in store names (`policyKey`, computed by the client: workflows have no hash). */
+  policyKey: string;
+}
+
+/** Progress, as the `progress` query answers it. */
+export interface EvalProgress {
+  total: number;
+  done: number;
+  failed: number;
+  reused: number;
+  phase: "serving" | "listing" | "running" | "done";
+}
+
+/** The workflow's result (also stored under `evals/<policy>/<bench>/runs/<workflow id digest>`). */
+export interface EvalRun {
+  schema: "cm2.eval-run/v1";
+  policy: { label: string; identity: string; key: string };
+  bench: Bench;
+  categories: string[];
+  limit: number | null;
+  trials: number;
+  settings: EvalSettings;
+  /** Every (task, trial): its stored name and what it scored. */
+  results: (EvalTaskOutput | FailedTrial)[];
+  summary: SummaryRow[];
+}
+
+/** A (task, trial) whose activity failed for good: counted as 0 with its reason. */
+export interface FailedTrial {
+  name: null;
+  bench: Bench;
+  version: string;
+  category: string;
+  task: string;
+  trial: number;
+  score: 0;
+  passed: false;
+  error: { kind: string; message: string };
+  tokens: { prompt: 0; completion: 0 };
+  steps: 0;
+  seconds: 0;
+  reused: false;
+}
+
+export const evalProgressQuery = defineQuery<EvalProgress>("progress");
+
+const store = proxyActivities<EvalActivities>(STORE);
+const serve = proxyActivities<EvalActivities>(PUBLISH);
+const listing = proxyActivities<EvalActivities>({ ...STORE, startToCloseTimeout: "10 minutes" });
+
+/** One policy on one benchmark (see the module doc). */
+export async function evalWorkflow(input: EvalInput): Promise<EvalRun> {
+  const progress: EvalProgress = { total: 0, done: 0, failed: 0, reused: 0, phase: "serving" };
+  setHandler(evalProgressQuery, () => progress);
+  const run = proxyActivities<EvalActivities>({
+    startToCloseTimeout: `${input.taskTimeoutS + 120} seconds`,
+    heartbeatTimeout: "60 seconds",
+    retry: {
+      initialInterval: "5 seconds",
+      backoffCoefficient: 2,
+      maximumInterval: "2 minutes",
+      maximumAttempts: 6,
+      nonRetryableErrorTypes: [...NON_RETRYABLE, "EvalVenvMissing", "PolicyChanged"],
+    },
+  });
+  const { model } = await serve.evalServe({ policy: input.policy });
+  progress.phase = "listing";
+  const jobs: { category: string; version: string; task: string; trial: number }[] = [];
+  for (const category of input.categories) {
+    const { version, tasks } = await listing.evalTasks({ bench: input.bench, category });
+    for (const task of selectTasks(tasks, input.limit, input.seed)) {
+      for (let trial = 0; trial < input.trials; trial++) jobs.push({ category, version, task, trial });
+    }
+  }
+  progress.total = jobs.length;
+  progress.phase = "running";
+  const results = await boundedMap(jobs, input.concurrency, async (job) => {
+    try {
+      const r = await run.evalTask({
+        policy: input.policy,
+        model,
+        bench: input.bench,
+        ...job,
+        settings: input.settings,
+        userApiKeyEnv: input.userApiKeyEnv,
+        timeoutS: input.taskTimeoutS,
+      });
+      progress.done++;
+      if (r.error) progress.failed++;
+      if (r.reused) progress.reused++;
+      return r;
+    } catch (err) {
+      const cause = err instanceof ActivityFailure ? err.cause : err;
+      if (cause instanceof ApplicationFailure && cause.type === "EvalVenvMissing") throw cause;
+      progress.done++;
+      progress.failed++;
+      const failed: FailedTrial = {
+        name: null,
+        bench: input.bench,
+        ...job,
+        score: 0,
+        passed: false,
+        error: {
+          kind: cause instanceof ApplicationFailure ? cause.type ?? "failure" : "failure",
+          message: cause instanceof Error ? cause.message.slice(0, 500) : String(cause),
+        },
+        tokens: { prompt: 0, completion: 0 },
+        steps: 0,
+        seconds: 0,
+        reused: false,
+      };
+      return failed;
+    }
+  });
+  progress.phase = "done";
+  const summary = summarize(
+    results.map((r) => ({ ...r, policy: input.policy, settings: input.settings, detail: {} }) as EvalResult),
+    input.seed,
+  );
+  const record: EvalRun = {
+    schema: "cm2.eval-run/v1",
+    policy: { label: input.policy.label, identity: input.policy.identity, key: input.policyKey },
+    bench: input.bench,
+    categories: input.categories,
+    limit: input.limit,
+    trials: input.trials,
+    settings: input.settings,
+    results,
+    summary,
+  };
+  const id = workflowInfo().workflowId.split("/").at(-1);
+  await store.evalRecord({ name: `evals/${input.policyKey}/${input.bench}/runs/${id}`, record });
+  const of = input.policy.run;
+  if (of) {
+    await store.evalRecord({ name: `runs/${of.name}/evals/it-${of.iteration}/${input.bench}-${id}`, record });
+  }
+  return record;
+}
