@@ -27,6 +27,8 @@ import {
 } from "../core/eval.ts";
 import type { CachedStore } from "../store/cached.ts";
 import { type ArtifactStore, parseRef, type Ref } from "../store/mod.ts";
+import { EpisodeStates } from "../store/episodes.ts";
+import { storeNames } from "../core/names.ts";
 import { sha256Hex } from "./common.ts";
 import { createPolicyActivities } from "./policy.ts";
 
@@ -307,6 +309,68 @@ export function createEvalActivities(deps: { store: ArtifactStore; cached: Cache
       ));
       const winner = await store.setNameIfAbsent(name, await cached.writeJson(result));
       return brief(await cached.readJson<EvalResult>(winner), false);
+    },
+
+    /** The metrics of a checklist evaluation's validation pass when it ran before (its run name says what it ran). */
+    async evalChecklistKnown(input: { runName: string }): Promise<{ metricsRef: Ref | null }> {
+      return { metricsRef: (await store.getName(storeNames.metrics(input.runName, "val", 0))) ?? null };
+    },
+
+    /**
+     * A checklist evaluation's results from its validation pass: one per held-out record and sample (the episode's
+     * reward; an episode that failed is a failure with its end reason), stored under content keys like the other
+     * benchmarks' so that `compare` and `export` read them the same way.
+     */
+    async evalChecklistResults(
+      input: { metricsRef: Ref; policy: EvalPolicy; settings: EvalSettings; version: string },
+    ): Promise<EvalTaskOutput[]> {
+      const metrics = await cached.readJson<{ rewards: Ref }>(input.metricsRef);
+      const rewards = await cached.readJson<{
+        groups: {
+          uuid: string;
+          episodes: { state: Ref; ok: boolean; endReason: string; reward: number; steps: number }[];
+        }[];
+      }>(metrics.rewards);
+      const states = new EpisodeStates(cached);
+      const out: EvalTaskOutput[] = [];
+      for (const g of rewards.groups) {
+        for (const [trial, e] of g.episodes.entries()) {
+          const at = {
+            bench: "checklist" as const,
+            version: input.version,
+            category: "held-out",
+            task: g.uuid,
+            trial,
+            settings: input.settings,
+          };
+          const name = resultName(input.policy, at, sha256Hex);
+          const known = await store.getName(name);
+          if (known) {
+            const { detail: _d, settings: _s, policy: _p, ...rest } = await cached.readJson<EvalResult>(known);
+            out.push({ ...rest, name, reused: true });
+            continue;
+          }
+          const { state } = await states.load(e.state);
+          const result: EvalResult = {
+            schema: "cm2.eval-result/v1",
+            policy: { label: input.policy.label, identity: input.policy.identity },
+            ...at,
+            score: e.reward,
+            passed: e.ok && e.reward >= 1 - 1e-9,
+            error: e.ok
+              ? null
+              : { kind: e.endReason, message: state.end?.detail?.slice(0, 300) ?? "the episode failed" },
+            tokens: { prompt: state.metrics.promptTokens, completion: state.metrics.completionTokens },
+            steps: e.steps,
+            seconds: 0,
+            detail: { state: e.state, endReason: e.endReason },
+          };
+          const winner = await store.setNameIfAbsent(name, await cached.writeJson(result));
+          const { detail: _d, settings: _s, policy: _p, ...rest } = await cached.readJson<EvalResult>(winner);
+          out.push({ ...rest, name, reused: false });
+        }
+      }
+      return out;
     },
 
     /** The policy's key and the evaluation's workflow id (workflows cannot hash). */

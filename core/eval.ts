@@ -35,6 +35,13 @@ export const BENCHMARKS = {
     refused: {} as Record<string, string>,
     trials: 4,
   },
+  checklist: {
+    title:
+      "cm2's checklist reward on a dataset's held-out records (the validation pass, judged and simulated)",
+    categories: ["held-out"],
+    refused: {} as Record<string, string>,
+    trials: 1,
+  },
 } as const;
 
 /** A benchmark the harness runs. */

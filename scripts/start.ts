@@ -12,7 +12,8 @@
  * 6. prints where checkpoints and metrics are, the peak memory of the whole stack, and stops every
  *    process it started (`--keep` leaves the stack up).
  *
- * Flags: `--config FILE` (default: `recipes/demo.json`, the embedded demo), `--keep`, `--iterations N`,
+ * Flags: `--config FILE` (default: `recipes/demo.json`, the embedded demo), `--keep`, `--serve` (start the stack
+ * and run nothing: for `cm2 eval` or runs started by hand), `--iterations N`,
  * `--pipeline RECIPE` (run a pipeline recipe, e.g. `recipes/pipeline-sample.json`, instead of a training run),
  * `--name NAME` (the pipeline's name; default: the recipe's name and a time stamp).
  *
@@ -48,6 +49,7 @@ const { values } = parseArgs({
   options: {
     config: { type: "string" },
     keep: { type: "boolean", default: false },
+    serve: { type: "boolean", default: false },
     iterations: { type: "string" },
     pipeline: { type: "string" },
     name: { type: "string" },
@@ -393,6 +395,16 @@ async function main(): Promise<number> {
   const connection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection });
   ui.setTemporal(client);
+  if (values.serve) {
+    // The stack alone (`cm2 eval --base`, `--run R --checkpoint it-N`, `cm2 run start` use it), up until Ctrl-C.
+    clearInterval(sampler);
+    log(
+      `stack up (policy server ${config.models.policy.baseURL}, workers on ${config.temporal.taskQueue}, cm2-eval)`,
+    );
+    log("evaluate with: deno task cm2 eval --base --bench bfcl --limit 20 (Ctrl-C stops the stack)");
+    await connection.close();
+    return 0;
+  }
   if (recipe) {
     const code = await runPipeline(
       client,
@@ -527,8 +539,8 @@ try {
 } finally {
   if (interrupted) {
     await new Promise(() => {}); // the signal handler stops the stack and exits 130
-  } else if (values.keep) {
-    log("--keep: leaving the stack up (Ctrl-C stops it)");
+  } else if (values.keep || values.serve) {
+    log(`${values.serve ? "--serve" : "--keep"}: leaving the stack up (Ctrl-C stops it)`);
     await Promise.all(children.map((c) => c.proc.status));
   } else {
     await stopAll();

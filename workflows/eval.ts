@@ -11,6 +11,7 @@ import {
   ActivityFailure,
   ApplicationFailure,
   defineQuery,
+  executeChild,
   proxyActivities,
   setHandler,
   workflowInfo,
@@ -26,6 +27,12 @@ import {
   type SummaryRow,
 } from "../core/eval.ts";
 import { boundedMap } from "./bounded_map.ts";
+import type { Activities } from "../activities/mod.ts";
+import type { RunConfig } from "../core/config.ts";
+import { JUDGE_PROMPT_VERSION } from "../core/judge.ts";
+import { workflowIds } from "../core/names.ts";
+import type { Ref } from "../core/ref.ts";
+import type { iterationWorkflow } from "./training.ts";
 import { NON_RETRYABLE, PUBLISH, STORE } from "./presets.ts";
 
 /** Input of {@linkcode evalWorkflow}. */
@@ -44,6 +51,11 @@ export interface EvalInput {
   taskTimeoutS: number;
   /** The policy's key in store names (`policyKey`, computed by the client: workflows have no hash). */
   policyKey: string;
+  /**
+   * The `checklist` benchmark: a validation pass of `config` (its dataset's held-out records, its judge and
+   * simulator) run as `run/<runName>/val-0`, with the policy at `version` (checkpoint `parent`).
+   */
+  checklist?: { config: RunConfig; runName: string; parent: Ref | null; version: number; benchmark: string };
 }
 
 /** Progress, as the `progress` query answers it. */
@@ -108,6 +120,7 @@ export async function evalWorkflow(input: EvalInput): Promise<EvalRun> {
     },
   });
   const { model } = await serve.evalServe({ policy: input.policy });
+  if (input.bench === "checklist") return await finish(input, progress, await checklistPass(input, progress));
   progress.phase = "listing";
   const jobs: { category: string; version: string; task: string; trial: number }[] = [];
   for (const category of input.categories) {
@@ -156,6 +169,68 @@ export async function evalWorkflow(input: EvalInput): Promise<EvalRun> {
       return failed;
     }
   });
+  return await finish(input, progress, results);
+}
+
+/**
+ * The `checklist` benchmark: the validation pass (once per run name: a rerun reads the stored one), then its
+ * episodes as results under content keys.
+ */
+async function checklistPass(input: EvalInput, progress: EvalProgress): Promise<EvalTaskOutput[]> {
+  const c = input.checklist;
+  if (!c) {
+    throw ApplicationFailure.nonRetryable("The checklist benchmark needs its run config", "InvalidInput");
+  }
+  const trials = input.trials;
+  const orch = proxyActivities<Activities>({ ...STORE, taskQueue: c.config.temporal.taskQueue });
+  let { metricsRef } = await store.evalChecklistKnown({ runName: c.runName });
+  progress.phase = "running";
+  if (!metricsRef) {
+    const ds = await orch.prepareDataset({ config: c.config });
+    progress.total = Math.min(input.limit ?? ds.valCount, ds.valCount) * trials;
+    const config: RunConfig = {
+      ...c.config,
+      name: c.runName,
+      cm2: { ...c.config.cm2, validationTasks: input.limit ?? ds.valCount, validationSamples: trials },
+    };
+    const stored = await orch.putConfig({ config });
+    const summary = await executeChild<typeof iterationWorkflow>("iterationWorkflow", {
+      taskQueue: c.config.temporal.taskQueue,
+      workflowId: workflowIds.validation(c.runName, 0),
+      args: [{
+        runName: c.runName,
+        config,
+        configRef: stored.configRef,
+        storeUrl: stored.storeUrl,
+        iteration: 0,
+        datasetRef: ds.datasetRef,
+        trainCount: ds.trainCount,
+        valCount: ds.valCount,
+        parent: c.parent,
+        policyVersion: c.version,
+        validation: true,
+      }],
+    });
+    metricsRef = summary.metricsRef;
+  }
+  const results = await store.evalChecklistResults({
+    metricsRef,
+    policy: input.policy,
+    settings: input.settings,
+    version: `${c.benchmark} ${JUDGE_PROMPT_VERSION}`,
+  });
+  progress.total = progress.done = results.length;
+  progress.failed = results.filter((r) => r.error).length;
+  progress.reused = results.filter((r) => r.reused).length;
+  return results;
+}
+
+/** Summarises and stores the evaluation's record (under the policy, and under its run for a checkpoint). */
+async function finish(
+  input: EvalInput,
+  progress: EvalProgress,
+  results: (EvalTaskOutput | FailedTrial)[],
+): Promise<EvalRun> {
   progress.phase = "done";
   const summary = summarize(
     results.map((r) => ({ ...r, policy: input.policy, settings: input.settings, detail: {} }) as EvalResult),
