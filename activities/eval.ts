@@ -346,7 +346,9 @@ export function createEvalActivities(deps: { store: ArtifactStore; cached: Cache
           const name = resultName(input.policy, at, sha256Hex);
           const known = await store.getName(name);
           if (known) {
-            const { detail: _d, settings: _s, policy: _p, ...rest } = await cached.readJson<EvalResult>(known);
+            const { detail: _d, settings: _s, policy: _p, ...rest } = await cached.readJson<EvalResult>(
+              known,
+            );
             out.push({ ...rest, name, reused: true });
             continue;
           }

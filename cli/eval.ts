@@ -108,7 +108,7 @@ export async function resolvePolicies(
       ? (await store.listNames(`runs/${o.run}/checkpoints/`)).sort((a, b) => iterationOf(a) - iterationOf(b))
       : [storeNames.checkpoint(o.run, iterationOf(o.checkpoint))];
     if (names.length === 0) fail(`run ${o.run} has no checkpoints in ${store.url}`);
-    const configRef = await runConfigRef(store, o.run);
+    const configRef = await runConfigRef(store, o.run, o.config);
     const config = await getJson<RunConfig>(store, configRef);
     return await Promise.all(names.map(async (name) => {
       const ref = await store.getName(name);
@@ -180,15 +180,24 @@ function iterationOf(name: string): number {
   return Number(m[1]);
 }
 
-/** The config a run's last iteration recorded (its metrics name it). */
-async function runConfigRef(store: ArtifactStore, run: string): Promise<Ref> {
+/**
+ * The config a run's last iteration recorded (its metrics name it). A run from before configs were recorded
+ * gets `--config` (default: the embedded demo's), with a warning.
+ */
+async function runConfigRef(store: ArtifactStore, run: string, file?: string): Promise<Ref> {
   const names = (await store.listNames(`runs/${run}/metrics/`)).sort();
   for (const n of names.reverse()) {
     const ref = await store.getName(n);
     const m = ref ? await getJson<{ config?: Ref }>(store, ref) : null;
     if (m?.config) return m.config;
   }
-  fail(`run ${run} recorded no config in ${store.url} (a run from before configs were recorded?)`);
+  console.error(
+    `[cm2 eval] run ${run} recorded no config (a run from before configs were recorded): using ${
+      file ?? "the default config"
+    } for its policy server and roles`,
+  );
+  const config = { ...await loadRunConfig(file), name: run };
+  return await new CachedStore(store).writeJson(config);
 }
 
 function settingsOf(o: EvalOptions, judge: { baseURL: string; model: string }): EvalSettings {
