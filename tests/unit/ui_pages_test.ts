@@ -113,6 +113,43 @@ Deno.test("viewer pages: chart data cannot end its script element; one point per
   assert.doesNotThrow(() => JSON.parse(json.replace(/\\u003c/g, "<")));
 });
 
+Deno.test("viewer pages: a run's checkpoint evaluations, one chart point and one row each", () => {
+  const m = (iteration: number) =>
+    ({ iteration, validation: false, meanReward: 0.1 }) as unknown as IterationMetrics;
+  const score = (iteration: number, category: string, value: number) => ({
+    iteration,
+    bench: "bfcl",
+    category,
+    tasks: 5,
+    trials: 1,
+    score: value,
+    ci95: [0, value] as [number, number],
+    failures: 0,
+    workflowId: `eval/r-it-${iteration}-0123456789/bfcl/abcd`,
+  });
+  const evals = [
+    score(1, "multi_turn_base", 0.2),
+    score(3, "multi_turn_base", 0.4),
+    score(3, "multi_turn_miss_func", 0),
+  ];
+  const html = runPage(ctx, "r", null, [m(0), m(1), m(2), m(3)], [], [], null, evals).body;
+  const specs = JSON.parse(
+    html.slice(html.indexOf('id="cm2-charts">') + 16, html.indexOf("</script>", html.indexOf("cm2-charts"))),
+  ) as { id: string; x: number[]; series: { label: string; values: (number | null)[] }[] }[];
+  const chart = specs.find((s) => s.id === "evals")!;
+  assert.deepEqual(chart.x, [1, 3]);
+  assert.deepEqual(chart.series.map((x) => [x.label, x.values]), [
+    ["bfcl/multi_turn_base", [0.2, 0.4]],
+    ["bfcl/multi_turn_miss_func", [null, 0]],
+  ]);
+  assert.equal(html.match(/<tr data-iteration=/g)?.length, 3);
+  assert.ok(html.includes('data-score="0.4"'));
+  assert.ok(
+    !runPage(ctx, "r", null, [m(0)], []).body.includes("Benchmark scores"),
+    "no section without evals",
+  );
+});
+
 Deno.test("report ids and served links", () => {
   assert.equal(reportId({}), "run");
   assert.equal(reportId({ run: "a", kind: "val", n: 3 }), "val-3");
