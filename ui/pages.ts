@@ -284,6 +284,9 @@ export function runCharts(
           label: "rewards + publish",
           values: at(train, (m) => m.phases && m.phases.rewards + m.phases.publish),
         },
+        ...(train.some((m) => m.phases?.eval !== undefined)
+          ? [{ label: "evaluation", values: at(train, (m) => m.phases?.eval) }]
+          : []),
       ],
     },
     ...outcomeCharts(xs, outcomes.filter((o) => !o.validation)),

@@ -95,7 +95,7 @@ export interface IterationSummary {
    * Seconds per phase (workflow time): rollouts (episodes, their judging included), rewards, update, publish.
    * Absent in summaries of older runs.
    */
-  phases?: { rollouts: number; rewards: number; update: number; publish: number };
+  phases?: { rollouts: number; rewards: number; update: number; publish: number; eval?: number };
   /** The checkpoint's benchmark scores, when the run evaluates every `eval.every` iterations. */
   evals?: EvalScore[];
 }
@@ -191,8 +191,14 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
   const update = !validation && scored.batchRef
     ? await updateAndPublish(input, scored.batchRef, progress)
     : null;
-  progress.phase = "done";
   const ended = Date.now();
+  // Every `eval.every`-th checkpoint on public benchmarks, while it is the served policy (before the next
+  // publish), so that its scores are part of this iteration's metrics.
+  const every = config.eval?.every ?? 0;
+  const evals = update && every > 0 && (iteration + 1) % every === 0 && patched("cm2-eval-every")
+    ? await evaluateCheckpoint(input, update.result.checkpoint, update.version)
+    : undefined;
+  progress.phase = "done";
   const summary: Omit<IterationSummary, "metricsRef"> = {
     iteration,
     validation,
@@ -216,7 +222,9 @@ export async function iterationWorkflow(input: IterationInput): Promise<Iteratio
       rewards: (rewarded - rolledOut) / 1000,
       update: update ? update.updateSeconds : 0,
       publish: update ? (ended - rewarded) / 1000 - update.updateSeconds : 0,
+      ...(evals ? { eval: (Date.now() - ended) / 1000 } : {}),
     },
+    ...(evals ? { evals } : {}),
   };
   const { metricsRef } = await store.recordMetrics({
     runName,
@@ -501,25 +509,24 @@ function handleControl(
 
 /**
  * Evaluates an iteration's checkpoint on the configured benchmarks (an `evalWorkflow` child per benchmark, on
- * the eval task queue), before the next iteration changes the served policy; each evaluation is filed under the
- * run too (`runs/<run>/evals/it-<n>/…`).
+ * the eval task queue) while it is served; each evaluation is filed under the run too (`runs/<run>/evals/…`).
  */
 async function evaluateCheckpoint(
-  config: RunConfig,
-  configRef: Ref,
-  it: number,
-  summary: IterationSummary,
+  input: IterationInput,
+  checkpoint: Ref,
+  version: number,
 ): Promise<EvalScore[]> {
+  const { config, iteration: it } = input;
   const e = config.eval;
   const p = config.models.policy;
   const policy: EvalPolicy = {
-    label: `${config.name}-it-${it}`,
-    identity: `checkpoint ${summary.checkpoint!.sha256}`,
+    label: `${input.runName}-it-${it}`,
+    identity: `checkpoint ${checkpoint.sha256}`,
     baseURL: p.baseURL,
     model: p.model,
     apiKeyEnv: p.apiKeyEnv ?? null,
-    serve: { configRef, checkpoint: summary.checkpoint, version: summary.policyVersion },
-    run: { name: config.name, iteration: it },
+    serve: { configRef: input.configRef, checkpoint, version },
+    run: { name: input.runName, iteration: it },
   };
   const judge = config.models.judge;
   const scores: EvalScore[] = [];
@@ -616,10 +623,6 @@ export async function trainingRun(input: TrainingRunInput): Promise<TrainingRunR
       workflowId: workflowIds.iteration(name, it),
       args: [{ ...common, iteration: it, parent: state.checkpoint, policyVersion: state.policyVersion }],
     });
-    const ee = state.config.eval?.every ?? 0;
-    if (ee > 0 && (it + 1) % ee === 0 && summary.checkpoint && patched("cm2-eval-every")) {
-      summary.evals = await evaluateCheckpoint(state.config, common.configRef, it, summary);
-    }
     state.recent = [...state.recent, summary].slice(-RECENT);
     state.checkpoint = summary.checkpoint;
     state.policyVersion = summary.policyVersion;

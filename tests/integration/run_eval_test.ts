@@ -1,7 +1,8 @@
 /**
  * A training run that evaluates its checkpoints every iteration (`eval.every: 1`) with BFCL's own harness and
  * checker: each checkpoint is published and checked as for rollouts, one BFCL task is graded, and the score
- * appears in the run's status (`cm2 run status`), the store (`runs/<run>/evals/it-<n>/…`) and the viewer's data.
+ * appears in the run's status (`cm2 run status`), the iteration's metrics, the store (`runs/<run>/evals/…`) and
+ * the viewer's data.
  * Scripted models and the test trainer (TEST DOUBLES); real Temporal; the real eval harness.
  */
 import assert from "node:assert/strict";
@@ -82,7 +83,12 @@ Deno.test({
           stack.server.adapterLoads.filter((v) => v === 1).length >= 2,
           "v1 published for rollouts and eval",
         );
-        const rows = await new RunData(stack.store).evals(name);
+        // ... and in the iteration's stored metrics, with the evaluation's seconds.
+        const data = new RunData(stack.store);
+        const { train } = await data.metrics(name);
+        assert.deepEqual(train.map((m) => m.evals?.map((e) => e.score)), [[0], [0]]);
+        assert.ok(train.every((m) => (m.phases?.eval ?? 0) > 0));
+        const rows = await data.evals(name);
         assert.deepEqual(rows.map((r) => [r.iteration, r.bench, r.category, r.score]), [
           [0, "bfcl", "multi_turn_base", 0],
           [1, "bfcl", "multi_turn_base", 0],
