@@ -44,15 +44,7 @@ export function evalPaths(root: string) {
 }
 
 /** What the harness prints for one trial (one JSON line). */
-interface HarnessLine {
-  score: number;
-  passed: boolean;
-  error: { kind: string; message: string } | null;
-  tokens: { prompt: number; completion: number };
-  steps: number;
-  seconds: number;
-  detail: Record<string, unknown>;
-}
+type HarnessLine = Pick<EvalResult, "score" | "passed" | "error" | "tokens" | "steps" | "seconds" | "detail">;
 
 /**
  * Harness exit codes (`evalharness/cm2_eval/common.py`): graded; bad input (also an endpoint answering 401/403/404,

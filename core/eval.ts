@@ -146,14 +146,7 @@ export function policyKey(p: Pick<EvalPolicy, "label" | "identity">, hash: (s: s
  */
 export function resultName(
   p: Pick<EvalPolicy, "label" | "identity">,
-  at: {
-    bench: Bench;
-    version: string;
-    category: string;
-    task: string;
-    trial: number;
-    settings: EvalSettings;
-  },
+  at: Pick<EvalResult, "bench" | "version" | "category" | "task" | "trial" | "settings">,
   hash: (s: string) => string,
 ): string {
   return [

@@ -14,13 +14,11 @@ from typing import Any
 
 from .common import (
     BadInput,
-    EndpointError,
-    HarnessError,
     TrialResult,
-    classify_exception,
     clip,
     clip_json,
     exception_text,
+    raise_for_endpoint,
     redact_obj,
 )
 
@@ -185,11 +183,7 @@ def run(
     try:
         model_result, metadata = handler.inference(entry, include_input_log=False, exclude_state_log=True)
     except Exception as exc:  # noqa: BLE001 - BFCL itself records any inference exception as the result
-        kind = classify_exception(exc)
-        if kind == "endpoint":
-            raise EndpointError(f"endpoint failed during BFCL inference: {exception_text(exc)}") from exc
-        if kind == "endpoint_config":
-            raise HarnessError("endpoint_config", f"endpoint rejected the request: {exception_text(exc)}", 2) from exc
+        raise_for_endpoint(exc, "BFCL inference")
         # Same as bfcl_eval._llm_response_generation.multi_threaded_inference: the error text becomes the result,
         # which the checker scores as a miss.
         inference_error = exception_text(exc)

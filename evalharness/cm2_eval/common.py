@@ -224,3 +224,13 @@ def classify_exception(exc: BaseException) -> str | None:
 
 def exception_text(exc: BaseException) -> str:
     return clip(redact(f"{type(exc).__name__}: {exc}"), 1024)
+
+
+def raise_for_endpoint(exc: BaseException, during: str) -> None:
+    """Re-raise an endpoint failure as the harness's error (exit 3: unreachable, retried by the caller; exit 2: the
+    endpoint refused the request); return for anything else, which the benchmark scores as the model's answer."""
+    kind = classify_exception(exc)
+    if kind == "endpoint":
+        raise EndpointError(f"endpoint failed during {during}: {exception_text(exc)}") from exc
+    if kind == "endpoint_config":
+        raise HarnessError("endpoint_config", f"endpoint rejected the request: {exception_text(exc)}", 2) from exc

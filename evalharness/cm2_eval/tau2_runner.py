@@ -13,12 +13,11 @@ from typing import Any
 
 from .common import (
     BadInput,
-    EndpointError,
     HarnessError,
     TrialResult,
-    classify_exception,
     clip_json,
     exception_text,
+    raise_for_endpoint,
     redact_obj,
 )
 
@@ -187,11 +186,7 @@ def run(
     except GraderError as exc:
         raise HarnessError("grader", f"the tau2 evaluator failed: {exc}", 4) from exc
     except Exception as exc:  # noqa: BLE001
-        kind = classify_exception(exc)
-        if kind == "endpoint":
-            raise EndpointError(f"endpoint failed during tau2 simulation: {exception_text(exc)}") from exc
-        if kind == "endpoint_config":
-            raise HarnessError("endpoint_config", f"endpoint rejected the request: {exception_text(exc)}", 2) from exc
+        raise_for_endpoint(exc, "tau2 simulation")
         # As `tau2 run --skip-failed-samples`: a simulation that raised (e.g. the model sent tool arguments that are
         # not JSON) scores 0 with termination reason agent_error.
         model_failure = exception_text(exc)

@@ -17,12 +17,31 @@ import { formatSummary } from "../../cli/run.ts";
 import { trainingRun } from "../../workflows/training.ts";
 import { evalWorkflow } from "../../workflows/eval.ts";
 import { DEFAULT_SETTINGS } from "../../core/eval.ts";
-import { getJson } from "../../store/mod.ts";
+import { type ArtifactStore, getJson } from "../../store/mod.ts";
 import type { IterationMetrics, IterationRewards } from "../../ui/data.ts";
 import { scriptedConfig, withTrainingStack } from "../harness/training.ts";
 import { uniqueQueue, useTemporal, workflowBundle } from "../harness/temporal.ts";
 
 const ignore = !(await fs.stat(evalPaths(ROOT).python).then(() => true, () => false));
+
+/** An eval worker (workflows and eval activities) on `queue` of the test server; returns its stop. */
+async function evalWorker(store: ArtifactStore, queue: string): Promise<() => Promise<void>> {
+  const temporal = await useTemporal();
+  const nc = await NativeConnection.connect({ address: temporal.address });
+  const worker = await Worker.create({
+    connection: nc,
+    taskQueue: queue,
+    workflowBundle: await workflowBundle(),
+    activities: createEvalActivities({ store, cached: new CachedStore(store), root: ROOT }),
+  });
+  const running = worker.run();
+  return async () => {
+    worker.shutdown();
+    await running;
+    await nc.close();
+    await temporal.release();
+  };
+}
 
 Deno.test({
   name: "a run with eval.every 1 grades each checkpoint on BFCL and shows the score in its status and store",
@@ -49,19 +68,7 @@ Deno.test({
           maxTokens: 64,
         },
       };
-      const temporal = await useTemporal();
-      const nc = await NativeConnection.connect({ address: temporal.address });
-      const worker = await Worker.create({
-        connection: nc,
-        taskQueue: evalQueue,
-        workflowBundle: await workflowBundle(),
-        activities: createEvalActivities({
-          store: stack.store,
-          cached: new CachedStore(stack.store),
-          root: ROOT,
-        }),
-      });
-      const running = worker.run();
+      const stopWorker = await evalWorker(stack.store, evalQueue);
       try {
         const result = await stack.client.workflow.execute(trainingRun, {
           taskQueue: stack.taskQueue,
@@ -95,10 +102,7 @@ Deno.test({
         ]);
         assert.ok(rows.every((r) => r.workflowId.startsWith(`eval/${name}-it-`)), rows[0]!.workflowId);
       } finally {
-        worker.shutdown();
-        await running;
-        await nc.close();
-        await temporal.release();
+        await stopWorker();
       }
     });
   },
@@ -124,19 +128,7 @@ Deno.test({
         models: { ...base.models, policy: { ...base.models.policy, adapterApi: "none" as const } },
       };
       const evalQueue = uniqueQueue("eval");
-      const temporal = await useTemporal();
-      const nc = await NativeConnection.connect({ address: temporal.address });
-      const worker = await Worker.create({
-        connection: nc,
-        taskQueue: evalQueue,
-        workflowBundle: await workflowBundle(),
-        activities: createEvalActivities({
-          store: stack.store,
-          cached: new CachedStore(stack.store),
-          root: ROOT,
-        }),
-      });
-      const running = worker.run();
+      const stopWorker = await evalWorker(stack.store, evalQueue);
       const runName = `ev-${crypto.randomUUID().slice(0, 8)}`;
       const policy = {
         label: "scripted",
@@ -195,10 +187,7 @@ Deno.test({
         );
         assert.deepEqual(again.summary, first.summary);
       } finally {
-        worker.shutdown();
-        await running;
-        await nc.close();
-        await temporal.release();
+        await stopWorker();
       }
     });
   },
