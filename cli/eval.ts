@@ -318,8 +318,10 @@ async function inProcessWorker(store: ArtifactStore, taskQueue: string): Promise
   });
   const running = worker.run();
   return async () => {
-    worker.shutdown();
-    await running;
+    try {
+      worker.shutdown();
+    } catch { /* stopped already: the SDK shuts workers down on SIGINT/SIGTERM */ }
+    await running.catch(() => {});
     await connection.close();
   };
 }
