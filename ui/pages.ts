@@ -240,6 +240,12 @@ export function runCharts(
     { id: "loss", title: "Update loss", x: xs, series: [{ label: "loss", values: at(train, u("loss")) }] },
     { id: "kl", title: "KL to the reference", x: xs, series: [{ label: "kl", values: at(train, u("kl")) }] },
     {
+      id: "tokens",
+      title: "Tokens trained per update",
+      x: xs,
+      series: [{ label: "tokens", values: at(train, u("tokens")) }],
+    },
+    {
       id: "grad",
       title: "Grad norm and clip fraction",
       x: xs,
