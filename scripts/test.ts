@@ -1,9 +1,10 @@
 /**
  * `deno task test`: the whole test suite, as CI runs it.
  *
- * Installs what is missing (`setup`), starts one headless Temporal dev server for the suite
- * (tests that kill or restart a server start their own), runs the Deno tests, then the trainer's
- * pytest suite, and ends with one plain line `N passed, M failed`. Extra arguments are passed to
+ * Installs what is missing (`setup`, and the eval venv: the evaluation tests run the benchmarks' own graders),
+ * starts one headless Temporal dev server for the suite (tests that kill or restart a server start their own),
+ * runs the Deno tests, then the trainer's and the eval harness's pytest suites, and ends with one plain line
+ * `N passed, M failed`. Extra arguments are passed to
  * `deno test` (e.g. a file filter). Runtime: Deno.
  *
  * @module
