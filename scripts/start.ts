@@ -316,8 +316,9 @@ async function startServices(
       "--threads",
       String(LLAMA_THREADS),
       "--max-context",
+      // `--serve` (evaluations): the model's whole context, since benchmark prompts are longer than the run's
       String(
-        Math.min(
+        values.serve ? 8192 : Math.min(
           8192,
           config.cm2.limits.maxContextTokens + (config.models.policy.sampling.max_tokens ?? 512),
         ),
