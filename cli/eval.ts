@@ -361,6 +361,8 @@ async function evalAction(o: EvalOptions): Promise<void> {
       for (const { policy, config } of policies) {
         for (const plan of plans) {
           const key = policyKey(policy, sha256Hex);
+          // Only τ² has a user simulator: it is no part of the other benchmarks' keys.
+          const benchSettings = plan.bench === "tau2" ? settings : { ...settings, user: null };
           const input: EvalInput = {
             policy,
             bench: plan.bench,
@@ -369,7 +371,7 @@ async function evalAction(o: EvalOptions): Promise<void> {
             trials: o.trials ?? BENCHMARKS[plan.bench].trials,
             concurrency: o.concurrency,
             seed: o.seed,
-            settings,
+            settings: benchSettings,
             userApiKeyEnv: o.userApiKeyEnv ?? judge.apiKeyEnv ?? null,
             taskTimeoutS: o.taskTimeout,
             policyKey: key,
@@ -380,7 +382,7 @@ async function evalAction(o: EvalOptions): Promise<void> {
           rows.push(...run.summary.map((r) => ({ ...r, policy: policy.label })));
           if (o.jsonl) {
             for (const r of run.results) {
-              lines.push(exportLine({ ...r, policy, settings, detail: {} } as EvalResult));
+              lines.push(exportLine({ ...r, policy, settings: benchSettings, detail: {} } as EvalResult));
             }
           }
         }

@@ -543,7 +543,7 @@ async function evaluateCheckpoint(
         ...DEFAULT_SETTINGS,
         maxTokens: e.maxTokens,
         maxSteps: e.maxSteps,
-        user: { baseURL: judge.baseURL, model: judge.model },
+        user: bench === "tau2" ? { baseURL: judge.baseURL, model: judge.model } : null,
       },
       userApiKeyEnv: judge.apiKeyEnv ?? null,
       taskTimeoutS: e.taskTimeoutS,
