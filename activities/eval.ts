@@ -122,16 +122,11 @@ async function harness(
 }
 
 /** The input of {@linkcode createEvalActivities}' `evalTask`. */
-export interface EvalTaskInput {
+export interface EvalTaskInput
+  extends Pick<EvalResult, "bench" | "version" | "category" | "task" | "trial" | "settings"> {
   policy: EvalPolicy;
   /** The model name to ask for (what `evalServe` returned). */
   model: string;
-  bench: Bench;
-  version: string;
-  category: string;
-  task: string;
-  trial: number;
-  settings: EvalSettings;
   /** Environment variable of the user simulator's key (τ²). */
   userApiKeyEnv: string | null;
   /** Wall-clock cap of one trial, in seconds. */
