@@ -236,6 +236,11 @@ export function formatTable(rows: (SummaryRow & { policy: string })[]): string {
     r.seconds.toFixed(0),
     Object.entries(r.failures).map(([k, n]) => `${k} ${n}`).join(", ") || "0",
   ]);
+  return textTable(head, body);
+}
+
+/** Rows of text in columns padded to their widest cell. */
+function textTable(head: string[], body: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
   return [head, ...body].map((row) => row.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join(
     "\n",
@@ -477,10 +482,7 @@ export function registerEvalCommands(program: Command): void {
         `${r.delta >= 0 ? "+" : ""}${pct(r.delta)}`,
         `[${pct(r.ci95[0])}, ${pct(r.ci95[1])}]`,
       ]);
-      const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
-      console.log(
-        [head, ...body].map((row) => row.map((c, i) => c.padEnd(widths[i]!)).join("  ")).join("\n"),
-      );
+      console.log(textTable(head, body));
       if (unpaired.length) console.log(`not in both: ${unpaired.join(", ")}`);
     });
 
